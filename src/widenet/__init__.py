@@ -1,0 +1,1 @@
+from widenet._version import __version__
