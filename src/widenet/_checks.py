@@ -53,11 +53,8 @@ def check_inputs(
     """Validate a batch of inputs: a finite float tensor with ``ndim`` dimensions."""
     x = as_tensor(x, name, dtype=dtype, device=device)
     if x.ndim != ndim:
-        raise ValueError(
-            f"{name} must have {ndim} dimensions (n_samples, n_features), got shape {tuple(x.shape)}"
-            if ndim == 2
-            else f"{name} must have {ndim} dimensions, got shape {tuple(x.shape)}"
-        )
+        what = " (n_samples, n_features)" if ndim == 2 else ""
+        raise ValueError(f"{name} must have {ndim} dimensions{what}, got shape {tuple(x.shape)}")
     if x.shape[0] == 0:
         raise ValueError(f"{name} has no samples (shape {tuple(x.shape)})")
     check_finite(x, name)

@@ -1,0 +1,252 @@
+r"""Infinite-width NNGP and NTK of fully-connected networks, in closed form and in tiles.
+
+For ``depth`` hidden layers of width n -> infinity, each Dense then an activation phi, and a
+Dense readout, the pre-activations of layer l are a Gaussian process with covariance K^l and the
+network's neural tangent kernel is Theta (Neal 1996; Lee et al. 2018; Matthews et al. 2018;
+Jacot et al. 2018; Arora et al. 2019). In neural-tangents' NTK parameterization
+
+    K^0(x, x')       = x . x' / d                                   (raw-input covariance)
+    K^l              = w_std^2 E[phi(u) phi(v)] + b_std^2,  (u, v) ~ N(0, K^{l-1}|_{x,x'})
+    Theta^l          = K^l + w_std^2 E[phi'(u) phi'(v)] Theta^{l-1},    Theta^1 = K^1
+
+(for the first layer read phi as the identity, E[...] as K^0 and Theta^0 = 0). The readout is
+layer ``depth + 1``, so ``nngp = K^{depth+1}`` and ``ntk = Theta^{depth+1}`` are the kernels of
+each output unit (they are identical across outputs and zero between different outputs).
+
+In the standard parameterization (W ~ N(0, w_std^2 / fan_in), b ~ N(0, b_std^2), y = W x + b)
+the NNGP is the same, but gradients see the unscaled weights: the NTK of a finite network of
+hidden width n is, to leading order in n,
+
+    Theta^l = fan_in_l E[phi(u) phi(v)] + 1 + w_std^2 E[phi'(u) phi'(v)] Theta^{l-1},
+
+with fan_in_1 = d and fan_in_l = n otherwise (Sohl-Dickstein et al. 2020, "On the infinite
+width limit of neural networks with a standard parameterization"); it grows linearly in n.
+
+Kernels are computed in tiles of rows x columns: the per-layer variances of every input (the
+diagonals) are propagated once, then each tile runs the recursion on its own block, in place,
+so memory beyond the output is O(tile^2). A symmetric kernel (``x2=None``) computes only the
+tiles on and above the diagonal and mirrors them, and its diagonal correlations are exactly 1.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import torch
+
+from widenet._checks import check_inputs, check_pair
+from widenet.activations import Activation, correlation
+
+GETS = ("nngp", "ntk")
+
+
+@dataclass(frozen=True)
+class Kernel:
+    """The NNGP covariance and the NTK of a network's scalar output: each (n1, n2).
+
+    A field is None when it was not requested (``get=``).
+    """
+
+    nngp: torch.Tensor | None
+    ntk: torch.Tensor | None = None
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return tuple((self.nngp if self.nngp is not None else self.ntk).shape)
+
+
+@dataclass(frozen=True)
+class KernelTile:
+    """One block ``kernel[rows, cols]`` of a tiled kernel computation."""
+
+    rows: slice
+    cols: slice
+    kernel: Kernel
+
+
+@dataclass(frozen=True)
+class FCRecursion:
+    """The layer-by-layer recursion of a fully-connected network (see the module docstring).
+
+    ``fan_in_scale[l]`` and ``bias_scale[l]`` are the weights of layer l's own parameters in its
+    NTK term: (w_std^2, b_std^2) in the NTK parameterization, (fan_in_l, 1) in the standard one.
+    """
+
+    activation: Activation
+    depth: int
+    w_var: float
+    b_var: float
+    ntk_weight: tuple[float, ...]
+    ntk_bias: tuple[float, ...]
+
+    def diagonals(self, q0: torch.Tensor) -> list[torch.Tensor]:
+        """Pre-activation variances K^l(x, x) for l = 1..depth (one vector per layer)."""
+        out = []
+        post = q0
+        for _ in range(self.depth):
+            q = post * self.w_var + self.b_var
+            out.append(q)
+            post, _ = self.activation.dual(q, q, q, False)
+        return out
+
+    def tile(
+        self,
+        c: torch.Tensor,
+        q1: list[torch.Tensor],
+        q2: list[torch.Tensor],
+        need_ntk: bool,
+    ) -> Kernel:
+        """Run the recursion on one block. ``c`` is K^0 of the block and is consumed."""
+        theta = None
+        for layer in range(self.depth + 1):
+            # c is the post-activation covariance of the previous layer (K^0 for layer 0).
+            if need_ntk:
+                own = c * self.ntk_weight[layer] + self.ntk_bias[layer]
+                theta = own if theta is None else theta.mul_(self.w_var).add_(own)
+            c = c.mul_(self.w_var).add_(self.b_var)
+            if layer == self.depth:
+                break
+            c, dot = self.activation.dual(q1[layer][:, None], c, q2[layer][None, :], need_ntk)
+            if need_ntk:
+                theta.mul_(dot)
+        return Kernel(c, theta)
+
+
+def fc_recursion(
+    activation: Activation,
+    depth: int,
+    w_std: float,
+    b_std: float,
+    parameterization: str,
+    in_dim: int,
+    width: int | None,
+) -> FCRecursion:
+    w_var, b_var = w_std * w_std, b_std * b_std
+    if parameterization == "ntk":
+        weight = (w_var,) * (depth + 1)
+        bias = (b_var,) * (depth + 1)
+    else:
+        # Layer 0's own term is fan_in * K^0 = x . x'; later layers see `width` inputs.
+        weight = (float(in_dim),) + (float(width),) * depth
+        bias = (1.0,) * (depth + 1)
+    return FCRecursion(activation, depth, w_var, b_var, weight, bias)
+
+
+def _check_finite_result(k: torch.Tensor, what: str) -> None:
+    if not bool(torch.isfinite(k).all()):
+        raise FloatingPointError(
+            f"the {what} kernel overflowed in {k.dtype} (input norms too large for this dtype); "
+            "rescale the inputs or pass dtype=torch.float64"
+        )
+
+
+def _resolve_get(get) -> tuple[bool, bool]:
+    items = (get,) if isinstance(get, str) else tuple(get)
+    bad = [g for g in items if g not in GETS]
+    if bad or not items:
+        raise ValueError(f"get must be 'nngp', 'ntk' or a tuple of them, got {get!r}")
+    return "nngp" in items, "ntk" in items
+
+
+def _check_tile(tile) -> int:
+    if isinstance(tile, bool) or not isinstance(tile, int) or tile < 1:
+        raise ValueError(f"tile must be a positive integer (rows/columns per tile), got {tile!r}")
+    return tile
+
+
+def prepare_inputs(x1, x2, dtype):
+    """Validate (x1, x2) and bring them to one dtype; returns (x1, x2 or None)."""
+    x1 = check_inputs(x1, "x1", dtype=dtype)
+    if x2 is not None:
+        x2 = check_inputs(x2, "x2", dtype=dtype if dtype is not None else x1.dtype)
+        check_pair(x1, x2)
+    return x1, x2
+
+
+def fc_tiles(
+    rec: FCRecursion,
+    x1: torch.Tensor,
+    x2: torch.Tensor | None,
+    *,
+    tile: int,
+    need_ntk: bool,
+) -> Iterator[KernelTile]:
+    """Yield the tiles of the kernel of ``rec`` on validated inputs.
+
+    With ``x2 is None`` only tiles on or above the diagonal are produced (rows.start <=
+    cols.start); the kernel is symmetric, so the rest is their transpose.
+    """
+    tile = _check_tile(tile)
+    d = x1.shape[1]
+    symmetric = x2 is None
+    xb = x1 if symmetric else x2
+    with torch.no_grad():
+        q01 = (x1 * x1).sum(1) / d
+        q02 = q01 if symmetric else (xb * xb).sum(1) / d
+        d1 = rec.diagonals(q01)
+        d2 = d1 if symmetric else rec.diagonals(q02)
+        n1, n2 = x1.shape[0], xb.shape[0]
+        for i0 in range(0, n1, tile):
+            i1 = min(i0 + tile, n1)
+            for j0 in range(i0 if symmetric else 0, n2, tile):
+                j1 = min(j0 + tile, n2)
+                c = x1[i0:i1] @ xb[j0:j1].T
+                c.div_(d)
+                if symmetric and i0 == j0:
+                    # Exact self-covariances on the diagonal keep rho = 1 there.
+                    c = 0.5 * (c + c.T)
+                    c.diagonal().copy_(q01[i0:i1])
+                k = rec.tile(c, [q[i0:i1] for q in d1], [q[j0:j1] for q in d2], need_ntk)
+                yield KernelTile(slice(i0, i1), slice(j0, j1), k)
+
+
+def assemble(
+    tiles: Iterator[KernelTile],
+    n1: int,
+    n2: int,
+    *,
+    symmetric: bool,
+    need_nngp: bool,
+    need_ntk: bool,
+    dtype: torch.dtype,
+    device,
+) -> Kernel:
+    """Write tiles into preallocated (n1, n2) outputs, mirroring a symmetric kernel."""
+    nngp = torch.empty((n1, n2), dtype=dtype, device=device) if need_nngp else None
+    ntk = torch.empty((n1, n2), dtype=dtype, device=device) if need_ntk else None
+    for t in tiles:
+        for out, block in ((nngp, t.kernel.nngp), (ntk, t.kernel.ntk)):
+            if out is None:
+                continue
+            out[t.rows, t.cols] = block
+            if symmetric and t.rows != t.cols:
+                out[t.cols, t.rows] = block.T
+    for out, what in ((nngp, "NNGP"), (ntk, "NTK")):
+        if out is not None:
+            _check_finite_result(out, what)
+    return Kernel(nngp, ntk)
+
+
+def h_infinity(x1, x2=None) -> torch.Tensor:
+    r"""The Gram matrix H^\infty of Du, Zhai, Poczos & Singh (2018, eq. 3 / Assumption 3.1).
+
+    For the two-layer ReLU network f(x) = m^{-1/2} sum_r a_r relu(w_r . x), w_r ~ N(0, I),
+    whose first layer is trained,
+
+        H^\infty_ij = E_w[x_i . x_j 1{w . x_i >= 0, w . x_j >= 0}]
+                    = x_i . x_j (pi - arccos(x_i . x_j / (|x_i| |x_j|))) / (2 pi).
+
+    Inputs of zero norm give zero rows; correlations are clamped to [-1, 1] against rounding.
+    """
+    x1, x2 = prepare_inputs(x1, x2, None)
+    xb = x1 if x2 is None else x2
+    with torch.no_grad():
+        g = x1 @ xb.T
+        q1, q2 = (x1 * x1).sum(1), (xb * xb).sum(1)
+        if x2 is None:
+            g = 0.5 * (g + g.T)
+            g.diagonal().copy_(q1)
+        rho, _ = correlation(q1[:, None], g, q2[None, :])
+        return g * (math.pi - torch.arccos(rho)) / (2.0 * math.pi)
