@@ -17,10 +17,11 @@ $(STAMP): pyproject.toml constraints.txt
 demo: setup
 	$(VENV)/bin/widenet demo --out runs/demo
 
+# ruff first so that pytest's summary is the last line CI prints.
 test: setup
-	$(PY) -m pytest -q
 	$(PY) -m ruff check src tests benchmarks
 	$(PY) -m ruff format --check src tests benchmarks
+	$(PY) -m pytest -q
 
 bench: setup
 	$(PY) benchmarks/run.py
