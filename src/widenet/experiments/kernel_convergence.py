@@ -1,0 +1,247 @@
+"""kernel-convergence: the empirical NTK of a finite MLP converges to the infinite-width NTK.
+
+What it measures
+----------------
+For each hidden width n in ``widths`` and each of ``n_seeds`` random initialisations, the
+relative Frobenius error
+
+    ||Theta_emp - Theta_inf||_F / ||Theta_inf||_F
+
+between the empirical NTK of ``wn.mlp(...).network(width=n)`` (``wn.empirical_ntk``) and the
+closed-form infinite-width NTK ``wn.mlp(...).kernel(X).ntk``, on ``n_points`` points of a data
+set (default: scikit-learn's bundled digits, a random subset, every feature standardized to
+mean 0 and variance 1 over the full set, so that x.x/d is about 1; see :mod:`widenet.data`).
+
+It then trains each network with full-batch gradient descent on the mean squared error
+``0.5 * mean((f(x) - y)^2)`` for ``train_steps`` steps (targets: +1 for even digits, -1 for odd
+ones) and measures the relative change of its empirical NTK during training,
+
+    ||Theta_T - Theta_0||_F / ||Theta_0||_F.
+
+The networks use the NTK parameterization, so one learning rate serves every width. By default
+it is ``lr_scale / lambda_max(Theta_inf / n_points)``: ``lr_scale < 2`` is the stable range of
+gradient descent on the linearised model, whatever the data set.
+
+Theory
+------
+At initialisation the empirical NTK is an average over n hidden units of i.i.d. terms, so its
+fluctuations around the limit are O(n^{-1/2}) (Jacot et al. 2018; the finite-width corrections
+of Hanin & Nica 2020): the log-log slope of the error against width is -1/2. During training in
+the NTK parameterization the weights move by O(n^{-1/2}) and so does the kernel (Jacot et al.
+2018, Theorem 2; Lee et al. 2019, Theorem 2.1 and Fig. 2): "lazy training", slope about -1/2.
+
+Metrics (``metrics.json``)
+--------------------------
+widths, seeds, n_points, relative_error (mean over seeds, aligned with widths),
+relative_error_std, slope, ntk_change, ntk_change_std, ntk_change_slope, final_loss,
+initial_loss, lr (see ``widenet list --verbose`` for one line each).
+
+References
+----------
+Jacot, Gabriel, Hongler (2018). Neural Tangent Kernel: Convergence and Generalization in Neural
+Networks. NeurIPS. arXiv:1806.07572.
+Lee, Xiao, Schoenholz, Bahri, Novak, Sohl-Dickstein, Pennington (2019). Wide Neural Networks of
+Any Depth Evolve as Linear Models Under Gradient Descent. NeurIPS. arXiv:1902.06720.
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar, Literal
+
+import numpy as np
+import pydantic
+import torch
+
+from widenet import lab
+from widenet.data import DATASETS, load_dataset
+
+METRICS = {
+    "widths": "hidden widths n, ascending",
+    "seeds": "initialisation seeds of the networks (drawn from the run's seed)",
+    "n_points": "number of data points",
+    "relative_error": "mean over seeds of ||Theta_emp - Theta_inf||_F / ||Theta_inf||_F, per width",
+    "relative_error_std": "standard deviation over seeds of relative_error, per width",
+    "slope": "least-squares slope of log(relative_error) vs log(width) (theory: -1/2)",
+    "ntk_change": "mean over seeds of ||Theta_T - Theta_0||_F / ||Theta_0||_F after training",
+    "ntk_change_std": "standard deviation over seeds of ntk_change, per width",
+    "ntk_change_slope": "least-squares slope of log(ntk_change) vs log(width) (theory: ~ -1/2)",
+    "initial_loss": "mean over seeds of the training MSE at initialisation, per width",
+    "final_loss": "mean over seeds of the training MSE after train_steps steps, per width",
+    "lr": "the gradient-descent learning rate used (the same for every width)",
+}
+
+
+class KernelConvergenceConfig(lab.Config):
+    """Full size by default; ``QUICK`` is the quick size (widths 2^6 .. 2^10, 64 points)."""
+
+    dataset: Literal[DATASETS] = "digits"  # type: ignore[valid-type]
+    n_points: int = pydantic.Field(128, ge=2)
+    depth: int = pydantic.Field(3, ge=1)
+    activation: str = "relu"
+    w_std: float = pydantic.Field(2**0.5, gt=0)
+    b_std: float = pydantic.Field(0.1, ge=0)
+    widths: list[int] = pydantic.Field([2**k for k in range(6, 13)], min_length=2)
+    n_seeds: int = pydantic.Field(3, ge=1)
+    train_steps: int = pydantic.Field(100, ge=1)
+    lr_scale: float = pydantic.Field(1.0, gt=0)
+    lr: float | None = pydantic.Field(None, gt=0)
+    dtype: Literal["float32", "float64"] = "float64"
+
+    QUICK: ClassVar[dict] = {"widths": [2**k for k in range(6, 11)], "n_points": 64}
+
+    @pydantic.field_validator("widths")
+    @classmethod
+    def _widths_positive_distinct(cls, widths: list[int]) -> list[int]:
+        if any(w < 1 for w in widths):
+            raise ValueError("widths must be positive")
+        if len(set(widths)) < 2:
+            raise ValueError("need at least two distinct widths to fit a slope")
+        return sorted(set(widths))
+
+
+def _targets(y: torch.Tensor) -> torch.Tensor:
+    # Integer labels -> +1 (even) / -1 (odd); real targets -> standardized.
+    if y.dtype in (torch.int64, torch.int32):
+        return 1.0 - 2.0 * (y % 2).to(torch.float64)
+    y = y.to(torch.float64)
+    return (y - y.mean()) / y.std().clamp_min(1e-12)
+
+
+def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
+    return float(torch.linalg.matrix_norm(a - b) / torch.linalg.matrix_norm(b))
+
+
+def _slope(widths, values) -> float:
+    return float(np.polyfit(np.log(widths), np.log(values), 1)[0])
+
+
+@lab.register(
+    "kernel-convergence",
+    summary="Empirical NTK -> infinite-width NTK as width grows (error ~ n^-1/2), and lazy "
+    "training (NTK change ~ n^-1/2).",
+    config=KernelConvergenceConfig,
+    metrics=METRICS,
+)
+def run(config: KernelConvergenceConfig, ctx: lab.RunContext) -> dict:
+    import widenet as wn
+
+    dtype = getattr(torch, config.dtype)
+    device = ctx.device
+    x, labels = load_dataset(
+        config.dataset, n=config.n_points, seed=int(ctx.rng.integers(2**31)), dtype=dtype
+    )
+    x = x.to(device)
+    y = _targets(labels).to(device=device, dtype=dtype)[:, None]
+    arch = wn.mlp(
+        depth=config.depth, activation=config.activation, w_std=config.w_std, b_std=config.b_std
+    )
+    theta_inf = arch.kernel(x).ntk
+    if config.lr is not None:
+        lr = config.lr
+    else:
+        lam_max = float(torch.linalg.eigvalsh(theta_inf.double().cpu())[-1]) / len(x)
+        lr = config.lr_scale / lam_max
+    seeds = [int(s) for s in ctx.rng.integers(0, 2**31, size=config.n_seeds)]
+    widths = config.widths
+
+    errors = np.zeros((len(widths), len(seeds)))
+    changes = np.zeros_like(errors)
+    loss0 = np.zeros_like(errors)
+    loss1 = np.zeros_like(errors)
+    snapshots = {}
+    jobs = [(i, j) for i in range(len(widths)) for j in range(len(seeds))]
+    for i, j in ctx.progress(jobs, description="kernel-convergence"):
+        net = arch.network(x.shape[1], widths[i], seeds[j], dtype=dtype, device=device)
+        theta0 = wn.empirical_ntk(net, x, mode="trace")
+        errors[i, j] = _rel(theta0, theta_inf)
+        if j == 0 and i in (0, len(widths) - 1):
+            snapshots[widths[i]] = theta0.detach().cpu().numpy()
+        # Full-batch gradient descent on 0.5 * mean squared error.
+        opt = torch.optim.SGD(net.parameters(), lr=lr)
+        for step in range(config.train_steps):
+            opt.zero_grad(set_to_none=True)
+            loss = 0.5 * ((net(x) - y) ** 2).mean()
+            if step == 0:
+                loss0[i, j] = float(loss)
+            loss.backward()
+            opt.step()
+        with torch.no_grad():
+            loss1[i, j] = float(0.5 * ((net(x) - y) ** 2).mean())
+        changes[i, j] = _rel(wn.empirical_ntk(net, x, mode="trace"), theta0)
+        if not np.isfinite(loss1[i, j]):
+            raise FloatingPointError(
+                f"training diverged at width {widths[i]} (lr={lr:.3g}); lower lr_scale"
+            )
+
+    err_mean, chg_mean = errors.mean(1), changes.mean(1)
+    slope, chg_slope = _slope(widths, err_mean), _slope(widths, chg_mean)
+    _plot_convergence(ctx, widths, errors, changes, slope, chg_slope)
+    _plot_kernels(ctx, theta_inf.detach().cpu().numpy(), snapshots)
+    return {
+        "widths": widths,
+        "seeds": seeds,
+        "n_points": len(x),
+        "relative_error": err_mean,
+        "relative_error_std": errors.std(1),
+        "slope": slope,
+        "ntk_change": chg_mean,
+        "ntk_change_std": changes.std(1),
+        "ntk_change_slope": chg_slope,
+        "initial_loss": loss0.mean(1),
+        "final_loss": loss1.mean(1),
+        "lr": lr,
+    }
+
+
+def _loglog_panel(ax, widths, values, slope, ylabel, title):
+    w = np.asarray(widths, dtype=float)
+    mean = values.mean(1)
+    for j in range(values.shape[1]):
+        ax.plot(w, values[:, j], "o", color="tab:blue", alpha=0.35, ms=4)
+    ax.plot(w, mean, "o-", color="tab:blue", lw=2, label=f"mean over seeds (slope {slope:.2f})")
+    # Reference line of slope -1/2 through the geometric mean of the data.
+    anchor = np.exp(np.mean(np.log(mean)) + 0.5 * np.mean(np.log(w)))
+    ax.plot(w, anchor * w**-0.5, "--", color="0.4", label="theory: slope -1/2")
+    ax.set_xscale("log", base=2)
+    ax.set_yscale("log")
+    ax.set_xlabel("hidden width n")
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=8)
+
+
+def _plot_convergence(ctx, widths, errors, changes, slope, chg_slope):
+    fig = ctx.figure(figsize=(10, 4))
+    ax1, ax2 = fig.subplots(1, 2)
+    _loglog_panel(
+        ax1,
+        widths,
+        errors,
+        slope,
+        r"$\|\Theta_{emp} - \Theta_\infty\|_F / \|\Theta_\infty\|_F$",
+        "At initialisation",
+    )
+    _loglog_panel(
+        ax2,
+        widths,
+        changes,
+        chg_slope,
+        r"$\|\Theta_T - \Theta_0\|_F / \|\Theta_0\|_F$",
+        "Change during training (lazy regime)",
+    )
+    ctx.save_figure(fig, "convergence")
+
+
+def _plot_kernels(ctx, theta_inf, snapshots):
+    panels = [("infinite width", theta_inf)] + [(f"width {w}", k) for w, k in snapshots.items()]
+    fig = ctx.figure(figsize=(3.4 * len(panels), 3.2))
+    axes = fig.subplots(1, len(panels))
+    vmin, vmax = float(theta_inf.min()), float(theta_inf.max())
+    for ax, (title, k) in zip(axes, panels, strict=True):
+        im = ax.imshow(k, vmin=vmin, vmax=vmax, cmap="viridis")
+        ax.set_title(f"NTK, {title}")
+        ax.set_xticks([])
+        ax.set_yticks([])
+    fig.colorbar(im, ax=list(axes), shrink=0.8)
+    ctx.save_figure(fig, "kernels")
