@@ -3,6 +3,7 @@
 from widenet import activations
 from widenet._version import __version__
 from widenet.architectures import MLP, mlp
+from widenet.empirical import empirical_nngp, empirical_ntk
 from widenet.kernels import Kernel, KernelTile, h_infinity
 from widenet.layers import Dense, Elementwise
 
@@ -11,6 +12,8 @@ __all__ = [
     "activations",
     "Dense",
     "Elementwise",
+    "empirical_nngp",
+    "empirical_ntk",
     "Kernel",
     "KernelTile",
     "MLP",
