@@ -257,6 +257,18 @@ class TiedNet(nn.Module):
         return self.out(torch.tanh(self.lin(x)) + torch.sin(x @ self.lin.weight.T))
 
 
+class FlippedNet(nn.Module):
+    """A Linear whose row i belongs to sample n-1-i: the probe must see dim 0 is not the batch."""
+
+    def __init__(self):
+        super().__init__()
+        self.lin = nn.Linear(4, 4)
+        self.out = nn.Linear(4, 2)
+
+    def forward(self, x):
+        return self.out(torch.tanh(self.lin(x.flip(0))).flip(0))
+
+
 class ScaleNet(nn.Module):
     """A custom module with a non-Linear parameter."""
 
@@ -275,6 +287,7 @@ class ScaleNet(nn.Module):
     [
         (SharedNet, ["shared.weight", "shared.bias"]),
         (TiedNet, ["lin.weight", "lin.bias"]),
+        (FlippedNet, ["lin.weight", "lin.bias"]),
         (ScaleNet, ["gain"]),
     ],
 )

@@ -589,7 +589,8 @@ def _structured_features(model, plan: _Plan, base, x, mode):
     for layer, g_list in zip(layers, gs, strict=True):
         # Output units as an extra axis: (n, *, k, fo) for Linear, (n, k, C, H, W) for Conv2d,
         # the layouts _as_positions maps to (n, S, k, fo).
-        g = torch.stack(g_list, dim=-2 if layer.kind == "linear" else 1)
+        dim = -2 if layer.kind == "linear" else 1
+        g = g_list[0].unsqueeze(dim) if k == 1 else torch.stack(g_list, dim=dim)
         feats.append(_gram_features(layer, layer.records[0][0], g))
         layer.records = []
     return feats
@@ -695,12 +696,13 @@ def empirical_ntk(
     layer's weight and bias is computed without per-sample Jacobians, by the factorisation of
     Novak et al. 2022 ("Fast finite width neural tangent kernel", ICML):
 
-        Θ_layer(x, x') = Σ_{s,t} (g_s(x) · g_t(x'))ᵀ-Gram ⊙ (ws² x_s · x'_t + bs²),
+        Θ_layer(x, x')_cd = Σ_{s,t} (g_sc(x) · g_td(x')) (ws² x_s · x'_t + bs²),
 
-    i.e. (G Gᵀ) ⊙ (ws² X Xᵀ + bs²) for a layer applied once per sample, where X are the layer's
-    inputs, G = ∂f/∂y the output-gradients with respect to its outputs, s, t run over the
-    positions the layer is applied at (extra input dims, convolution patches) and ws, bs are
-    ``Dense.weight_scale`` / ``bias_scale`` (1 for torch layers). Each such layer is checked on
+    i.e. Θ_layer = (G Gᵀ) ⊙ (ws² X Xᵀ + bs²) for a layer applied once per sample, where X are
+    the layer's inputs, g_sc = ∂f_c/∂y_s (rows of G) the gradients of output unit c with respect
+    to the layer's outputs, s, t the positions the layer is applied at (extra input dims,
+    convolution patches) and ws, bs ``Dense.weight_scale`` / ``bias_scale`` (1 for torch
+    layers). Each such layer is checked on
     a probe batch against autograd before it is trusted; the remaining parameters (normalisation
     weights, custom modules, weights used more than once) go through torch.func and are added.
 
