@@ -302,6 +302,33 @@ def test_models_needing_the_general_path(cls, general):
         assert rel_err(got, ref) < TOL64, impl
 
 
+class BranchyNet(nn.Module):
+    """Python control flow on a sample's values: vmap cannot batch it."""
+
+    def __init__(self):
+        super().__init__()
+        self.lin = nn.Linear(3, 4)
+        self.gain = nn.Parameter(torch.tensor([0.7, 1.3]))
+        self.out = nn.Linear(4, 2)
+
+    def forward(self, x):
+        h = torch.tanh(self.lin(x))
+        rows = [
+            h[i] * (self.gain[0] if h[i].detach().sum().item() > 0 else self.gain[1])
+            for i in range(len(h))
+        ]
+        return self.out(torch.stack(rows))
+
+
+def test_vmap_failure_falls_back_to_a_loop():
+    torch.manual_seed(0)
+    model = BranchyNet().double()
+    x1, x2 = data(5, 3), data(3, 3, seed=2)
+    with pytest.warns(UserWarning, match="vmap failed"):
+        got = empirical_ntk(model, x1, x2, mode="full", chunk_size=2)
+    assert rel_err(got, reference_ntk(model, x1, x2)) < TOL64
+
+
 @pytest.mark.parametrize("mode", ["trace", "full", "diagonal"])
 def test_x2_none_is_symmetric_and_equals_x2_x1(mode):
     model = LayerNormNet().double()

@@ -459,6 +459,7 @@ class _Plan:
     use_fwd: bool  # jacfwd rather than jacrev
     k: int
     block: int
+    loop: bool = False  # per-sample Python loop: vmap could not batch the model
 
 
 def _forward_flops(model, base, x1) -> float:
@@ -599,17 +600,48 @@ def _structured_features(model, plan: _Plan, base, x, mode):
 def _jacobian_features(model, plan: _Plan, base, x):
     names = plan.general
     gp = {nm: base[nm] for nm in names}
+    n = x.shape[0]
 
     def f1(gp, xi):
         out = functional_call(model, {**base, **gp}, (xi.unsqueeze(0),))
         return out.reshape(-1)
 
-    jac = (jacfwd if plan.use_fwd else jacrev)(f1)
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", r".*torch\.jit\.script.*", DeprecationWarning)
-        js = vmap(jac, in_dims=(None, 0))(gp, x)
-    n = x.shape[0]
-    return ("jac", torch.cat([js[nm].reshape(n, plan.k, -1) for nm in names], dim=2))
+    if not plan.loop:
+        jac = (jacfwd if plan.use_fwd else jacrev)(f1)
+        try:
+            with warnings.catch_warnings():
+                warnings.filterwarnings("ignore", r".*torch\.jit\.script.*", DeprecationWarning)
+                js = vmap(jac, in_dims=(None, 0))(gp, x)
+            return ("jac", torch.cat([js[nm].reshape(n, plan.k, -1) for nm in names], dim=2))
+        except RuntimeError as err:
+            # e.g. data-dependent control flow or .item() in forward, which vmap cannot batch
+            reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+            warnings.warn(
+                f"torch.func.vmap failed on the model ({reason}); computing per-sample "
+                "Jacobians in a Python loop instead, which is slower",
+                stacklevel=4,
+            )
+            plan.loop = True
+    leaves = {nm: base[nm].detach().requires_grad_(True) for nm in names}
+    rows = []
+    for i in range(n):
+        with torch.enable_grad():
+            out = _flat_out(functional_call(model, {**base, **leaves}, (x[i : i + 1],)), 1)[0]
+        per_unit = []
+        for c in range(out.shape[0]):
+            gs = torch.autograd.grad(
+                out[c], list(leaves.values()), retain_graph=c < out.shape[0] - 1, allow_unused=True
+            )
+            per_unit.append(
+                torch.cat(
+                    [
+                        (torch.zeros_like(p) if g is None else g).reshape(-1)
+                        for g, p in zip(gs, leaves.values(), strict=True)
+                    ]
+                )
+            )
+        rows.append(torch.stack(per_unit))
+    return ("jac", torch.stack(rows))
 
 
 def _ntvp_block(model, plan: _Plan, base, xa, xb, mode):
