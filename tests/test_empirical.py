@@ -374,6 +374,23 @@ def test_float32_follows_inputs_and_agrees(implementation):
     assert rel_err(got, ref) < TOL32
 
 
+def test_per_unit_backward_fallback(monkeypatch):
+    # The k output-gradients come from one batched backward; if an op has no batching rule,
+    # one backward per output unit must give the same kernel.
+    model = small_cnn()
+    x = data(4, 2, 6, 6)
+    batched = empirical_ntk(model, x, mode="full")
+    grad = torch.autograd.grad
+
+    def no_batching(*args, **kwargs):
+        if kwargs.get("is_grads_batched"):
+            raise RuntimeError("no batching rule")
+        return grad(*args, **kwargs)
+
+    monkeypatch.setattr(torch.autograd, "grad", no_batching)
+    assert rel_err(empirical_ntk(model, x, mode="full"), batched) < TOL64
+
+
 def test_trace_is_mean_of_output_diagonal():
     model = mlp(k=3)
     x = data(4, 5)

@@ -460,6 +460,7 @@ class _Plan:
     k: int
     block: int
     loop: bool = False  # per-sample Python loop: vmap could not batch the model
+    loop_outputs: bool = False  # one backward per output unit: batched backward failed
 
 
 def _forward_flops(model, base, x1) -> float:
@@ -575,26 +576,45 @@ def _structured_features(model, plan: _Plan, base, x, mode):
             "implementation='jacobian'"
         )
     taps = [lay.records[0][1] for lay in layers]
-    k = f.shape[1]
-    gs = [[] for _ in layers]
-    for c in range(k):
-        if f.requires_grad:
-            grads = torch.autograd.grad(
-                f[:, c].sum(), taps, retain_graph=c < k - 1, allow_unused=True
-            )
-        else:
-            grads = [None] * len(taps)
-        for i, (g, t) in enumerate(zip(grads, taps, strict=True)):
-            gs[i].append(torch.zeros_like(t) if g is None else g)
+    grads = _output_gradients(f, taps, plan)
     feats = []
-    for layer, g_list in zip(layers, gs, strict=True):
+    for layer, g in zip(layers, grads, strict=True):
         # Output units as an extra axis: (n, *, k, fo) for Linear, (n, k, C, H, W) for Conv2d,
         # the layouts _as_positions maps to (n, S, k, fo).
-        dim = -2 if layer.kind == "linear" else 1
-        g = g_list[0].unsqueeze(dim) if k == 1 else torch.stack(g_list, dim=dim)
+        g = g.movedim(0, -2 if layer.kind == "linear" else 1)
         feats.append(_gram_features(layer, layer.records[0][0], g))
         layer.records = []
     return feats
+
+
+def _output_gradients(f: torch.Tensor, taps: list, plan: _Plan) -> list:
+    """∂f_c/∂tap for every output unit c, per tap stacked as (k, *tap.shape).
+
+    Samples are independent, so the gradient of Σ_i f_ic gives each sample's own row.
+    """
+    n, k = f.shape
+    if not f.requires_grad:
+        return [t.new_zeros((k, *t.shape)) for t in taps]
+    if k > 1 and not plan.loop_outputs:
+        basis = torch.eye(k, dtype=f.dtype, device=f.device)[:, None, :].expand(k, n, k)
+        try:
+            # One vmapped backward for all k units instead of k backward passes.
+            grads = torch.autograd.grad(
+                f, taps, basis, retain_graph=True, allow_unused=True, is_grads_batched=True
+            )
+            return [
+                t.new_zeros((k, *t.shape)) if g is None else g
+                for g, t in zip(grads, taps, strict=True)
+            ]
+        except RuntimeError:
+            plan.loop_outputs = True  # an op without a batching rule: one backward per unit
+    per_unit = []
+    for c in range(k):
+        gs = torch.autograd.grad(f[:, c].sum(), taps, retain_graph=c < k - 1, allow_unused=True)
+        per_unit.append(
+            [torch.zeros_like(t) if g is None else g for g, t in zip(gs, taps, strict=True)]
+        )
+    return [torch.stack([unit[i] for unit in per_unit]) for i in range(len(taps))]
 
 
 def _jacobian_features(model, plan: _Plan, base, x):
