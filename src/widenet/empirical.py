@@ -793,6 +793,8 @@ def empirical_ntk(
                 f"{x1.device}; the model and the inputs must agree"
             )
     limit = _memory_limit(memory_limit_bytes, x1.device)
+    if chunk_size is not None:
+        check_int(chunk_size, "chunk_size", minimum=1)
     plan, base = _plan(model, selected, x1, x2, mode, implementation, limit, chunk_size)
     k = plan.k
 
