@@ -109,8 +109,8 @@ def main(
     if threads is not None:
         torch.set_num_threads(threads)
     dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    d, width = 100, (256 if quick else 1024)
-    n_a, n_b = (64, 128) if quick else (500, 2000)
+    d, width = 100, (128 if quick else 1024)
+    n_a, n_b = (32, 64) if quick else (500, 2000)
     repeats = 2 if quick else 5
     model = make_mlp(d, width).to(dev).eval()
     gen = torch.Generator().manual_seed(1)
