@@ -3,6 +3,7 @@
 from widenet import activations
 from widenet._version import __version__
 from widenet.architectures import MLP, mlp
+from widenet.data import load_dataset
 from widenet.empirical import empirical_nngp, empirical_ntk
 from widenet.kernels import Kernel, KernelTile, h_infinity
 from widenet.layers import Dense, Elementwise
@@ -18,5 +19,6 @@ __all__ = [
     "KernelTile",
     "MLP",
     "h_infinity",
+    "load_dataset",
     "mlp",
 ]

@@ -129,7 +129,12 @@ def run(
         typer.Option("--force", "-f", help="Re-run even if OUT holds a run with the same config."),
     ] = False,
     threads: Annotated[
-        int | None, typer.Option("--threads", help="Torch CPU threads (default: torch's).", min=1)
+        int | None,
+        typer.Option(
+            "--threads",
+            help="Torch CPU threads (default: 1 with --quick, else torch's; 0 = torch's).",
+            min=0,
+        ),
     ] = None,
 ) -> None:
     """Run one experiment and write its run folder (config, metrics, figures, report)."""
@@ -141,6 +146,9 @@ def run(
     except (lab.UnknownExperimentError, lab.ConfigError) as err:
         raise _fail(str(err)) from None
     where = out if out is not None else "the run folder"
+    if threads is None:
+        threads = 1 if quick else 0  # see `demo` for why quick sizes use one thread
+    threads = threads or None  # 0 -> torch's default
     try:
         result = lab.run_experiment(
             name, quick=quick, out=out, seed=seed, overrides=set_, force=force, threads=threads
@@ -169,10 +177,14 @@ def demo(
     ] = False,
     seed: Annotated[int, typer.Option("--seed", help="Seed of every random draw.")] = 0,
     threads: Annotated[
-        int | None, typer.Option("--threads", help="Torch CPU threads (default: torch's).", min=1)
-    ] = None,
+        int,
+        typer.Option("--threads", help="Torch CPU threads (0 = torch's default).", min=0),
+    ] = 1,
 ) -> None:
     """Run every experiment at quick size and write one combined report."""
+    # One torch thread by default: quick sizes are many small ops, where a second thread gains
+    # little on an idle 2-core machine but made kernel-convergence ~8x slower (176 s vs 20 s)
+    # on a busy one, through OpenMP spin-waiting.
     from widenet import lab
 
     console = _out()
@@ -185,7 +197,9 @@ def demo(
     names = list(lab.experiments())
     console.print(f"widenet demo: {len(names)} experiment(s) at quick size into {out}")
     try:
-        path, _ = lab.run_demo(out, force=force, seed=seed, threads=threads, on_done=on_done)
+        path, _ = lab.run_demo(
+            out, force=force, seed=seed, threads=threads or None, on_done=on_done
+        )
     except KeyboardInterrupt:
         raise _interrupted(f"the unfinished experiment's folder under {out}") from None
     except FileExistsError as err:

@@ -162,7 +162,7 @@ def _section(result: RunResult, *, level: int = 2, with_title: bool = True) -> s
     if result.command:
         env.append(("command", result.command))
     env.append(("started", result.started))
-    parts.append(_table(env, ("", "")))
+    parts.append(_table(env, ("item", "value")))
     if doc:
         parts.append(f"<{hs}>About this experiment</{hs}>")
         parts.append(f'<pre class="doc">{_e(doc)}</pre>')
