@@ -117,6 +117,21 @@ def test_demo_prints_absolute_report_path(tiny, tmp_path, monkeypatch):
     assert "reused" not in forced.output
 
 
+def test_demo_failure_exit_code(tiny, tmp_path, monkeypatch):
+    def broken(config, ctx):
+        raise RuntimeError("boom")
+
+    lab.register("tiny-broken", summary="Broken.", config=TinyConfig, metrics={})(broken)
+    try:
+        exps = {"tiny": lab.get("tiny"), "tiny-broken": lab.get("tiny-broken")}
+        monkeypatch.setattr(lab, "experiments", lambda: dict(exps))
+        result = invoke("demo", "--out", tmp_path / "demo")
+    finally:
+        lab.unregister("tiny-broken")
+    assert result.exit_code == 1
+    assert "RuntimeError: boom" in result.output and "Combined report:" in result.output
+
+
 KERNEL_ARGS = ("--depth", 2, "--activation", "relu", "--w-std", 1.414, "--b-std", 0.1)
 
 

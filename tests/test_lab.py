@@ -213,6 +213,10 @@ def test_default_out_is_timestamped(toy, tmp_path, monkeypatch):
     assert re.fullmatch(r"toy-\d{8}T\d{6}Z", result.out.name)
     assert result.out.parent == lab.Path("runs")
     assert (tmp_path / result.out / "report.html").is_file()
+    # A run started in the same second gets its own folder rather than replacing this one.
+    taken = lab.default_out("toy")
+    taken.mkdir()
+    assert lab.default_out("toy") not in (taken, result.out)
 
 
 def test_non_json_metrics_are_errors_and_leave_nothing(broken, tmp_path):
@@ -295,6 +299,15 @@ def test_demo_combined_report_skip_and_force(toy, tmp_path):
         assert [r.skipped for r in forced] == [False, False]
     finally:
         lab.unregister("toy-b")
+
+
+def test_demo_continues_after_a_failing_experiment(toy, broken, tmp_path):
+    path, results = lab.run_demo(tmp_path / "demo", names=["toy-nan", "toy"])
+    assert results[0].error and "finite" in results[0].error
+    assert results[1].error is None and not results[1].skipped
+    assert not (tmp_path / "demo" / "toy-nan").exists()
+    html = path.read_text()
+    assert "Failed:" in html and "data:image/png;base64," in html
 
 
 def test_demo_bad_name_fails_before_running(toy, tmp_path):

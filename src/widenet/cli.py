@@ -191,13 +191,16 @@ def demo(
     t0 = time.perf_counter()
 
     def on_done(result):
+        if result.error:
+            console.print(f"  [bold red]{result.name} failed:[/] {result.error}", soft_wrap=True)
+            return
         state = "reused" if result.skipped else f"ran in {result.wall_seconds:.1f} s"
         console.print(f"  [bold]{result.name}[/]: {state} -> {result.out}", soft_wrap=True)
 
     names = list(lab.experiments())
     console.print(f"widenet demo: {len(names)} experiment(s) at quick size into {out}")
     try:
-        path, _ = lab.run_demo(
+        path, results = lab.run_demo(
             out, force=force, seed=seed, threads=threads or None, on_done=on_done
         )
     except KeyboardInterrupt:
@@ -206,6 +209,9 @@ def demo(
         raise _fail(str(err)) from None
     console.print(f"demo finished in {time.perf_counter() - t0:.1f} s")
     typer.echo(f"Combined report: {path}")
+    failed = [r.name for r in results if r.error]
+    if failed:
+        raise _fail(f"{len(failed)} experiment(s) failed: {', '.join(failed)}", code=1)
 
 
 # --------------------------------------------------------------------------------------------

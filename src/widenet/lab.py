@@ -374,6 +374,7 @@ class RunResult:
     wall_seconds: float = 0.0
     command: str = ""
     skipped: bool = False
+    error: str | None = None  # set (and nothing written) when a demo experiment failed
 
     @property
     def report(self) -> Path:
@@ -448,9 +449,14 @@ def _now() -> str:
 
 
 def default_out(name: str) -> Path:
-    """``runs/<name>-<UTC timestamp>`` under the current directory."""
+    """``runs/<name>-<UTC timestamp>`` under the current directory (``-2``, ... if taken)."""
     stamp = _dt.datetime.now(_dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
-    return Path("runs") / f"{name}-{stamp}"
+    path = Path("runs") / f"{name}-{stamp}"
+    k = 2
+    while path.exists():  # two runs in the same second must not replace each other
+        path = Path("runs") / f"{name}-{stamp}-{k}"
+        k += 1
+    return path
 
 
 def _fingerprint(name: str, config: Mapping[str, Any], seed: int) -> dict[str, Any]:
@@ -638,8 +644,10 @@ def run_demo(
     """Run every registered experiment (or ``names``) at quick size into ``out/<name>``.
 
     Experiments whose folder already holds a complete run with the same config and seed are
-    skipped unless ``force``; ``threads`` is as in :func:`run_experiment`. Writes the combined
-    report ``out/report.html`` and returns its absolute path and the results.
+    skipped unless ``force``; ``threads`` is as in :func:`run_experiment`. An experiment that
+    raises does not stop the others: its result has ``error`` set (and no folder), and the
+    combined report shows the error. Writes the combined report ``out/report.html`` and
+    returns its absolute path and the results.
     """
     from widenet import report
 
@@ -651,9 +659,30 @@ def run_demo(
     for name in names:
         if on_start is not None:
             on_start(name)
-        result = run_experiment(
-            name, quick=True, out=out / name, seed=seed, force=force, quiet=quiet, threads=threads
-        )
+        try:
+            result = run_experiment(
+                name,
+                quick=True,
+                out=out / name,
+                seed=seed,
+                force=force,
+                quiet=quiet,
+                threads=threads,
+            )
+        except Exception as err:  # reported in the result and in the combined report
+            config = get(name).resolve(quick=True).model_dump(mode="json")
+            result = RunResult(
+                name,
+                out / name,
+                config,
+                {},
+                seed,
+                True,
+                versions(),
+                _now(),
+                _now(),
+                error=f"{type(err).__name__}: {err}",
+            )
         results.append(result)
         if on_done is not None:
             on_done(result)

@@ -47,6 +47,7 @@ figure img { max-width: 100%; height: auto; border: 1px solid var(--line); borde
 figcaption { color: var(--muted); font-size: .88em; }
 nav.toc { background: #f1f3f7; border-radius: 6px; padding: 10px 18px; margin: 14px 0; }
 nav.toc ol { margin: 4px 0; padding-left: 20px; }
+p.error { background: #fdecec; color: #8a1c1c; padding: 8px 12px; border-radius: 6px; }
 .badge { display: inline-block; font-size: .75em; padding: 1px 7px; border-radius: 9px;
   background: #e4ebf7; color: var(--accent); margin-left: 6px; vertical-align: middle; }
 """
@@ -147,9 +148,12 @@ def _section(result: RunResult, *, level: int = 2, with_title: bool = True) -> s
         f"{_e(_fmt_scalar(float(result.wall_seconds)))} s · finished {_e(result.finished)} · "
         f"folder <code>{_e(result.out)}</code>{_e(reused)}</p>"
     )
-    parts.append(f"<{hs}>Metrics</{hs}>")
-    parts.append(_metrics_html(result.metrics, metrics_doc))
-    figures = result.figures
+    if result.error:
+        parts.append(f'<p class="error"><strong>Failed:</strong> {_e(result.error)}</p>')
+    else:
+        parts.append(f"<{hs}>Metrics</{hs}>")
+        parts.append(_metrics_html(result.metrics, metrics_doc))
+    figures = [] if result.error else result.figures
     if figures:
         parts.append(f"<{hs}>Figures</{hs}>")
         parts.extend(_figure_html(p, i) for i, p in enumerate(figures, 1))
