@@ -69,6 +69,10 @@ class Activation:
     dual: Dual = field(compare=False, repr=False)
     closed_form: bool = True
     params: tuple = ()
+    # Optional: the same map computed in place, allowed to overwrite (and return) ``c``, which
+    # must then hold the full broadcast shape and dtype. The kernel recursion uses it on the
+    # tiles it owns; ``dual`` must give bit-identical results (the diagonals go through it).
+    dual_inplace: Dual | None = field(default=None, compare=False, repr=False)
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         return self.fn(x)
@@ -77,26 +81,54 @@ class Activation:
 # --- closed forms -------------------------------------------------------------------------
 
 
-def _abrelu_dual(a: float, b: float) -> Dual:
+def _abrelu_dual_inplace(a: float, b: float) -> Dual:
+    """The (a, b)-ReLU duals with few passes over c, reusing c's memory when a * b == 0."""
     jump = (b - a) ** 2
+    scale = jump / _TWO_PI
+    ab = a * b
 
     def dual(q1, c, q2, need_dot):
         if jump == 0.0:  # linear: no arccos needed
-            return a * b * c, (torch.full_like(c, a * b) if need_dot else None)
-        rho, norm = correlation(q1, c, q2)
-        theta = torch.arccos(rho)
-        pi_minus = math.pi - theta
-        nngp = norm * (torch.sqrt(1.0 - rho * rho) + pi_minus * rho) * (jump / _TWO_PI)
-        if a * b != 0.0:
-            nngp = nngp + (a * b) * c
+            return c.mul_(ab), (torch.full_like(c, ab) if need_dot else None)
+        # sqrt(q1 q2) (not sqrt(q1) sqrt(q2)): a symmetric diagonal c = q gives rho = 1 exactly.
+        norm = torch.mul(q1, q2).sqrt_()
+        neg_rho = c.div_(norm) if ab == 0.0 else torch.div(c, norm)  # keep c for a b c
+        if bool((q1 == 0).any()) or bool((q2 == 0).any()):
+            neg_rho = torch.where(norm > 0, neg_rho, torch.zeros_like(neg_rho))
+        neg_rho.clamp_(-1.0, 1.0).neg_()
+        pi_minus = torch.arccos(neg_rho)  # pi - arccos(rho)
+        # sqrt(1 - rho^2) + (pi - theta) rho, then times sqrt(q1 q2) (b - a)^2 / (2 pi).
+        nngp = torch.addcmul(neg_rho.new_ones(()), neg_rho, neg_rho, value=-1.0).sqrt_()
+        nngp.addcmul_(pi_minus, neg_rho, value=-1.0).mul_(norm).mul_(scale)
+        if ab != 0.0:
+            nngp.add_(c, alpha=ab)
         dot = None
         if need_dot:
-            dot = pi_minus * (jump / _TWO_PI)
-            if a * b != 0.0:
-                dot = dot + a * b
+            dot = pi_minus.mul_(scale)
+            if ab != 0.0:
+                dot.add_(ab)
         return nngp, dot
 
     return dual
+
+
+def _abrelu_duals(a: float, b: float) -> tuple[Dual, Dual]:
+    """(dual, dual_inplace) for phi(x) = a min(x, 0) + b max(x, 0); the first copies c."""
+    inplace = _abrelu_dual_inplace(a, b)
+
+    def dual(q1, c, q2, need_dot):
+        q1, c, q2 = (torch.as_tensor(t) for t in (q1, c, q2))
+        shape = torch.broadcast_shapes(q1.shape, c.shape, q2.shape)
+        dtype = torch.promote_types(torch.promote_types(q1.dtype, c.dtype), q2.dtype)
+        own = torch.empty(shape, dtype=dtype, device=c.device).copy_(c)
+        return inplace(q1.to(dtype), own, q2.to(dtype), need_dot)
+
+    return dual, inplace
+
+
+def _abrelu_activation(name: str, fn, a: float, b: float, params: tuple = ()) -> Activation:
+    dual, inplace = _abrelu_duals(a, b)
+    return Activation(name, fn, dual, params=params, dual_inplace=inplace)
 
 
 def abrelu(a: float, b: float) -> Activation:
@@ -109,11 +141,11 @@ def abrelu(a: float, b: float) -> Activation:
     def fn(x):
         return a * torch.clamp(x, max=0) + b * torch.clamp(x, min=0)
 
-    return Activation(f"abrelu(a={a:g}, b={b:g})", fn, _abrelu_dual(a, b), params=(a, b))
+    return _abrelu_activation(f"abrelu(a={a:g}, b={b:g})", fn, a, b, params=(a, b))
 
 
 def relu() -> Activation:
-    return Activation("relu", torch.relu, _abrelu_dual(0.0, 1.0))
+    return _abrelu_activation("relu", torch.relu, 0.0, 1.0)
 
 
 def leaky_relu(slope: float = 0.01) -> Activation:
@@ -125,11 +157,11 @@ def leaky_relu(slope: float = 0.01) -> Activation:
     def fn(x):
         return torch.nn.functional.leaky_relu(x, slope)
 
-    return Activation(f"leaky_relu(slope={slope:g})", fn, _abrelu_dual(slope, 1.0), params=(slope,))
+    return _abrelu_activation(f"leaky_relu(slope={slope:g})", fn, slope, 1.0, params=(slope,))
 
 
 def identity() -> Activation:
-    return Activation("identity", lambda x: x, _abrelu_dual(1.0, 1.0))
+    return _abrelu_activation("identity", lambda x: x, 1.0, 1.0)
 
 
 def _erf_dual(q1, c, q2, need_dot):

@@ -100,15 +100,19 @@ class FCRecursion:
     ) -> Kernel:
         """Run the recursion on one block. ``c`` is K^0 of the block and is consumed."""
         theta = None
+        dual = self.activation.dual_inplace or self.activation.dual
         for layer in range(self.depth + 1):
             # c is the post-activation covariance of the previous layer (K^0 for layer 0).
             if need_ntk:
-                own = c * self.ntk_weight[layer] + self.ntk_bias[layer]
-                theta = own if theta is None else theta.mul_(self.w_var).add_(own)
+                if theta is None:
+                    theta = torch.mul(c, self.ntk_weight[layer]).add_(self.ntk_bias[layer])
+                else:  # theta w_var + (c ntk_weight + ntk_bias), in place
+                    theta.mul_(self.w_var).add_(c, alpha=self.ntk_weight[layer])
+                    theta.add_(self.ntk_bias[layer])
             c = c.mul_(self.w_var).add_(self.b_var)
             if layer == self.depth:
                 break
-            c, dot = self.activation.dual(q1[layer][:, None], c, q2[layer][None, :], need_ntk)
+            c, dot = dual(q1[layer][:, None], c, q2[layer][None, :], need_ntk)
             if need_ntk:
                 theta.mul_(dot)
         return Kernel(c, theta)
@@ -134,8 +138,14 @@ def fc_recursion(
     return FCRecursion(activation, depth, w_var, b_var, weight, bias)
 
 
+def _all_finite(k: torch.Tensor) -> bool:
+    # A finite sum means finite entries (inf and nan propagate), at the cost of one reduction
+    # without temporaries; only when the sum is not finite (or overflowed) look element-wise.
+    return bool(torch.isfinite(k.sum())) or bool(torch.isfinite(k).all())
+
+
 def _check_finite_result(k: torch.Tensor, what: str) -> None:
-    if not bool(torch.isfinite(k).all()):
+    if not _all_finite(k):
         raise FloatingPointError(
             f"the {what} kernel overflowed in {k.dtype} (input norms too large for this dtype); "
             "rescale the inputs or pass dtype=torch.float64"
@@ -221,15 +231,18 @@ def assemble(
     """Write tiles into preallocated (n1, n2) outputs, mirroring a symmetric kernel."""
     nngp = torch.empty((n1, n2), dtype=dtype, device=device) if need_nngp else None
     ntk = torch.empty((n1, n2), dtype=dtype, device=device) if need_ntk else None
+    bad = {"NNGP": False, "NTK": False}  # checked per tile, while the tile is in cache
     for t in tiles:
-        for out, block in ((nngp, t.kernel.nngp), (ntk, t.kernel.ntk)):
+        for out, block, what in ((nngp, t.kernel.nngp, "NNGP"), (ntk, t.kernel.ntk, "NTK")):
             if out is None:
                 continue
             out[t.rows, t.cols] = block
             if symmetric and t.rows != t.cols:
                 out[t.cols, t.rows] = block.T
+            if not bad[what] and not _all_finite(block):
+                bad[what] = True
     for out, what in ((nngp, "NNGP"), (ntk, "NTK")):
-        if out is not None:
+        if out is not None and bad[what]:
             _check_finite_result(out, what)
     return Kernel(nngp, ntk)
 
