@@ -28,7 +28,7 @@ from widenet.kernels import (
 )
 from widenet.layers import PARAMETERIZATIONS, Dense, Elementwise
 
-DEFAULT_TILE = 1024
+DEFAULT_TILE = 512
 
 
 @dataclass(frozen=True)
@@ -106,7 +106,7 @@ class MLP:
 
         ``x2=None`` means ``x2 = x1`` (symmetric; only half the work). The result has the
         inputs' dtype (``dtype`` overrides it; float32 is the default for float32 inputs) and
-        device. ``tile`` bounds the block size (default 1024): memory beyond the output is
+        device. ``tile`` bounds the block size (default 512): memory beyond the output is
         O(tile^2). ``get`` selects "nngp", "ntk" or both. ``width`` is the hidden width, needed
         (only) for ``parameterization="standard"``, whose NTK depends on it.
         """
