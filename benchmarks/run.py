@@ -1,0 +1,102 @@
+"""Run every benchmark and summarise the measured ratios against the goals.
+
+    python benchmarks/run.py [--quick] [--with-nt] [--nt-python PATH]
+
+- ``bench_kernels``: closed-form FC ReLU depth-3 NNGP + NTK vs plain eager PyTorch (goal >= 4x);
+- ``bench_empirical_ntk`` (when importable): empirical NTK vs the torch.func tutorial recipe
+  (goal >= 100x) and vs the GEMM floor;
+- ``nt_compare`` (only with ``--with-nt``): widenet vs neural-tangents (goal >= 2.5x).
+
+Each benchmark writes its own JSON under benchmarks/results/; this prints one summary table.
+The exit status is 0 whatever the goals' outcome (a benchmark is a measurement, not a test).
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+import traceback
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+
+def _run(name: str, **kwargs):
+    try:
+        module = importlib.import_module(name)
+    except ImportError as e:
+        print(f"{name}: not available ({e})")
+        return None
+    print(f"\n=== {name} ===", flush=True)
+    try:
+        return module.main(**kwargs)
+    except Exception:  # report and go on with the other benchmarks
+        traceback.print_exc()
+        return None
+
+
+def summary_rows(kernels, empirical, nt) -> list[tuple[str, float | None, str, float]]:
+    """(what, measured ratio, goal text, goal) rows; ratio None when not measured."""
+    rows = []
+    if kernels is not None:
+        n = kernels["config"]["n"]
+        rows.append(
+            (f"closed form n={n}: eager / widenet (x2=None)", kernels["speedup_vs_eager"], ">=", 4)
+        )
+        rows.append(
+            (
+                f"closed form n={n}: eager / widenet (x2=x)",
+                kernels["ratios"]["float32"]["eager / widenet x2=x"],
+                "info",
+                0.0,
+            )
+        )
+        rows.append(
+            (
+                f"closed form n={n}: widenet / floor (GEMM + 1 pass)",
+                kernels["widenet_over_floor"],
+                "info",
+                0.0,
+            )
+        )
+    if empirical is not None:
+        rows.append(
+            ("empirical NTK: tutorial / widenet", empirical["speedup_vs_tutorial"], ">=", 100)
+        )
+        rows.append(
+            ("empirical NTK: widenet / GEMM floor", empirical["auto_over_gemm_floor"], "info", 0.0)
+        )
+    if nt is not None and not nt.get("skipped"):
+        for c in nt["comparisons"]:
+            rows.append(
+                (f"{c['workload']} n={c['n']}: neural-tangents / widenet", c["speedup"], ">=", 2.5)
+            )
+    return rows
+
+
+def main(quick: bool = False, with_nt: bool = False, nt_python: str | None = None) -> dict:
+    kernels = _run("bench_kernels", quick=quick)
+    empirical = _run("bench_empirical_ntk", quick=quick)
+    nt = _run("nt_compare", quick=quick, nt_python=nt_python) if with_nt else None
+    rows = summary_rows(kernels, empirical, nt)
+    print("\n=== summary" + (" (--quick: small sizes, not the goals' workloads)" if quick else ""))
+    for what, ratio, kind, goal in rows:
+        if kind == "info":
+            verdict = ""
+        else:
+            verdict = f"goal >= {goal:g}x  {'PASS' if ratio >= goal else 'FAIL'}"
+        print(f"  {what:<58s} {ratio:9.2f}x  {verdict}")
+    if with_nt and (nt is None or nt.get("skipped")):
+        why = "failed" if nt is None else nt["reason"]
+        print(f"  neural-tangents comparison: skipped ({why})")
+    return dict(kernels=kernels, empirical=empirical, nt=nt, rows=rows)
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="small sizes (seconds)")
+    parser.add_argument("--with-nt", action="store_true", help="also compare with neural-tangents")
+    parser.add_argument("--nt-python", default=None, help="python of a neural-tangents venv")
+    args = parser.parse_args()
+    main(quick=args.quick, with_nt=args.with_nt, nt_python=args.nt_python)
