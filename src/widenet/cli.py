@@ -278,6 +278,8 @@ def _torch_dtype(dtype: str):
 
 _DATA_HELP = "A .npy/.csv file (rows = points) or a bundled set: digits, iris, wine, "
 _DATA_HELP += "breast_cancer, sphere."
+_ACT_HELP = "Activation: relu, leaky_relu, erf, gelu, identity, sin, cos (closed form); tanh, "
+_ACT_HELP += "sigmoid, softplus, silu, elu (quadrature)."
 _STD_HELP = "Z-score the features (default: on for bundled sets, off for files)."
 
 
@@ -287,7 +289,7 @@ def kernel(
     data: Annotated[str, typer.Option("--data", help=_DATA_HELP)] = "digits",
     n: Annotated[int | None, typer.Option("--n", help="Number of points (default: all).")] = None,
     depth: Annotated[int, typer.Option("--depth", help="Number of hidden layers.")] = 3,
-    activation: Annotated[str, typer.Option("--activation", help="Activation name.")] = "relu",
+    activation: Annotated[str, typer.Option("--activation", help=_ACT_HELP)] = "relu",
     w_std: Annotated[float, typer.Option("--w-std", help="Weight standard deviation.")] = 2**0.5,
     b_std: Annotated[float, typer.Option("--b-std", help="Bias standard deviation.")] = 0.0,
     tile: Annotated[int | None, typer.Option("--tile", help="Tile size; memory O(tile^2).")] = None,
@@ -338,7 +340,7 @@ def ntk(
     data: Annotated[str, typer.Option("--data", help=_DATA_HELP)] = "digits",
     n: Annotated[int | None, typer.Option("--n", help="Number of points (default: all).")] = None,
     depth: Annotated[int, typer.Option("--depth", help="Number of hidden layers.")] = 3,
-    activation: Annotated[str, typer.Option("--activation", help="Activation name.")] = "relu",
+    activation: Annotated[str, typer.Option("--activation", help=_ACT_HELP)] = "relu",
     w_std: Annotated[float, typer.Option("--w-std", help="Weight standard deviation.")] = 2**0.5,
     b_std: Annotated[float, typer.Option("--b-std", help="Bias standard deviation.")] = 0.0,
     dtype: Annotated[str, typer.Option("--dtype", help="float32 or float64.")] = "float32",
