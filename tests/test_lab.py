@@ -195,6 +195,7 @@ def test_run_folder_contents(toy, tmp_path):
     assert "A toy &lt;experiment&gt;." in html  # escaped summary
     assert "number of draws" in html  # metrics doc
     assert meta["versions"]["torch"] in html
+    assert f"<code>{out}</code>" in html and ".partial" not in html
 
 
 def test_same_seed_same_metrics_different_seed_differs(toy, tmp_path):

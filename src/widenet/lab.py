@@ -605,9 +605,9 @@ def run_experiment(
         (staging / METRICS_FILE).write_text(
             json.dumps(metrics, indent=2, allow_nan=False) + "\n", encoding="utf-8"
         )
-        result.out = staging  # the report reads the figures from where they are now
-        (staging / REPORT_FILE).write_text(report.render_run(result), encoding="utf-8")
-        result.out = out
+        # The figures are read from the staging folder, where they are until the move.
+        html = report.render_run(result, figures=sorted(ctx.figures))
+        (staging / REPORT_FILE).write_text(html, encoding="utf-8")
         _move_into_place(staging, out)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)

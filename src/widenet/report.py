@@ -11,6 +11,7 @@ import base64
 import html
 import re
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -126,7 +127,7 @@ def _anchor(name: str) -> str:
     return "exp-" + re.sub(r"[^a-z0-9-]+", "-", name.lower())
 
 
-def _section(result: RunResult, *, level: int = 2, with_title: bool = True) -> str:
+def _section(result: RunResult, *, level: int = 2, with_title: bool = True, figures=None) -> str:
     """The body of one run: summary, metrics, figures, config, versions, documentation."""
     exp = result.experiment
     summary = exp.summary if exp is not None else ""
@@ -153,7 +154,8 @@ def _section(result: RunResult, *, level: int = 2, with_title: bool = True) -> s
     else:
         parts.append(f"<{hs}>Metrics</{hs}>")
         parts.append(_metrics_html(result.metrics, metrics_doc))
-    figures = [] if result.error else result.figures
+    if figures is None:
+        figures = [] if result.error else result.figures
     if figures:
         parts.append(f"<{hs}>Figures</{hs}>")
         parts.extend(_figure_html(p, i) for i, p in enumerate(figures, 1))
@@ -183,9 +185,9 @@ def _page(title: str, body: str) -> str:
     )
 
 
-def render_run(result: RunResult) -> str:
-    """The HTML report of one run."""
-    body = f"<h1>{_e(result.name)}</h1>\n" + _section(result, with_title=False)
+def render_run(result: RunResult, figures: Sequence[Path] | None = None) -> str:
+    """The HTML report of one run; ``figures`` (PNG paths) default to ``result.figures``."""
+    body = f"<h1>{_e(result.name)}</h1>\n" + _section(result, with_title=False, figures=figures)
     return _page(f"widenet · {result.name}", body)
 
 
