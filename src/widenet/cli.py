@@ -129,13 +129,9 @@ def run(
         typer.Option("--force", "-f", help="Re-run even if OUT holds a run with the same config."),
     ] = False,
     threads: Annotated[
-        int | None,
-        typer.Option(
-            "--threads",
-            help="Torch CPU threads (default: 1 with --quick, else torch's; 0 = torch's).",
-            min=0,
-        ),
-    ] = None,
+        int,
+        typer.Option("--threads", help="Torch CPU threads (0 = torch's default).", min=0),
+    ] = 1,
 ) -> None:
     """Run one experiment and write its run folder (config, metrics, figures, report)."""
     from widenet import lab
@@ -146,9 +142,7 @@ def run(
     except (lab.UnknownExperimentError, lab.ConfigError) as err:
         raise _fail(str(err)) from None
     where = out if out is not None else "the run folder"
-    if threads is None:
-        threads = 1 if quick else 0  # see `demo` for why quick sizes use one thread
-    threads = threads or None  # 0 -> torch's default
+    threads = threads or None  # 0 -> torch's default; see `demo` for why 1 is the default
     try:
         result = lab.run_experiment(
             name, quick=quick, out=out, seed=seed, overrides=set_, force=force, threads=threads
@@ -182,9 +176,9 @@ def demo(
     ] = 1,
 ) -> None:
     """Run every experiment at quick size and write one combined report."""
-    # One torch thread by default: quick sizes are many small ops, where a second thread gains
-    # little on an idle 2-core machine but made kernel-convergence ~8x slower (176 s vs 20 s)
-    # on a busy one, through OpenMP spin-waiting.
+    # One torch thread by default (here and in `run`): lab experiments are many small ops, where
+    # a second thread gains little, and on a 2-core machine with any other load OpenMP's
+    # spin-waiting made the kernel-convergence quick run 8x slower (110 s vs 14 s measured).
     from widenet import lab
 
     console = _out()
