@@ -167,10 +167,10 @@ def _check_tile(tile) -> int:
 
 
 def prepare_inputs(x1, x2, dtype):
-    """Validate (x1, x2) and bring them to one dtype; returns (x1, x2 or None)."""
+    """Validate (x1, x2); ``dtype`` casts both, otherwise their dtypes must already agree."""
     x1 = check_inputs(x1, "x1", dtype=dtype)
     if x2 is not None:
-        x2 = check_inputs(x2, "x2", dtype=dtype if dtype is not None else x1.dtype)
+        x2 = check_inputs(x2, "x2", dtype=dtype)
         check_pair(x1, x2)
     return x1, x2
 
