@@ -41,9 +41,18 @@ def main(path):
     cfg = json.loads(open(path).read())
     repeats = cfg["repeats"]
     out = dict(jax=jax.__version__, neural_tangents=nt.__version__, rows=[])
+    ck = cfg.get("closed_form")
+    if ck is not None:
+        closed_form(ck, cfg, repeats, out)
+    em = cfg.get("empirical")
+    if em is not None:
+        empirical(em, repeats, out)
+    with open(cfg["out"], "w") as f:
+        json.dump(out, f, indent=2)
 
-    # Closed form: jit(kernel_fn) with get static, x2=None.
-    ck = cfg["closed_form"]
+
+def closed_form(ck, cfg, repeats, out):
+    """Closed form: jit(kernel_fn) with ``get`` static, x2=None."""
     x = np.load(ck["x"])
     _, _, kernel_fn = mlp(ck["depth"], 512, ck["w_std"], ck["b_std"])
     kfn = jax.jit(kernel_fn, static_argnames="get")
@@ -55,8 +64,9 @@ def main(path):
     print(f"  nt closed form n={x.shape[0]}: {sec:.4f} s", flush=True)
     del k
 
-    # Empirical NTK, scalar output, trace over the output axis.
-    em = cfg["empirical"]
+
+def empirical(em, repeats, out):
+    """Empirical NTK, scalar output, trace over the output axis."""
     init_fn, apply_fn, _ = mlp(em["depth"], em["width"], em["w_std"], em["b_std"])
     _, params = init_fn(jax.random.PRNGKey(0), (-1, em["d"]))
     for n, xpath, impls in em["inputs"]:
@@ -81,8 +91,6 @@ def main(path):
             )
             if sec is not None:
                 print(f"  nt empirical n={n} implementation={impl}: {sec:.4f} s", flush=True)
-    with open(cfg["out"], "w") as f:
-        json.dump(out, f, indent=2)
 
 
 if __name__ == "__main__":
