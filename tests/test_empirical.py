@@ -344,6 +344,20 @@ def test_x2_none_is_symmetric_and_equals_x2_x1(mode):
 
 
 @pytest.mark.parametrize("implementation", IMPLS)
+@pytest.mark.parametrize("mode", ["trace", "full", "diagonal"])
+def test_symmetric_block_subtiles(monkeypatch, implementation, mode):
+    # Θ(x, x) of one block is computed in upper-triangle sub-tiles and mirrored; with tiles of 3
+    # rows on 7 samples every branch (diagonal, off-diagonal, ragged last tile) runs.
+    import widenet.empirical as E
+
+    model = LayerNormNet().double()
+    x = data(7, 4)
+    monkeypatch.setattr(E, "_SYMMETRIC_TILE", 3)
+    got = ntk_quiet(model, x, mode=mode, implementation=implementation)
+    assert rel_err(got, reduce(reference_ntk(model, x), mode)) < TOL64
+
+
+@pytest.mark.parametrize("implementation", IMPLS)
 @pytest.mark.parametrize("symmetric", [True, False])
 def test_chunking_by_memory_limit_gives_same_answer(implementation, symmetric):
     model = LayerNormNet().double()

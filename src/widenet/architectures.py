@@ -104,13 +104,16 @@ class MLP:
     ) -> Kernel:
         """The infinite-width NNGP and NTK between ``x1`` (n1, d) and ``x2`` (n2, d).
 
-        ``x2=None`` means ``x2 = x1`` (symmetric; only half the work). The result has the
+        ``x2=None`` (or ``x2`` being the very tensor ``x1``) means ``x2 = x1``: the kernel is
+        symmetric, so only half the work is done. The result has the
         inputs' dtype (``dtype`` overrides it; float32 is the default for float32 inputs) and
         device. ``tile`` bounds the block size (default 512): memory beyond the output is
         O(tile^2). ``get`` selects "nngp", "ntk" or both. ``width`` is the hidden width, needed
         (only) for ``parameterization="standard"``, whose NTK depends on it.
         """
         need_nngp, need_ntk = _resolve_get(get)
+        if x2 is x1:  # the same tensor: take the symmetric path (half the work, exact diagonal)
+            x2 = None
         x1, x2 = prepare_inputs(x1, x2, dtype)
         tile = DEFAULT_TILE if tile is None else _check_tile(tile)
         rec = self._recursion(x1.shape[1], width)
