@@ -9,7 +9,8 @@ from other processes hits them alike; the best of the repeats is reported):
 
 - ``widenet x2=None``: ``wn.mlp(3, "relu", sqrt(2), 0.1).kernel(x)`` (symmetric: the tiles on and
   above the diagonal, mirrored);
-- ``widenet x2=x``: the same with ``x2=x`` passed explicitly (every tile computed);
+- ``widenet x2=x``: the same with a copy of ``x`` passed as ``x2`` (every tile computed; passing
+  the very tensor ``x`` would take the symmetric path);
 - ``eager``: :func:`eager_fc_relu_kernels`, the same recursion written the obvious way in eager
   PyTorch on full n x n tensors (no tiling, no symmetry, no in-place tricks);
 - ``floor``: one n x n x d GEMM (``x @ x.T``) plus one elementwise pass over n x n
@@ -129,7 +130,8 @@ def main(quick: bool = False, repeats: int | None = None) -> dict:
         # Correctness first: the reference and widenet (both forms) must agree.
         ref_nngp, ref_ntk = eager_fc_relu_kernels(x, DEPTH, W_STD, B_STD)
         errs = {}
-        for form, k in (("x2=None", arch.kernel(x)), ("x2=x", arch.kernel(x, x))):
+        xc = x.clone()  # a copy: kernel(x, x) with the same tensor takes the symmetric path
+        for form, k in (("x2=None", arch.kernel(x)), ("x2=x", arch.kernel(x, xc))):
             errs[f"nngp {form}"] = rel(k.nngp, ref_nngp)
             errs[f"ntk {form}"] = rel(k.ntk, ref_ntk)
         del ref_nngp, ref_ntk, k
@@ -142,7 +144,7 @@ def main(quick: bool = False, repeats: int | None = None) -> dict:
 
         fns = {
             "widenet x2=None": lambda x=x: arch.kernel(x),
-            "widenet x2=x": lambda x=x: arch.kernel(x, x),
+            "widenet x2=x": lambda x=x, xc=xc: arch.kernel(x, xc),
             "eager": lambda x=x: eager_fc_relu_kernels(x, DEPTH, W_STD, B_STD),
             "gemm": lambda xs=xs: xs @ xs.T,
             "floor": lambda xs=xs: floor_gemm_arccos(xs),

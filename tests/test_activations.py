@@ -410,3 +410,25 @@ def test_get_errors():
         A.leaky_relu(float("nan"))
     with pytest.raises(ValueError, match="b must be finite"):
         A.abrelu(0.0, float("inf"))
+
+
+def test_get_parses_parametrised_names():
+    for text, expected in (
+        ("leaky_relu(0.1)", A.leaky_relu(0.1)),
+        ("leaky_relu(slope=0.1)", A.leaky_relu(0.1)),
+        ("abrelu(a=-0.5, b=2)", A.abrelu(-0.5, 2.0)),
+        ("abrelu(-0.5,2)", A.abrelu(-0.5, 2.0)),
+    ):
+        got = A.get(text)
+        assert got.name == expected.name and got.params == expected.params
+    # Names round-trip exactly, so configs can store them.
+    for act in (A.leaky_relu(0.123456789), A.abrelu(-1 / 3, 2.5)):
+        assert A.get(act.name).params == act.params
+    for bad, match in (
+        ("abrelu(1)", "both a and b"),
+        ("relu(2)", "only leaky_relu"),
+        ("leaky_relu(x)", "slope must be a number"),
+        ("leaky_relu(c=1)", "expected arguments slope"),
+    ):
+        with pytest.raises(ValueError, match=match):
+            A.get(bad)

@@ -47,9 +47,9 @@ def invoke(*args):
 def test_help_lists_every_command():
     result = invoke("--help")
     assert result.exit_code == 0
-    for command in ("list", "run", "demo", "kernel", "ntk"):
+    for command in ("list", "run", "demo", "kernel", "ntk", "h-infinity"):
         assert command in result.output
-    for command in ("run", "demo", "kernel", "ntk", "list"):
+    for command in ("run", "demo", "kernel", "ntk", "list", "h-infinity"):
         assert invoke(command, "--help").exit_code == 0
 
 
@@ -171,6 +171,45 @@ def test_kernel_from_files(tmp_path):
             first = values
     assert shapes == [(10, 10), (10, 10)]
     np.testing.assert_allclose(values, first, rtol=1e-10)  # the CSV header is skipped
+
+
+def test_kernel_parameterization_and_parametrised_activation(tmp_path):
+    import torch
+
+    import widenet as wn
+
+    x = np.random.default_rng(0).standard_normal((6, 4))
+    np.save(tmp_path / "x.npy", x)
+    out = tmp_path / "K.npz"
+    args = ("--data", tmp_path / "x.npy", "--activation", "leaky_relu(0.1)", "--b-std", 0.3)
+    result = invoke("kernel", *args, "--parameterization", "standard", "--width", 64, "--out", out)
+    assert result.exit_code == 0, result.output
+    arch = wn.mlp(3, wn.activations.leaky_relu(0.1), 2**0.5, 0.3, parameterization="standard")
+    expected = arch.kernel(torch.as_tensor(x), width=64)
+    with np.load(out) as k:
+        np.testing.assert_allclose(k["ntk"], expected.ntk.numpy(), rtol=1e-12)
+        np.testing.assert_allclose(k["nngp"], expected.nngp.numpy(), rtol=1e-12)
+    result = invoke("kernel", *args, "--parameterization", "standard", "--out", out)
+    assert result.exit_code == 2 and "width" in result.output
+
+
+def test_h_infinity(tmp_path):
+    import torch
+
+    import widenet as wn
+
+    x = np.random.default_rng(0).standard_normal((7, 3))
+    np.save(tmp_path / "x.npy", x)
+    out = tmp_path / "H.npy"
+    result = invoke("h-infinity", "--data", tmp_path / "x.npy", "--out", out)
+    assert result.exit_code == 0, result.output
+    unit = x / np.linalg.norm(x, axis=1, keepdims=True)
+    expected = wn.h_infinity(torch.as_tensor(unit)).numpy()
+    np.testing.assert_allclose(np.load(out), expected, rtol=1e-12)
+    assert f"{np.linalg.eigvalsh(expected).min():.6g}" in result.output
+    np.save(tmp_path / "z.npy", np.vstack([x, np.zeros((1, 3))]))
+    result = invoke("h-infinity", "--data", tmp_path / "z.npy", "--out", out)
+    assert result.exit_code == 2 and "zero norm" in result.output
 
 
 @pytest.mark.parametrize(

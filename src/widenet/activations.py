@@ -48,6 +48,7 @@ catastrophically; sin/cos use exponents that are never positive.
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -153,7 +154,7 @@ def abrelu(a: float, b: float) -> Activation:
     def fn(x):
         return a * torch.clamp(x, max=0) + b * torch.clamp(x, min=0)
 
-    return _abrelu_activation(f"abrelu(a={a:g}, b={b:g})", fn, a, b, params=(a, b))
+    return _abrelu_activation(f"abrelu(a={a!r}, b={b!r})", fn, a, b, params=(a, b))
 
 
 def relu() -> Activation:
@@ -169,7 +170,7 @@ def leaky_relu(slope: float = 0.01) -> Activation:
     def fn(x):
         return torch.nn.functional.leaky_relu(x, slope)
 
-    return _abrelu_activation(f"leaky_relu(slope={slope:g})", fn, slope, 1.0, params=(slope,))
+    return _abrelu_activation(f"leaky_relu(slope={slope!r})", fn, slope, 1.0, params=(slope,))
 
 
 def identity() -> Activation:
@@ -363,22 +364,59 @@ _QUADRATURE = {
 NAMES = tuple(_CLOSED) + tuple(_QUADRATURE)
 
 
+_WITH_PARAMS = {"leaky_relu": (leaky_relu, ("slope",)), "abrelu": (abrelu, ("a", "b"))}
+_CALL = re.compile(r"^([a-z_]+)\((.*)\)$")
+
+
+def _parse_call(text: str) -> Activation:
+    """``leaky_relu(0.1)``, ``leaky_relu(slope=0.1)``, ``abrelu(a=-0.5, b=2)`` (as in names)."""
+    name, args = _CALL.match(text).groups()
+    if name not in _WITH_PARAMS:
+        raise ValueError(
+            f"activation {text!r}: only leaky_relu(...) and abrelu(...) take arguments"
+        )
+    make, keys = _WITH_PARAMS[name]
+    values = {}
+    for i, part in enumerate(p.strip() for p in args.split(",") if p.strip()):
+        key, _, raw = part.rpartition("=")
+        key = key.strip() or (keys[i] if i < len(keys) else "")
+        if key not in keys or key in values:
+            raise ValueError(f"activation {text!r}: expected arguments {', '.join(keys)}")
+        try:
+            values[key] = float(raw)
+        except ValueError:
+            raise ValueError(f"activation {text!r}: {key} must be a number, got {raw!r}") from None
+    if name == "abrelu" and len(values) != 2:
+        raise ValueError(f"activation {text!r}: abrelu needs both a and b")
+    return make(**values)
+
+
 def get(activation) -> Activation:
-    """Resolve ``activation`` (a name, an ``Activation`` or an elementwise callable)."""
+    """Resolve ``activation`` (a name, an ``Activation`` or an elementwise callable).
+
+    Names with parameters read as the activations' own names: ``"leaky_relu(0.1)"``,
+    ``"abrelu(a=-0.5, b=2)"``, so ``get(act.name)`` rebuilds ``act`` for these.
+    """
     if isinstance(activation, Activation):
         return activation
     if isinstance(activation, str):
-        key = activation.strip().lower()
+        key = activation.strip().lower().replace(" ", "")
         if key in _CLOSED:
             return _CLOSED[key]()
         if key in _QUADRATURE:
             fn, derivative = _QUADRATURE[key]
             return quadrature(fn, key, derivative=derivative)
+        if _CALL.match(key):
+            return _parse_call(key)
         if key == "abrelu":
             raise ValueError(
-                "activation 'abrelu' needs its slopes: pass widenet.activations.abrelu(a, b)"
+                "activation 'abrelu' needs its slopes: 'abrelu(a, b)' or "
+                "widenet.activations.abrelu(a, b)"
             )
-        raise ValueError(f"unknown activation {activation!r}; expected one of {', '.join(NAMES)}")
+        raise ValueError(
+            f"unknown activation {activation!r}; expected one of {', '.join(NAMES)}, "
+            "'leaky_relu(slope)' or 'abrelu(a, b)'"
+        )
     if callable(activation):
         return quadrature(activation)
     raise TypeError(

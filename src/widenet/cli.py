@@ -272,8 +272,8 @@ def _torch_dtype(dtype: str):
 
 _DATA_HELP = "A .npy/.csv file (rows = points) or a bundled set: digits, iris, wine, "
 _DATA_HELP += "breast_cancer, sphere."
-_ACT_HELP = "Activation: relu, leaky_relu, erf, gelu, identity, sin, cos (closed form); tanh, "
-_ACT_HELP += "sigmoid, softplus, silu, elu (quadrature)."
+_ACT_HELP = "Activation: relu, leaky_relu, 'leaky_relu(0.1)', 'abrelu(a, b)', erf, gelu, identity, "
+_ACT_HELP += "sin, cos (closed form); tanh, sigmoid, softplus, silu, elu (quadrature)."
 _STD_HELP = "Z-score the features (default: on for bundled sets, off for files)."
 
 
@@ -293,6 +293,13 @@ def kernel(
         bool | None, typer.Option("--standardize/--no-standardize", help=_STD_HELP)
     ] = None,
     data_seed: Annotated[int, typer.Option("--data-seed", help="Seed of the subset draw.")] = 0,
+    parameterization: Annotated[
+        str, typer.Option("--parameterization", help="ntk (default) or standard.")
+    ] = "ntk",
+    width: Annotated[
+        int | None,
+        typer.Option("--width", help="Hidden width; only for --parameterization standard."),
+    ] = None,
 ) -> None:
     """Infinite-width NNGP and NTK of an MLP on data; saved as .npz (both) or .npy (--get)."""
     import numpy as np
@@ -305,9 +312,15 @@ def kernel(
         if out.suffix.lower() not in (".npy", ".npz"):
             raise ValueError(f"--out must end in .npy or .npz, got {out.name!r}")
         x = _load_data(data, n, data_seed, standardize, _torch_dtype(dtype))
-        arch = wn.mlp(depth=depth, activation=activation, w_std=w_std, b_std=b_std)
+        arch = wn.mlp(
+            depth=depth,
+            activation=activation,
+            w_std=w_std,
+            b_std=b_std,
+            parameterization=parameterization,
+        )
         t0 = time.perf_counter()
-        k = arch.kernel(x, tile=tile)
+        k = arch.kernel(x, tile=tile, width=width)
         seconds = time.perf_counter() - t0
         arrays = {"nngp": k.nngp.cpu().numpy(), "ntk": k.ntk.cpu().numpy()}
         _save(out, arrays, get)
@@ -364,6 +377,48 @@ def ntk(
     _out().print(
         f"empirical ntk ({shape}, mode={mode}) of a width-{width} depth-{depth} {activation} "
         f"MLP (seed {seed}) on {x.shape[0]} points in {seconds:.2f} s",
+        soft_wrap=True,
+    )
+    typer.echo(f"Saved: {out.resolve()}")
+
+
+@app.command("h-infinity")
+def h_infinity(
+    out: Annotated[Path, typer.Option("--out", "-o", help="Output .npy (or .npz, key 'h').")],
+    data: Annotated[str, typer.Option("--data", help=_DATA_HELP)] = "digits",
+    n: Annotated[int | None, typer.Option("--n", help="Number of points (default: all).")] = None,
+    normalize: Annotated[
+        bool,
+        typer.Option("--normalize/--no-normalize", help="Scale rows to unit norm, as Du et al."),
+    ] = True,
+    dtype: Annotated[str, typer.Option("--dtype", help="float32 or float64.")] = "float64",
+    standardize: Annotated[
+        bool | None, typer.Option("--standardize/--no-standardize", help=_STD_HELP)
+    ] = None,
+    data_seed: Annotated[int, typer.Option("--data-seed", help="Seed of the subset draw.")] = 0,
+) -> None:
+    """Du et al. (2018) Gram matrix H-infinity of a two-layer ReLU net on data, and its lambda_0."""
+    import torch
+
+    import widenet as wn
+
+    try:
+        if out.suffix.lower() not in (".npy", ".npz"):
+            raise ValueError(f"--out must end in .npy or .npz, got {out.name!r}")
+        x = _load_data(data, n, data_seed, standardize, _torch_dtype(dtype))
+        if normalize:
+            norms = x.norm(dim=1, keepdim=True)
+            if bool((norms == 0).any()):
+                raise ValueError("--normalize: the data has rows of zero norm")
+            x = x / norms
+        h = wn.h_infinity(x)
+        _save(out, {"h": h.cpu().numpy()}, "h")
+    except (ValueError, TypeError, OSError) as err:
+        raise _fail(str(err)) from None
+    lam0 = float(torch.linalg.eigvalsh(h.double()).min())
+    _out().print(
+        f"H-infinity ({h.shape[0]}x{h.shape[1]}, {dtype}) on {x.shape[0]} points; "
+        f"lambda_0 = lambda_min(H-infinity) = {lam0:.6g}",
         soft_wrap=True,
     )
     typer.echo(f"Saved: {out.resolve()}")
