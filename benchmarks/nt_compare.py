@@ -35,11 +35,11 @@ import math
 import os
 import subprocess
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
 import torch
+from bench_empirical_ntk import best_of
 
 import widenet as wn
 
@@ -77,16 +77,6 @@ def find_nt_python(nt_python: str | None = None) -> tuple[str | None, str]:
     if check.returncode != 0:
         return None, f"{nt_python} cannot import neural_tangents and jax"
     return nt_python, ""
-
-
-def best_of(fn, repeats: int) -> float:
-    fn()
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return min(times)
 
 
 def rel(a, b) -> float:
@@ -130,7 +120,8 @@ def main(
     )
 
     def time_widenet(times, key):
-        t = best_of(wn_fns[key], max(repeats, 5))  # cheap; more repeats ride out load bursts
+        # cheap; more repeats ride out load bursts
+        t = best_of(wn_fns[key], max(repeats, 5), torch.device("cpu"))[0]
         times[key] = min(t, times.get(key, math.inf))
         print(f"  widenet {key[0]} n={key[1]}: {t:.4f} s", flush=True)
 

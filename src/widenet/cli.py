@@ -253,13 +253,12 @@ def _load_data(data: str, n: int | None, data_seed: int, standardize: bool | Non
 def _save(out: Path, arrays: dict, which: str) -> None:
     import numpy as np
 
+    _check_out(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     if out.suffix.lower() == ".npz":
         np.savez(out, **arrays)
-    elif out.suffix.lower() == ".npy":
-        np.save(out, arrays[which])
     else:
-        raise ValueError(f"--out must end in .npy or .npz, got {out.name!r}")
+        np.save(out, arrays[which])
 
 
 def _torch_dtype(dtype: str):
@@ -276,23 +275,39 @@ _ACT_HELP = "Activation: relu, leaky_relu, 'leaky_relu(0.1)', 'abrelu(a, b)', er
 _ACT_HELP += "sin, cos (closed form); tanh, sigmoid, softplus, silu, elu (quadrature)."
 _STD_HELP = "Z-score the features (default: on for bundled sets, off for files)."
 
+# Options shared by the commands that compute kernels on data.
+DataOpt = Annotated[str, typer.Option("--data", help=_DATA_HELP)]
+NOpt = Annotated[int | None, typer.Option("--n", help="Number of points (default: all).")]
+DepthOpt = Annotated[int, typer.Option("--depth", help="Number of hidden layers.")]
+ActivationOpt = Annotated[str, typer.Option("--activation", help=_ACT_HELP)]
+WStdOpt = Annotated[float, typer.Option("--w-std", help="Weight standard deviation.")]
+BStdOpt = Annotated[float, typer.Option("--b-std", help="Bias standard deviation.")]
+DtypeOpt = Annotated[str, typer.Option("--dtype", help="float32 or float64.")]
+StandardizeOpt = Annotated[
+    bool | None, typer.Option("--standardize/--no-standardize", help=_STD_HELP)
+]
+DataSeedOpt = Annotated[int, typer.Option("--data-seed", help="Seed of the subset draw.")]
+
+
+def _check_out(out: Path) -> None:
+    if out.suffix.lower() not in (".npy", ".npz"):
+        raise ValueError(f"--out must end in .npy or .npz, got {out.name!r}")
+
 
 @app.command()
 def kernel(
     out: Annotated[Path, typer.Option("--out", "-o", help="Output .npz (nngp and ntk) or .npy.")],
-    data: Annotated[str, typer.Option("--data", help=_DATA_HELP)] = "digits",
-    n: Annotated[int | None, typer.Option("--n", help="Number of points (default: all).")] = None,
-    depth: Annotated[int, typer.Option("--depth", help="Number of hidden layers.")] = 3,
-    activation: Annotated[str, typer.Option("--activation", help=_ACT_HELP)] = "relu",
-    w_std: Annotated[float, typer.Option("--w-std", help="Weight standard deviation.")] = 2**0.5,
-    b_std: Annotated[float, typer.Option("--b-std", help="Bias standard deviation.")] = 0.0,
+    data: DataOpt = "digits",
+    n: NOpt = None,
+    depth: DepthOpt = 3,
+    activation: ActivationOpt = "relu",
+    w_std: WStdOpt = 2**0.5,
+    b_std: BStdOpt = 0.0,
     tile: Annotated[int | None, typer.Option("--tile", help="Tile size; memory O(tile^2).")] = None,
-    dtype: Annotated[str, typer.Option("--dtype", help="float32 or float64.")] = "float64",
+    dtype: DtypeOpt = "float64",
     get: Annotated[str, typer.Option("--get", help="Which kernel a .npy output holds.")] = "ntk",
-    standardize: Annotated[
-        bool | None, typer.Option("--standardize/--no-standardize", help=_STD_HELP)
-    ] = None,
-    data_seed: Annotated[int, typer.Option("--data-seed", help="Seed of the subset draw.")] = 0,
+    standardize: StandardizeOpt = None,
+    data_seed: DataSeedOpt = 0,
     parameterization: Annotated[
         str, typer.Option("--parameterization", help="ntk (default) or standard.")
     ] = "ntk",
@@ -309,8 +324,7 @@ def kernel(
     try:
         if get not in ("ntk", "nngp"):
             raise ValueError(f"--get must be ntk or nngp, got {get!r}")
-        if out.suffix.lower() not in (".npy", ".npz"):
-            raise ValueError(f"--out must end in .npy or .npz, got {out.name!r}")
+        _check_out(out)
         x = _load_data(data, n, data_seed, standardize, _torch_dtype(dtype))
         arch = wn.mlp(
             depth=depth,
@@ -344,24 +358,21 @@ def ntk(
     mode: Annotated[
         str, typer.Option("--mode", help="Empirical NTK mode (see wn.empirical_ntk).")
     ] = "trace",
-    data: Annotated[str, typer.Option("--data", help=_DATA_HELP)] = "digits",
-    n: Annotated[int | None, typer.Option("--n", help="Number of points (default: all).")] = None,
-    depth: Annotated[int, typer.Option("--depth", help="Number of hidden layers.")] = 3,
-    activation: Annotated[str, typer.Option("--activation", help=_ACT_HELP)] = "relu",
-    w_std: Annotated[float, typer.Option("--w-std", help="Weight standard deviation.")] = 2**0.5,
-    b_std: Annotated[float, typer.Option("--b-std", help="Bias standard deviation.")] = 0.0,
-    dtype: Annotated[str, typer.Option("--dtype", help="float32 or float64.")] = "float32",
-    standardize: Annotated[
-        bool | None, typer.Option("--standardize/--no-standardize", help=_STD_HELP)
-    ] = None,
-    data_seed: Annotated[int, typer.Option("--data-seed", help="Seed of the subset draw.")] = 0,
+    data: DataOpt = "digits",
+    n: NOpt = None,
+    depth: DepthOpt = 3,
+    activation: ActivationOpt = "relu",
+    w_std: WStdOpt = 2**0.5,
+    b_std: BStdOpt = 0.0,
+    dtype: DtypeOpt = "float32",
+    standardize: StandardizeOpt = None,
+    data_seed: DataSeedOpt = 0,
 ) -> None:
     """Empirical NTK of a finite-width widenet MLP at initialisation on data."""
     import widenet as wn
 
     try:
-        if out.suffix.lower() not in (".npy", ".npz"):
-            raise ValueError(f"--out must end in .npy or .npz, got {out.name!r}")
+        _check_out(out)
         torch_dtype = _torch_dtype(dtype)
         x = _load_data(data, n, data_seed, standardize, torch_dtype)
         arch = wn.mlp(depth=depth, activation=activation, w_std=w_std, b_std=b_std)
@@ -385,17 +396,15 @@ def ntk(
 @app.command("h-infinity")
 def h_infinity(
     out: Annotated[Path, typer.Option("--out", "-o", help="Output .npy (or .npz, key 'h').")],
-    data: Annotated[str, typer.Option("--data", help=_DATA_HELP)] = "digits",
-    n: Annotated[int | None, typer.Option("--n", help="Number of points (default: all).")] = None,
+    data: DataOpt = "digits",
+    n: NOpt = None,
     normalize: Annotated[
         bool,
         typer.Option("--normalize/--no-normalize", help="Scale rows to unit norm, as Du et al."),
     ] = True,
-    dtype: Annotated[str, typer.Option("--dtype", help="float32 or float64.")] = "float64",
-    standardize: Annotated[
-        bool | None, typer.Option("--standardize/--no-standardize", help=_STD_HELP)
-    ] = None,
-    data_seed: Annotated[int, typer.Option("--data-seed", help="Seed of the subset draw.")] = 0,
+    dtype: DtypeOpt = "float64",
+    standardize: StandardizeOpt = None,
+    data_seed: DataSeedOpt = 0,
 ) -> None:
     """Du et al. (2018) Gram matrix H-infinity of a two-layer ReLU net on data, and its lambda_0."""
     import torch
@@ -403,8 +412,7 @@ def h_infinity(
     import widenet as wn
 
     try:
-        if out.suffix.lower() not in (".npy", ".npz"):
-            raise ValueError(f"--out must end in .npy or .npz, got {out.name!r}")
+        _check_out(out)
         x = _load_data(data, n, data_seed, standardize, _torch_dtype(dtype))
         if normalize:
             norms = x.norm(dim=1, keepdim=True)
