@@ -70,8 +70,9 @@ class KernelTile:
 class FCRecursion:
     """The layer-by-layer recursion of a fully-connected network (see the module docstring).
 
-    ``fan_in_scale[l]`` and ``bias_scale[l]`` are the weights of layer l's own parameters in its
-    NTK term: (w_std^2, b_std^2) in the NTK parameterization, (fan_in_l, 1) in the standard one.
+    ``ntk_weight[l]`` and ``ntk_bias[l]`` weigh layer l's own parameters in its NTK term,
+    ntk_weight[l] K_post^{l-1} + ntk_bias[l]: (w_std^2, b_std^2) in the NTK parameterization,
+    (fan_in_l, 1) in the standard one.
     """
 
     activation: Activation
