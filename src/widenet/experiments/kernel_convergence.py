@@ -131,7 +131,7 @@ def _slope(widths, values) -> float:
 @lab.register(
     "kernel-convergence",
     summary="Empirical NTK -> infinite-width NTK as width grows (error ~ n^-1/2), and lazy "
-    "training (NTK change ~ n^-1/2).",
+    "training (NTK change between n^-1/2 and n^-1).",
     config=KernelConvergenceConfig,
     metrics=METRICS,
 )
