@@ -267,6 +267,14 @@ def test_tiling_quadrature_activation():
     torch.testing.assert_close(arch.kernel(x, x[:3]).ntk, full.ntk[:, :3], rtol=1e-7, atol=1e-9)
 
 
+def test_progress_bar_does_not_change_the_kernel():
+    x = torch.randn(10, 3, dtype=F64)
+    arch = wn.mlp(2, "relu", b_std=0.1)
+    for x2 in (None, x[:4]):
+        shown = arch.kernel(x, x2, tile=3, progress=True)
+        assert torch.equal(shown.ntk, arch.kernel(x, x2, tile=3).ntk)
+
+
 def test_kernel_tiles_upper_triangle_and_assembly():
     g = torch.Generator().manual_seed(0)
     x = torch.randn(10, 3, generator=g, dtype=F64)

@@ -101,6 +101,7 @@ class MLP:
         tile: int | None = None,
         dtype: torch.dtype | None = None,
         width: int | None = None,
+        progress: bool = False,
     ) -> Kernel:
         """The infinite-width NNGP and NTK between ``x1`` (n1, d) and ``x2`` (n2, d).
 
@@ -109,7 +110,8 @@ class MLP:
         inputs' dtype (``dtype`` overrides it; float32 is the default for float32 inputs) and
         device. ``tile`` bounds the block size (default 512): memory beyond the output is
         O(tile^2). ``get`` selects "nngp", "ntk" or both. ``width`` is the hidden width, needed
-        (only) for ``parameterization="standard"``, whose NTK depends on it.
+        (only) for ``parameterization="standard"``, whose NTK depends on it. ``progress`` shows a
+        progress bar over the tiles (on stderr).
         """
         need_nngp, need_ntk = _resolve_get(get)
         if x2 is x1:  # the same tensor: take the symmetric path (half the work, exact diagonal)
@@ -118,8 +120,11 @@ class MLP:
         tile = DEFAULT_TILE if tile is None else _check_tile(tile)
         rec = self._recursion(x1.shape[1], width)
         n2 = x1.shape[0] if x2 is None else x2.shape[0]
+        tiles = fc_tiles(rec, x1, x2, tile=tile, need_ntk=need_ntk)
+        if progress:
+            tiles = _with_progress(tiles, x1.shape[0], n2, tile, symmetric=x2 is None)
         return assemble(
-            fc_tiles(rec, x1, x2, tile=tile, need_ntk=need_ntk),
+            tiles,
             x1.shape[0],
             n2,
             symmetric=x2 is None,
@@ -169,6 +174,14 @@ class MLP:
             generator=gen,
             dtype=dtype,
         )
+
+
+def _with_progress(tiles, n1: int, n2: int, tile: int, *, symmetric: bool):
+    from rich.progress import track
+
+    r, c = -(-n1 // tile), -(-n2 // tile)
+    total = r * (r + 1) // 2 if symmetric else r * c
+    return track(tiles, total=total, description=f"kernel {n1}x{n2}", transient=True)
 
 
 def mlp(

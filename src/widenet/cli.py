@@ -334,7 +334,7 @@ def kernel(
             parameterization=parameterization,
         )
         t0 = time.perf_counter()
-        k = arch.kernel(x, tile=tile, width=width)
+        k = arch.kernel(x, tile=tile, width=width, progress=_err().is_terminal)
         seconds = time.perf_counter() - t0
         arrays = {"nngp": k.nngp.cpu().numpy(), "ntk": k.ntk.cpu().numpy()}
         _save(out, arrays, get)
