@@ -39,7 +39,7 @@ th { font-weight: 600; white-space: nowrap; }
 td.num { font-variant-numeric: tabular-nums; }
 code, pre, td.val { font-family: ui-monospace, SFMono-Regular, Menlo, Consolas, monospace;
   font-size: .9em; }
-td.val { word-break: break-word; max-width: 640px; }
+td.val { overflow-wrap: anywhere; max-width: 640px; min-width: 6em; }
 pre.doc { background: #f1f3f7; padding: 12px 14px; border-radius: 6px; white-space: pre-wrap;
   overflow-x: auto; }
 figure { margin: 14px 0 22px; }
