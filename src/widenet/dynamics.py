@@ -1,0 +1,690 @@
+r"""Training dynamics of linearized and infinitely wide networks, in closed form.
+
+Lee et al. 2019 ("Wide neural networks of any depth evolve as linear models under gradient
+descent", NeurIPS). A network linearized around θ0 (:func:`widenet.linearize`) and trained on a
+squared loss moves in function space along the NTK Θ = J(X) J(X)ᵀ at θ0. With
+
+    L(f) = 1/(2N) Σ (f − y)²,   N = y.numel()   (loss="mean", neural-tangents' convention)
+    L(f) = ½ Σ (f − y)²,        N = 1           (loss="sum"),
+
+gradient flow θ̇ = −η ∇_θ L gives (eqs. 8–11)
+
+    f_t(X) = y + e^{−ηΘt/N} (f_0(X) − y),
+    f_t(x) = f_0(x) + Θ(x, X) Θ⁻¹ (I − e^{−ηΘt/N}) (y − f_0(X)),
+
+and full-batch gradient descent θ_{s+1} = θ_s − η ∇_θ L is the same with (I − ηΘ/N)^s in place
+of the exponential. The learning rate is the one applied to the parameters: the function-space
+rate is η/N, so "mean" makes η independent of the number of training points. Θ is the kernel of
+one output unit (shape (n, n)); each of the k output columns of y evolves independently with it
+(Θ ⊗ I_k, exact for the infinite-width kernel and for networks with one output).
+
+Every function diagonalises Θ(X, X) (+ ``diag_reg`` · I) once with ``torch.linalg.eigh`` in
+float64 and evaluates all requested times from the eigenvalues, so Θ⁻¹(I − e^{−ηΘt/N}) is
+computed as (1 − e^{−ηλt/N})/λ per eigenvalue, whose limit ηt/N is used for λ → 0: no inverse
+of a near-singular matrix is formed unless t = ∞ requires one. Results have the dtype and device
+of ``ntk_train_train``; y of shape (n,) is treated as (n, 1), so outputs always end in k.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from widenet._checks import as_tensor, check_finite, check_real
+
+__all__ = [
+    "LOSSES",
+    "GaussianPrediction",
+    "Prediction",
+    "critical_learning_rate",
+    "gp_ensemble_mse",
+    "gradient_descent_mse",
+    "gradient_flow_mse",
+    "max_learning_rate",
+    "nngp_posterior",
+    "ode_dynamics",
+]
+
+LOSSES = ("mean", "sum")
+ODE_LOSSES = ("cross_entropy",)
+
+_F64 = torch.float64
+# An eigenvalue below -_PSD_TOL * λmax means the kernel is not positive semi-definite.
+_PSD_TOL = 1e-6
+# Below this |ηλ/N| the geometric sum uses expm1/log1p (no cancellation in 1 − (1 − x)^s).
+_SMALL = 0.5
+
+
+@dataclass(frozen=True)
+class Prediction:
+    """Outputs at each requested time: ``train`` (T, n_train, k), ``test`` (T, n_test, k).
+
+    ``test`` is None when no test kernel was given; ``train`` is None only where documented.
+    """
+
+    train: torch.Tensor | None
+    test: torch.Tensor | None
+
+
+@dataclass(frozen=True)
+class GaussianPrediction:
+    """A Gaussian over test outputs: ``mean`` (T, n_test, k), ``covariance`` (T, n_test, n_test).
+
+    The covariance is the same for each of the k output units (independent across units).
+    """
+
+    mean: torch.Tensor
+    covariance: torch.Tensor
+
+
+# --------------------------------------------------------------------------------------------
+# Validation
+# --------------------------------------------------------------------------------------------
+
+
+def _matrix(x, name: str, shape=None) -> torch.Tensor:
+    x = as_tensor(x, name)
+    if x.ndim != 2:
+        raise ValueError(f"{name} must be a 2-D matrix, got shape {tuple(x.shape)}")
+    if shape is not None and tuple(x.shape) != tuple(shape):
+        raise ValueError(f"{name} must have shape {tuple(shape)}, got {tuple(x.shape)}")
+    check_finite(x, name)
+    return x
+
+
+def _square(x, name: str) -> torch.Tensor:
+    """A finite symmetric (n, n) kernel, symmetrised; asymmetry beyond √eps·max|K| is refused."""
+    x = _matrix(x, name)
+    n, m = x.shape
+    if n != m or n == 0:
+        raise ValueError(f"{name} must be a non-empty square (n, n) matrix, got shape {(n, m)}")
+    scale = float(x.abs().max())
+    asym = float((x - x.T).abs().max())
+    if asym > math.sqrt(torch.finfo(x.dtype).eps) * max(scale, 1e-300):
+        raise ValueError(
+            f"{name} is not symmetric: max |K - K^T| = {asym:.3g} (max |K| = {scale:.3g}); a "
+            "kernel between the training points and themselves must be symmetric"
+        )
+    return x
+
+
+def _check_loss(loss) -> str:
+    if loss not in LOSSES:
+        raise ValueError(f"loss must be one of {LOSSES}, got {loss!r}")
+    return loss
+
+
+def _targets(y, name: str, n: int, device) -> torch.Tensor:
+    y = as_tensor(y, name).to(device=device, dtype=_F64)
+    if y.ndim == 1:
+        y = y[:, None]
+    if y.ndim != 2 or y.shape[0] != n:
+        raise ValueError(
+            f"{name} must have shape ({n},) or ({n}, k) to match the {n} training points, got "
+            f"{tuple(y.shape)}"
+        )
+    check_finite(y, name)
+    return y
+
+
+def _outputs(f0, name: str, shape, device) -> torch.Tensor:
+    if f0 is None:
+        return torch.zeros(shape, dtype=_F64, device=device)
+    f0 = as_tensor(f0, name).to(device=device, dtype=_F64)
+    if f0.ndim == 1 and shape[1] == 1:
+        f0 = f0[:, None]
+    if tuple(f0.shape) != tuple(shape):
+        raise ValueError(f"{name} must have shape {tuple(shape)}, got {tuple(f0.shape)}")
+    check_finite(f0, name)
+    return f0
+
+
+def _times(t, name: str, *, integer: bool, allow_inf: bool) -> np.ndarray:
+    arr = np.asarray(t.detach().cpu() if isinstance(t, torch.Tensor) else t)
+    if arr.ndim > 1:
+        raise ValueError(f"{name} must be a scalar or a 1-D array, got shape {arr.shape}")
+    arr = arr.reshape(-1)
+    if arr.size == 0:
+        raise ValueError(f"{name} is empty; give at least one time")
+    if integer:
+        if arr.dtype == bool or not np.issubdtype(arr.dtype, np.integer):
+            if not (np.issubdtype(arr.dtype, np.floating) and np.all(arr == np.round(arr))):
+                raise ValueError(f"{name} must be integers (numbers of steps), got {t!r}")
+        arr = arr.astype(np.int64)
+        if np.any(arr < 0):
+            raise ValueError(f"{name} must be >= 0, got {t!r}")
+        return arr
+    if arr.dtype == bool or not np.issubdtype(arr.dtype, np.number):
+        raise ValueError(f"{name} must be real numbers, got {t!r}")
+    arr = arr.astype(np.float64)
+    if np.any(np.isnan(arr)) or np.any(arr < 0):
+        raise ValueError(f"{name} must be >= 0 (no NaN), got {t!r}")
+    if not allow_inf and np.any(np.isinf(arr)):
+        raise ValueError(f"{name} must be finite, got {t!r}")
+    return arr
+
+
+def _test_kernel(k, name: str, n: int, device) -> torch.Tensor | None:
+    if k is None:
+        return None
+    k = _matrix(k, name)
+    if k.shape[1] != n or k.shape[0] == 0:
+        raise ValueError(
+            f"{name} must have shape (n_test, {n}) (test points × the {n} training points), "
+            f"got {tuple(k.shape)}"
+        )
+    return k.to(device=device, dtype=_F64)
+
+
+@dataclass
+class _Eig:
+    values: torch.Tensor  # float64 (n,)
+    vectors: torch.Tensor  # float64 (n, n)
+    lmax: float
+    tol: float  # eigenvalues <= tol count as zero
+
+
+def _eig(k: torch.Tensor, name: str, diag_reg: float) -> _Eig:
+    eps = torch.finfo(k.dtype).eps
+    k64 = k.to(_F64)
+    k64 = 0.5 * (k64 + k64.T)
+    if diag_reg:
+        k64 = k64 + diag_reg * torch.eye(k64.shape[0], dtype=_F64, device=k64.device)
+    values, vectors = torch.linalg.eigh(k64)
+    lmax = float(values.max().abs())
+    lmin = float(values.min())
+    if lmin < -_PSD_TOL * lmax:
+        raise ValueError(
+            f"{name} is not positive semi-definite: smallest eigenvalue {lmin:.3g} < "
+            f"-{_PSD_TOL:g} × largest ({lmax:.3g}); an NTK or NNGP kernel must be PSD"
+        )
+    tol = k64.shape[0] * eps * max(lmax, 1e-300)
+    return _Eig(values, vectors, lmax, tol)
+
+
+def _require_invertible(e: _Eig, name: str, why: str) -> None:
+    lmin = float(e.values.min())
+    if lmin <= e.tol:
+        raise ValueError(
+            f"{name} is singular (smallest eigenvalue {lmin:.3g} <= {e.tol:.3g}, largest "
+            f"{e.lmax:.3g}) but {why} needs its inverse; pass diag_reg > 0 (e.g. 1e-6 × the "
+            "largest eigenvalue) to regularise it"
+        )
+
+
+def _scale(loss: str, y: torch.Tensor) -> float:
+    return float(y.numel()) if loss == "mean" else 1.0
+
+
+# --------------------------------------------------------------------------------------------
+# Per-eigenvalue factors
+# --------------------------------------------------------------------------------------------
+
+
+def _flow_factors(lam: torch.Tensor, times: np.ndarray, rate: float, tol: float):
+    """(T, n): decay e^{−rate λ t} and g = (1 − e^{−rate λ t})/λ (→ rate·t as λ → 0)."""
+    t = torch.as_tensor(times, dtype=_F64, device=lam.device)[:, None]
+    lam = lam[None, :]
+    finite = torch.isfinite(t)
+    tt = torch.where(finite, t, torch.zeros_like(t))
+    x = rate * lam * tt
+    decay = torch.exp(-x)
+    zero = lam.abs() <= tol
+    safe = torch.where(zero, torch.ones_like(lam), lam)
+    g = torch.where(zero, rate * tt, -torch.expm1(-x) / safe)
+    # t = ∞: the decay vanishes and g = 1/λ (callers have refused a singular kernel).
+    decay = torch.where(finite, decay, torch.zeros_like(decay))
+    g = torch.where(finite, g, 1.0 / safe)
+    return decay, g
+
+
+def _gd_factors(lam: torch.Tensor, steps: np.ndarray, rate: float, tol: float):
+    """(T, n): r^s with r = 1 − rate λ, and g = rate Σ_{j<s} r^j = (1 − r^s)/λ (→ rate·s)."""
+    s = torch.as_tensor(steps, dtype=_F64, device=lam.device)[:, None]
+    lam = lam[None, :]
+    x = rate * lam
+    r = 1.0 - x
+    small = x.abs() < _SMALL
+    # Near λ = 0, r^s = exp(s log1p(−x)) and 1 − r^s = −expm1(·) keep full relative accuracy.
+    log_r = torch.log1p(-torch.where(small, x, torch.zeros_like(x)))
+    power = torch.where(small, torch.exp(s * log_r), r**s)
+    one_minus = torch.where(small, -torch.expm1(s * log_r), 1.0 - r**s)
+    zero = lam.abs() <= tol
+    safe = torch.where(zero, torch.ones_like(lam), lam)
+    g = torch.where(zero, rate * s, one_minus / safe)
+    return power, g
+
+
+def _apply(e: _Eig, diag: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """(T, n, k): V diag(d_t) Vᵀ v for each row d_t of ``diag`` (T, n)."""
+    coeff = e.vectors.T @ v  # (n, k)
+    return torch.einsum("ij,tj,jk->tik", e.vectors, diag, coeff)
+
+
+def _predict(e, decay, g, y, f0, k_test, f0_test, dtype, device) -> Prediction:
+    resid = f0 - y
+    train = y[None] + _apply(e, decay, resid)
+    test = None
+    if k_test is not None:
+        test = f0_test[None] - k_test @ _apply(e, g, resid)
+    test = None if test is None else test.to(dtype=dtype, device=device)
+    return Prediction(train.to(dtype=dtype, device=device), test)
+
+
+def _setup(ntk_train_train, y_train, ntk_test_train, f0_train, f0_test, learning_rate, loss):
+    k = _square(ntk_train_train, "ntk_train_train")
+    dtype, device = k.dtype, k.device
+    n = k.shape[0]
+    y = _targets(y_train, "y_train", n, device)
+    f0 = _outputs(f0_train, "f0_train", y.shape, device)
+    k_test = _test_kernel(ntk_test_train, "ntk_test_train", n, device)
+    if k_test is None:
+        if f0_test is not None:
+            raise ValueError("f0_test was given without ntk_test_train; pass both or neither")
+        f0t = None
+    else:
+        f0t = _outputs(f0_test, "f0_test", (k_test.shape[0], y.shape[1]), device)
+    learning_rate = check_real(learning_rate, "learning_rate", minimum=0.0, strict=True)
+    _check_loss(loss)
+    return k, y, f0, k_test, f0t, learning_rate, dtype, device
+
+
+def _check_reg(diag_reg) -> float:
+    return check_real(diag_reg, "diag_reg", minimum=0.0)
+
+
+# --------------------------------------------------------------------------------------------
+# Public API
+# --------------------------------------------------------------------------------------------
+
+
+def gradient_flow_mse(
+    ntk_train_train,
+    y_train,
+    t,
+    *,
+    ntk_test_train=None,
+    f0_train=None,
+    f0_test=None,
+    learning_rate: float = 1.0,
+    loss: str = "mean",
+    diag_reg: float = 0.0,
+) -> Prediction:
+    """Outputs of a linearized network under gradient flow on a squared loss, at times ``t``.
+
+    Lee et al. 2019, eqs. 8–11 (η = ``learning_rate``, Θ = ``ntk_train_train`` + diag_reg·I):
+
+        f_t(X) = y + e^{−ηΘt/N} (f_0(X) − y)
+        f_t(x) = f_0(x) + Θ(x, X) Θ⁻¹ (I − e^{−ηΘt/N}) (y − f_0(X))
+
+    with N = y_train.numel() for ``loss="mean"`` (L = 1/(2N) Σ (f − y)²) and N = 1 for
+    ``loss="sum"`` (L = ½ Σ (f − y)²): the dynamics of θ̇ = −η ∇_θ L.
+
+    Args:
+        ntk_train_train: Θ(X, X), (n, n), symmetric PSD.
+        y_train: targets (n,) or (n, k); (n,) is returned as k = 1.
+        t: a time ≥ 0 or a 1-D array of them; ``math.inf`` gives the converged solution
+            f_∞(x) = f_0(x) + Θ(x, X) Θ⁻¹ (y − f_0(X)) (kernel regression; needs Θ invertible).
+        ntk_test_train: Θ(x, X), (n_test, n); without it ``test`` is None.
+        f0_train, f0_test: outputs at initialisation, (n, k) and (n_test, k); default 0.
+        learning_rate: η > 0, the parameters' learning rate.
+        loss: "mean" or "sum" (above).
+        diag_reg: added to Θ(X, X)'s diagonal as is (absolute, not scaled by the trace).
+
+    Returns:
+        :class:`Prediction` with ``train`` (T, n, k) and ``test`` (T, n_test, k), T = len(t)
+        (1 for a scalar), in ``ntk_train_train``'s dtype.
+    """
+    k, y, f0, k_test, f0t, lr, dtype, device = _setup(
+        ntk_train_train, y_train, ntk_test_train, f0_train, f0_test, learning_rate, loss
+    )
+    times = _times(t, "t", integer=False, allow_inf=True)
+    e = _eig(k, "ntk_train_train", _check_reg(diag_reg))
+    if np.any(np.isinf(times)):
+        _require_invertible(e, "ntk_train_train", "t = inf (the converged solution)")
+    decay, g = _flow_factors(e.values, times, lr / _scale(loss, y), e.tol)
+    return _predict(e, decay, g, y, f0, k_test, f0t, dtype, device)
+
+
+def gradient_descent_mse(
+    ntk_train_train,
+    y_train,
+    steps,
+    *,
+    ntk_test_train=None,
+    f0_train=None,
+    f0_test=None,
+    learning_rate: float = 1.0,
+    loss: str = "mean",
+    diag_reg: float = 0.0,
+    allow_divergent: bool = False,
+) -> Prediction:
+    """Outputs of a linearized network after ``steps`` of full-batch gradient descent.
+
+    θ_{s+1} = θ_s − η ∇_θ L with the loss of :func:`gradient_flow_mse`; for the linearized
+    model this is exact in function space (Lee et al. 2019, eqs. 8–11 in discrete time):
+
+        f_s(X) = y + (I − ηΘ/N)^s (f_0(X) − y)
+        f_s(x) = f_0(x) + Θ(x, X) Θ⁻¹ (I − (I − ηΘ/N)^s) (y − f_0(X))
+
+    where Θ⁻¹(I − (I − ηΘ/N)^s) = (η/N) Σ_{j<s} (I − ηΘ/N)^j is evaluated per eigenvalue λ
+    as (1 − (1 − ηλ/N)^s)/λ, with limit sη/N at λ = 0 (no inverse is formed). N = y.numel()
+    for ``loss="mean"``, 1 for ``"sum"``.
+
+    ``steps`` is an integer ≥ 0 or a 1-D array of them. ``learning_rate`` above
+    :func:`max_learning_rate` (2N/λmax, where |1 − ηλmax/N| > 1) raises ValueError unless
+    ``allow_divergent=True``, which returns the (growing, oscillating) iterates of the formula
+    above as they are. Other arguments and the result as in :func:`gradient_flow_mse`.
+    """
+    k, y, f0, k_test, f0t, lr, dtype, device = _setup(
+        ntk_train_train, y_train, ntk_test_train, f0_train, f0_test, learning_rate, loss
+    )
+    steps = _times(steps, "steps", integer=True, allow_inf=False)
+    e = _eig(k, "ntk_train_train", _check_reg(diag_reg))
+    scale = _scale(loss, y)
+    limit = 2.0 * scale / e.lmax if e.lmax > 0 else math.inf
+    if lr > limit and not allow_divergent:
+        raise ValueError(
+            f"learning_rate={lr:.6g} exceeds max_learning_rate = 2N/λmax = {limit:.6g} "
+            f"(N = {scale:g}, λmax = {e.lmax:.6g}), where gradient descent diverges; lower it "
+            "or pass allow_divergent=True"
+        )
+    power, g = _gd_factors(e.values, steps, lr / scale, e.tol)
+    return _predict(e, power, g, y, f0, k_test, f0t, dtype, device)
+
+
+def _rates(ntk_train_train, loss, diag_reg):
+    k = _square(ntk_train_train, "ntk_train_train")
+    _check_loss(loss)
+    e = _eig(k, "ntk_train_train", _check_reg(diag_reg))
+    # The effective matrix is (Θ + diag_reg I)/N; for "mean", N = n·k with k = 1 here since
+    # only the kernel is known: callers with k outputs multiply by k (documented).
+    scale = float(k.shape[0]) if loss == "mean" else 1.0
+    return e, scale
+
+
+def critical_learning_rate(ntk_train_train, *, loss: str = "mean", diag_reg: float = 0.0) -> float:
+    """The learning rate that converges fastest: η* = 2N / (λmin + λmax).
+
+    The eigen-directions of the effective matrix Θ/N contract by |1 − ηλ/N| per step; the
+    slowest of them, max(|1 − ηλmin/N|, |1 − ηλmax/N|), is smallest at η* (Lee et al. 2019,
+    Sec. 2.4 and their appendix on the critical learning rate). Θ = ``ntk_train_train`` +
+    diag_reg·I; N = n for ``loss="mean"`` (one output; multiply by k for k outputs, since
+    N = y.numel()) and 1 for ``"sum"``.
+    """
+    e, scale = _rates(ntk_train_train, loss, diag_reg)
+    lmin = max(float(e.values.min()), 0.0)
+    return 2.0 * scale / (lmin + e.lmax) if e.lmax > 0 else math.inf
+
+
+def max_learning_rate(ntk_train_train, *, loss: str = "mean", diag_reg: float = 0.0) -> float:
+    """The largest stable learning rate 2N/λmax: above it |1 − ηλmax/N| > 1 and GD diverges.
+
+    Lee et al. 2019, Sec. 2.4 (η_critical there). Conventions as in
+    :func:`critical_learning_rate`.
+    """
+    e, scale = _rates(ntk_train_train, loss, diag_reg)
+    return 2.0 * scale / e.lmax if e.lmax > 0 else math.inf
+
+
+def gp_ensemble_mse(
+    nngp_train_train,
+    ntk_train_train,
+    nngp_test_train,
+    ntk_test_train,
+    nngp_test_test,
+    y_train,
+    t,
+    *,
+    learning_rate: float = 1.0,
+    loss: str = "mean",
+    diag_reg: float = 0.0,
+) -> GaussianPrediction:
+    """The distribution over random initialisations of infinitely wide networks' test outputs.
+
+    Lee et al. 2019, eqs. 14–16: at infinite width f_0 ~ GP(0, K) (the NNGP, K) and training
+    follows the NTK Θ, so the test outputs at time t are Gaussian with (A_t = Θ(x,X) Θ⁻¹
+    (I − e^{−ηΘt/N}), Θ = Θ(X,X))
+
+        μ(x, t) = A_t y
+        Σ(x, x', t) = K(x, x') + A_t K(X, X) A_tᵀ − A_t K(X, x') − K(x, X) A_tᵀ.
+
+    At t = ∞ with Θ = K this is the NNGP posterior (:func:`nngp_posterior`). ``diag_reg`` is
+    added (absolute) to both Θ(X, X) and K(X, X), as in neural-tangents; with Θ = K the t = ∞
+    result is then the posterior with noise variance ``diag_reg``. N, ``loss`` and
+    ``learning_rate`` as in :func:`gradient_flow_mse`; ``t`` may include ``math.inf`` (which
+    needs Θ(X, X) + diag_reg·I invertible). For finite t a singular Θ is fine: the factor
+    (1 − e^{−ηλt/N})/λ has the limit ηt/N.
+
+    Returns:
+        :class:`GaussianPrediction`: ``mean`` (T, n_test, k), ``covariance``
+        (T, n_test, n_test), in ``ntk_train_train``'s dtype.
+    """
+    ntk = _square(ntk_train_train, "ntk_train_train")
+    dtype, device = ntk.dtype, ntk.device
+    n = ntk.shape[0]
+    nngp = _square(nngp_train_train, "nngp_train_train")
+    if nngp.shape != ntk.shape:
+        raise ValueError(
+            f"nngp_train_train must have shape {tuple(ntk.shape)} like ntk_train_train, got "
+            f"{tuple(nngp.shape)}"
+        )
+    k_tx = _test_kernel(nngp_test_train, "nngp_test_train", n, device)
+    t_tx = _test_kernel(ntk_test_train, "ntk_test_train", n, device)
+    m = k_tx.shape[0] if k_tx is not None else None
+    if k_tx is None or t_tx is None:
+        raise ValueError("nngp_test_train and ntk_test_train are required, got None")
+    if t_tx.shape != k_tx.shape:
+        raise ValueError(
+            f"ntk_test_train must have shape {tuple(k_tx.shape)} like nngp_test_train, got "
+            f"{tuple(t_tx.shape)}"
+        )
+    k_tt = _square(nngp_test_test, "nngp_test_test")
+    if k_tt.shape != (m, m):
+        raise ValueError(f"nngp_test_test must have shape {(m, m)}, got {tuple(k_tt.shape)}")
+    y = _targets(y_train, "y_train", n, device)
+    lr = check_real(learning_rate, "learning_rate", minimum=0.0, strict=True)
+    _check_loss(loss)
+    reg = _check_reg(diag_reg)
+    times = _times(t, "t", integer=False, allow_inf=True)
+
+    e = _eig(ntk, "ntk_train_train", reg)
+    if np.any(np.isinf(times)):
+        _require_invertible(e, "ntk_train_train", "t = inf")
+    _eig(nngp, "nngp_train_train", reg)  # PSD check only
+    k_xx = nngp.to(device=device, dtype=_F64)
+    k_xx = 0.5 * (k_xx + k_xx.T) + reg * torch.eye(n, dtype=_F64, device=device)
+    _, g = _flow_factors(e.values, times, lr / _scale(loss, y), e.tol)
+    # A_t = Θ(x,X) V diag(g_t) Vᵀ: (T, m, n)
+    a = torch.einsum("mi,ij,tj,kj->tmk", t_tx, e.vectors, g, e.vectors)
+    mean = a @ y
+    cross = a @ k_tx.T  # A_t K(X, x): (T, m, m)
+    cov = k_tt.to(_F64)[None] + a @ k_xx @ a.transpose(1, 2) - cross - cross.transpose(1, 2)
+    cov = 0.5 * (cov + cov.transpose(1, 2))
+    return GaussianPrediction(mean.to(dtype=dtype), cov.to(dtype=dtype))
+
+
+def nngp_posterior(
+    nngp_train_train,
+    nngp_test_train,
+    nngp_test_test,
+    y_train,
+    *,
+    noise_variance: float = 0.0,
+) -> GaussianPrediction:
+    """Exact Gaussian-process regression with the NNGP kernel as the prior covariance.
+
+    Rasmussen & Williams 2006 ("Gaussian processes for machine learning"), eqs. 2.23–2.24,
+    with K = ``nngp_train_train``, σ² = ``noise_variance``:
+
+        μ(x) = K(x, X) (K + σ² I)⁻¹ y
+        Σ(x, x') = K(x, x') − K(x, X) (K + σ² I)⁻¹ K(X, x')
+
+    (the covariance of the latent f, without the observation noise). This is the Bayesian
+    posterior of an infinitely wide network whose last layer alone is trained (Lee et al.
+    2018, 2019). σ² = 0 needs K invertible (else pass noise_variance > 0).
+
+    Returns:
+        :class:`GaussianPrediction` with a leading axis T = 1: ``mean`` (1, n_test, k),
+        ``covariance`` (1, n_test, n_test), in ``nngp_train_train``'s dtype.
+    """
+    k = _square(nngp_train_train, "nngp_train_train")
+    dtype, device = k.dtype, k.device
+    n = k.shape[0]
+    k_tx = _test_kernel(nngp_test_train, "nngp_test_train", n, device)
+    if k_tx is None:
+        raise ValueError("nngp_test_train is required, got None")
+    m = k_tx.shape[0]
+    k_tt = _square(nngp_test_test, "nngp_test_test")
+    if k_tt.shape != (m, m):
+        raise ValueError(f"nngp_test_test must have shape {(m, m)}, got {tuple(k_tt.shape)}")
+    y = _targets(y_train, "y_train", n, device)
+    noise = check_real(noise_variance, "noise_variance", minimum=0.0)
+    e = _eig(k, "nngp_train_train", noise)
+    if float(e.values.min()) <= e.tol:
+        raise ValueError(
+            f"nngp_train_train is singular (smallest eigenvalue {float(e.values.min()):.3g}, "
+            f"largest {e.lmax:.3g}); pass noise_variance > 0 to regularise it"
+        )
+    w = k_tx @ e.vectors / e.values  # K(x,X) V Λ⁻¹: (m, n)
+    mean = w @ (e.vectors.T @ y)
+    cov = k_tt.to(_F64) - w @ (e.vectors.T @ k_tx.T)
+    cov = 0.5 * (cov + cov.T)
+    return GaussianPrediction(mean[None].to(dtype=dtype), cov[None].to(dtype=dtype))
+
+
+def _cross_entropy_grad(f: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    # L = −(1/n) Σ_i Σ_c y_ic log softmax(f_i)_c, ∂L/∂f = (softmax(f) − y)/n for rows summing to 1.
+    p = torch.softmax(f, dim=1)
+    return (p * y.sum(dim=1, keepdim=True) - y) / f.shape[0]
+
+
+def ode_dynamics(
+    ntk_train_train,
+    f0_train,
+    y_train,
+    t,
+    *,
+    loss: str | Callable = "cross_entropy",
+    ntk_test_train=None,
+    f0_test=None,
+    learning_rate: float = 1.0,
+    rtol: float = 1e-8,
+    atol: float = 1e-10,
+) -> Prediction:
+    """Gradient flow of a linearized network on any loss, integrated numerically in function space.
+
+    For the linearized model θ̇ = −η ∇_θ L(f(X)) gives (Lee et al. 2019, eq. 7 and Sec. 2.2)
+
+        df(X)/dt = −η Θ(X, X) ∂L/∂f(X),     df(x)/dt = −η Θ(x, X) ∂L/∂f(X),
+
+    which is integrated with ``scipy.integrate.solve_ivp`` (DOP853, tolerances ``rtol``,
+    ``atol``) from f_0 = ``f0_train`` / ``f0_test`` (required: (n, k) and (n_test, k)).
+
+    ``loss="cross_entropy"``: L = −(1/n) Σ_i Σ_c y_ic log softmax(f_i)_c (softmax over the k
+    outputs, mean over the n samples); ``y_train`` is either integer class labels (n,) in
+    [0, k) or target probabilities (n, k). A callable ``loss(f_train, y_train) -> scalar``
+    (torch, float64 tensors of shape (n, k) and y as given after conversion) gets its gradient
+    by autograd; e.g. ``lambda f, y: 0.5 * ((f - y) ** 2).mean()`` reproduces
+    :func:`gradient_flow_mse` with ``loss="mean"``. Note that η is applied as is: any 1/N lives
+    in the loss. ``t``: times ≥ 0, finite, in any order.
+    """
+    from scipy.integrate import solve_ivp
+
+    k = _square(ntk_train_train, "ntk_train_train")
+    dtype, device = k.dtype, k.device
+    n = k.shape[0]
+    f0 = as_tensor(f0_train, "f0_train").to(_F64)
+    if f0.ndim == 1:
+        f0 = f0[:, None]
+    if f0.ndim != 2 or f0.shape[0] != n:
+        raise ValueError(f"f0_train must have shape ({n}, k), got {tuple(f0.shape)}")
+    check_finite(f0, "f0_train")
+    kk = f0.shape[1]
+    if isinstance(loss, str):
+        if loss not in ODE_LOSSES:
+            raise ValueError(f"loss must be one of {ODE_LOSSES} or a callable, got {loss!r}")
+        y = as_tensor(y_train, "y_train", dtype=_F64)
+        if y.ndim == 1:
+            yi = as_tensor(y_train, "y_train")
+            if torch.any(yi != torch.round(yi)) or torch.any(yi < 0) or torch.any(yi >= kk):
+                raise ValueError(
+                    f"y_train of shape ({n},) must hold integer class labels in [0, {kk}), the "
+                    f"{kk} outputs of f0_train"
+                )
+            y = torch.nn.functional.one_hot(yi.long().cpu(), kk).to(_F64)
+        if tuple(y.shape) != (n, kk):
+            raise ValueError(
+                f"y_train must have shape ({n},) (labels) or ({n}, {kk}), got {tuple(y.shape)}"
+            )
+        check_finite(y, "y_train")
+
+        def grad(f):
+            return _cross_entropy_grad(f, y)
+    elif callable(loss):
+        y = as_tensor(y_train, "y_train", dtype=_F64)
+        if y.ndim == 1 and kk == 1:
+            y = y[:, None]
+        if y.shape[0] != n:
+            raise ValueError(f"y_train must have {n} rows, got shape {tuple(y.shape)}")
+
+        def grad(f):
+            f = f.clone().requires_grad_(True)
+            value = loss(f, y)
+            if not isinstance(value, torch.Tensor) or value.numel() != 1:
+                raise ValueError("loss must return a scalar torch tensor")
+            (gf,) = torch.autograd.grad(value, f)
+            return gf
+    else:
+        raise ValueError(f"loss must be one of {ODE_LOSSES} or a callable, got {loss!r}")
+
+    k_test = _test_kernel(ntk_test_train, "ntk_test_train", n, "cpu")
+    if k_test is None:
+        if f0_test is not None:
+            raise ValueError("f0_test was given without ntk_test_train; pass both or neither")
+        f0t = torch.zeros(0, kk, dtype=_F64)
+    else:
+        f0t = _outputs(f0_test, "f0_test", (k_test.shape[0], kk), "cpu")
+    lr = check_real(learning_rate, "learning_rate", minimum=0.0, strict=True)
+    rtol = check_real(rtol, "rtol", minimum=0.0, strict=True)
+    atol = check_real(atol, "atol", minimum=0.0, strict=True)
+    times = _times(t, "t", integer=False, allow_inf=False)
+    # Both kernels stacked: one matrix maps ∂L/∂f(X) to the velocities of all outputs.
+    kmat = k.to(device="cpu", dtype=_F64)
+    kmat = 0.5 * (kmat + kmat.T)
+    if k_test is not None:
+        kmat = torch.cat([kmat, k_test], dim=0)
+    y0 = torch.cat([f0, f0t], dim=0)
+    shape = tuple(y0.shape)
+
+    def rhs(_, state):
+        f = torch.from_numpy(state).reshape(shape)
+        with torch.enable_grad():
+            g = grad(f[:n]).detach()
+        return (-lr * (kmat @ g)).reshape(-1).numpy()
+
+    order = np.argsort(times, kind="stable")
+    t_sorted = times[order]
+    if t_sorted[-1] == 0.0:
+        states = np.repeat(y0.reshape(1, -1).numpy(), len(times), axis=0)
+    else:
+        sol = solve_ivp(
+            rhs,
+            (0.0, float(t_sorted[-1])),
+            y0.reshape(-1).numpy(),
+            method="DOP853",
+            t_eval=t_sorted,
+            rtol=rtol,
+            atol=atol,
+        )
+        if not sol.success:
+            raise RuntimeError(f"ode_dynamics: the ODE solver failed: {sol.message}")
+        states = np.empty((len(times), y0.numel()))
+        states[order] = sol.y.T
+    out = torch.from_numpy(states).reshape((len(times),) + shape).to(dtype=dtype, device=device)
+    test = out[:, n:] if k_test is not None else None
+    return Prediction(out[:, :n], test)
