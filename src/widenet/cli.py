@@ -432,5 +432,400 @@ def h_infinity(
     typer.echo(f"Saved: {out.resolve()}")
 
 
+# --------------------------------------------------------------------------------------------
+# Training dynamics: closed-form predictions
+
+
+def _parse_times(times: list[str]) -> list[float]:
+    import math
+
+    parsed = []
+    for raw in times:
+        text = raw.strip().lower()
+        try:
+            value = math.inf if text in ("inf", "infinity") else float(text)
+        except ValueError:
+            raise ValueError(f"--time must be a number >= 0 or 'inf', got {raw!r}") from None
+        if math.isnan(value) or value < 0:
+            raise ValueError(f"--time must be a number >= 0 or 'inf', got {raw!r}")
+        parsed.append(value)
+    if not parsed:
+        raise ValueError("--time: give at least one time")
+    return parsed
+
+
+def _load_targets(path: str, option: str, n_rows: int):
+    """Targets from a .npy/.csv file: (n, k) float, or (n,) integer class labels (returned 1-D)."""
+    import numpy as np
+
+    file = Path(path)
+    if file.suffix.lower() not in (".npy", ".csv"):
+        raise ValueError(f"{option} must be a .npy or .csv file, got {path!r}")
+    if not file.is_file():
+        raise ValueError(f"{option}: file {file} does not exist")
+    if file.suffix.lower() == ".npy":
+        y = np.load(file, allow_pickle=False)
+    else:
+        try:
+            y = np.loadtxt(file, delimiter=",", ndmin=1)
+        except ValueError:  # a header line
+            y = np.loadtxt(file, delimiter=",", ndmin=1, skiprows=1)
+    if y.ndim not in (1, 2):
+        raise ValueError(f"{option}: targets must be 1-D or 2-D, got shape {y.shape}")
+    if y.shape[0] < n_rows:
+        raise ValueError(f"{option}: {y.shape[0]} rows for {n_rows} points")
+    y = y[:n_rows]
+    if y.ndim == 1 and np.issubdtype(y.dtype, np.integer):
+        return y  # class labels, encoded by the caller
+    if not np.issubdtype(y.dtype, np.number) or np.issubdtype(y.dtype, np.complexfloating):
+        raise ValueError(f"{option}: targets must be real numbers, got dtype {y.dtype}")
+    y = np.asarray(y, dtype=np.float64)
+    if not np.isfinite(y).all():
+        raise ValueError(f"{option}: targets must be finite")
+    return y[:, None] if y.ndim == 1 else y
+
+
+def _encode_labels(train_labels, test_labels):
+    """Integer labels -> one-hot targets (+-1 in one column for two classes), same classes."""
+    import numpy as np
+
+    parts = [train_labels] + ([] if test_labels is None else [test_labels])
+    classes = np.unique(np.concatenate(parts))
+
+    def encode(labels):
+        if labels is None:
+            return None
+        idx = np.searchsorted(classes, labels)
+        if len(classes) == 2:
+            return np.where(idx == 1, 1.0, -1.0)[:, None]
+        out = np.zeros((len(labels), len(classes)))
+        out[np.arange(len(labels)), idx] = 1.0
+        return out
+
+    return encode(train_labels), encode(test_labels), classes
+
+
+def _predict_data(train, test, n_train, n_test, targets, train_targets, test_targets, std, seed):
+    """(x_train, y_train, x_test, y_test or None, description) as float64 numpy arrays."""
+    import numpy as np
+
+    from widenet.data import DATASETS, load_dataset
+
+    if targets not in ("onehot",):
+        if train_targets is not None:
+            raise ValueError("give the train targets once: --targets FILE or --train-targets")
+        train_targets, targets = targets, "onehot"
+    bundled = train in DATASETS and not Path(train).exists()
+    if bundled:
+        if test != train:
+            raise ValueError(
+                f"--test must name the same bundled set as --train ({train!r}; they are split "
+                f"into disjoint parts) or both must be files, got {test!r}"
+            )
+        if train_targets is not None or test_targets is not None:
+            raise ValueError(
+                "--targets FILE, --train-targets and --test-targets are for data files, not "
+                "bundled sets"
+            )
+        for name, value in (("--n-train", n_train), ("--n-test", n_test)):
+            if value is not None and value < 1:
+                raise ValueError(f"{name} must be >= 1, got {value}")
+        if train == "sphere":
+            if n_train is None or n_test is None:
+                raise ValueError("the synthetic 'sphere' set needs --n-train and --n-test")
+            x, y = load_dataset("sphere", n=n_train + n_test, seed=seed, dtype=_f64())
+            x, y = x.numpy(), y.numpy()
+            perm = np.arange(len(x))  # already a random draw
+        else:
+            x, y = load_dataset(train, standardize=True if std is None else std, dtype=_f64())
+            x, y = x.numpy(), y.numpy()
+            perm = np.random.default_rng(seed).permutation(len(x))
+        total = len(x)
+        if n_test is None:
+            n_test = max(1, round(0.2 * total)) if n_train is None else total - n_train
+        if n_train is None:
+            n_train = total - n_test
+        if n_train < 1 or n_test < 1 or n_train + n_test > total:
+            raise ValueError(
+                f"--n-train {n_train} + --n-test {n_test} must fit in the {total} points of "
+                f"{train!r} (the two parts are disjoint)"
+            )
+        i_train, i_test = np.sort(perm[:n_train]), np.sort(perm[n_train : n_train + n_test])
+        if train == "sphere":  # regression on the first coordinate
+            y_train, y_test = y[i_train][:, None], y[i_test][:, None]
+        else:
+            y_train, y_test, _ = _encode_labels(y[i_train], y[i_test])
+        what = f"{train}: {n_train} train / {n_test} test points (disjoint, --data-seed {seed})"
+        return x[i_train], y_train, x[i_test], y_test, what
+    # files
+    if test in DATASETS and not Path(test).exists():
+        raise ValueError(f"--test {test!r} is a bundled set but --train is a file: give two files")
+    for option, value in (("--train", train), ("--test", test)):
+        if Path(value).suffix.lower() not in (".npy", ".csv"):
+            raise ValueError(
+                f"{option} must be a .npy/.csv file or a bundled set "
+                f"({', '.join(DATASETS)}), got {value!r}"
+            )
+    if train_targets is None:
+        raise ValueError("--train is a file: give its targets with --train-targets FILE")
+    try:
+        x_train = _load_data(train, n_train, seed, False, _f64()).numpy()
+    except ValueError as err:
+        raise ValueError(f"--train: {err}") from None
+    try:
+        x_test = _load_data(test, n_test, seed, False, _f64()).numpy()
+    except ValueError as err:
+        raise ValueError(f"--test: {err}") from None
+    if x_train.shape[1] != x_test.shape[1]:
+        raise ValueError(
+            f"--train has {x_train.shape[1]} features but --test has {x_test.shape[1]}"
+        )
+    if std:  # with the training set's statistics, for both
+        mean, sd = x_train.mean(axis=0), x_train.std(axis=0)
+        sd = np.where(sd > 0, sd, 1.0)
+        x_train, x_test = (x_train - mean) / sd, (x_test - mean) / sd
+    y_train = _load_targets(train_targets, "--train-targets", len(x_train))
+    y_test = None
+    if test_targets is not None:
+        y_test = _load_targets(test_targets, "--test-targets", len(x_test))
+    if y_train.ndim == 1 or (y_test is not None and y_test.ndim == 1):
+        if y_train.ndim != 1 or (y_test is not None and y_test.ndim != 1):
+            raise ValueError("--train-targets and --test-targets: both labels or both targets")
+        y_train, y_test, _ = _encode_labels(y_train, y_test)
+    if y_test is not None and y_test.shape[1] != y_train.shape[1]:
+        raise ValueError(
+            f"--test-targets has {y_test.shape[1]} columns but --train-targets {y_train.shape[1]}"
+        )
+    what = f"{train} ({len(x_train)} points) -> {test} ({len(x_test)} points)"
+    return x_train, y_train, x_test, y_test, what
+
+
+def _f64():
+    import torch
+
+    return torch.float64
+
+
+def _prediction_metrics(times, mean, y, train_mean, y_train) -> dict:
+    """Per-time MSE (mean over every entry) and accuracy (argmax; sign for one +-1 column)."""
+    import numpy as np
+
+    def accuracy(pred, target):
+        if target.shape[1] > 1:
+            return (pred.argmax(-1) == target.argmax(-1)).mean(-1)
+        if np.isin(target, (-1.0, 1.0)).all():
+            return (np.sign(pred[..., 0]) == target[:, 0]).mean(-1)
+        return None
+
+    def finite(values):
+        return [float(v) if np.isfinite(v) else None for v in values]
+
+    metrics: dict = {"times": [t if np.isfinite(t) else "inf" for t in times]}
+    metrics["train_mse"] = finite(((train_mean - y_train) ** 2).mean(axis=(1, 2)))
+    acc = accuracy(train_mean, y_train)
+    metrics["train_accuracy"] = None if acc is None else finite(acc)
+    if y is not None:
+        metrics["test_mse"] = finite(((mean - y) ** 2).mean(axis=(1, 2)))
+        acc = accuracy(mean, y)
+        metrics["test_accuracy"] = None if acc is None else finite(acc)
+    return metrics
+
+
+@app.command()
+def predict(
+    out: Annotated[
+        Path,
+        typer.Option(
+            "--out", "-o", help="Output .npz (times, test_mean, test_variance); metrics in .json."
+        ),
+    ],
+    train: Annotated[
+        str, typer.Option("--train", help="Training inputs: " + _DATA_HELP)
+    ] = "digits",
+    test: Annotated[
+        str,
+        typer.Option(
+            "--test", help="Test inputs: a .npy/.csv file, or the same bundled set as --train."
+        ),
+    ] = "digits",
+    n_train: Annotated[
+        int | None,
+        typer.Option("--n-train", help="Training points (default: the rest of a bundled set)."),
+    ] = None,
+    n_test: Annotated[
+        int | None,
+        typer.Option("--n-test", help="Test points (default: 20% of a bundled set)."),
+    ] = None,
+    targets: Annotated[
+        str,
+        typer.Option(
+            "--targets",
+            help="onehot: bundled labels one-hot (+-1 for 2 classes), or a FILE of train targets.",
+        ),
+    ] = "onehot",
+    train_targets: Annotated[
+        str | None,
+        typer.Option(
+            "--train-targets",
+            help="Train targets .npy/.csv (n, k), or (n,) integer labels (encoded as onehot).",
+        ),
+    ] = None,
+    test_targets: Annotated[
+        str | None,
+        typer.Option("--test-targets", help="Test targets (optional): MSE and accuracy."),
+    ] = None,
+    time_: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--time",
+            "-t",
+            help="Training time, repeatable; 'inf' = converged (default: 1 10 ... 1e4 inf).",
+        ),
+    ] = None,
+    kernel_name: Annotated[
+        str,
+        typer.Option("--kernel", help="ntk (gradient descent on all layers) or nngp (readout)."),
+    ] = "ntk",
+    learning_rate: Annotated[
+        float, typer.Option("--learning-rate", help="Learning rate (time scale).")
+    ] = 1.0,
+    diag_reg: Annotated[
+        float, typer.Option("--diag-reg", help="Diagonal regulariser of the train kernel.")
+    ] = 0.0,
+    variance: Annotated[
+        bool,
+        typer.Option(
+            "--variance/--no-variance",
+            help="Predictive variance of the infinite-width ensemble (needs a T*m*m buffer).",
+        ),
+    ] = True,
+    depth: DepthOpt = 3,
+    activation: ActivationOpt = "relu",
+    w_std: WStdOpt = 2**0.5,
+    b_std: BStdOpt = 0.0,
+    standardize: StandardizeOpt = None,
+    data_seed: Annotated[
+        int, typer.Option("--data-seed", help="Seed of the train/test split of a bundled set.")
+    ] = 0,
+) -> None:
+    """Closed-form predictions of the infinite-width network trained by gradient flow on MSE.
+
+    Ensemble mean test_mean (T, m, k) and variance test_variance (T, m) go to OUT (.npz).
+
+    Per-time MSE and accuracy go to OUT with a .json suffix. Loss: 1/(2N) sum (f - y)^2.
+    """
+    import json
+
+    import numpy as np
+    import torch
+
+    import widenet as wn
+    from widenet import dynamics
+
+    try:
+        if out.suffix.lower() != ".npz":
+            raise ValueError(f"--out must end in .npz, got {out.name!r}")
+        if kernel_name not in ("ntk", "nngp"):
+            raise ValueError(f"--kernel must be ntk or nngp, got {kernel_name!r}")
+        if not learning_rate > 0:
+            raise ValueError(f"--learning-rate must be > 0, got {learning_rate}")
+        if not diag_reg >= 0:
+            raise ValueError(f"--diag-reg must be >= 0, got {diag_reg}")
+        times = _parse_times(time_ if time_ else ["1", "10", "100", "1000", "10000", "inf"])
+        x_train, y_train, x_test, y_test, what = _predict_data(
+            train,
+            test,
+            n_train,
+            n_test,
+            targets,
+            train_targets,
+            test_targets,
+            standardize,
+            data_seed,
+        )
+        arch = wn.mlp(depth=depth, activation=activation, w_std=w_std, b_std=b_std)
+        t0 = time.perf_counter()
+        xtr, xte = torch.as_tensor(x_train), torch.as_tensor(x_test)
+        k_tt = arch.kernel(xtr)
+        k_xt = arch.kernel(xte, xtr)
+        k_xx = arch.kernel(xte, get="nngp") if variance else None
+        kernel_seconds = time.perf_counter() - t0
+        yt = torch.as_tensor(y_train)
+        t = torch.as_tensor(times, dtype=torch.float64)
+        opts = dict(learning_rate=learning_rate, loss="mean", diag_reg=diag_reg)
+        theta_tt = k_tt.ntk if kernel_name == "ntk" else k_tt.nngp
+        theta_xt = k_xt.ntk if kernel_name == "ntk" else k_xt.nngp
+        t0 = time.perf_counter()
+        flow = dynamics.gradient_flow_mse(
+            theta_tt,
+            yt,
+            t,
+            ntk_test_train=theta_xt,
+            f0_train=torch.zeros_like(yt),
+            f0_test=torch.zeros(len(x_test), yt.shape[1], dtype=yt.dtype),
+            **opts,
+        )
+        arrays = {
+            "times": np.asarray(times),
+            "test_mean": flow.test.cpu().numpy(),
+            "train_mean": flow.train.cpu().numpy(),
+        }
+        if variance:
+            gp = dynamics.gp_ensemble_mse(
+                k_tt.nngp, theta_tt, k_xt.nngp, theta_xt, k_xx.nngp, yt, t, **opts
+            )
+            cov = gp.covariance
+            arrays["test_variance"] = torch.diagonal(cov, dim1=-2, dim2=-1).cpu().numpy()
+            del cov, gp
+        predict_seconds = time.perf_counter() - t0
+        if y_test is not None:
+            arrays["test_targets"] = y_test
+        arrays["train_targets"] = y_train
+        metrics = _prediction_metrics(
+            times, arrays["test_mean"], y_test, arrays["train_mean"], y_train
+        )
+        metrics.update(
+            kernel=kernel_name,
+            data=what,
+            architecture=dict(depth=depth, activation=activation, w_std=w_std, b_std=b_std),
+            learning_rate=learning_rate,
+            diag_reg=diag_reg,
+            loss="mean",
+            n_train=len(x_train),
+            n_test=len(x_test),
+            outputs=int(y_train.shape[1]),
+            seconds=dict(kernels=kernel_seconds, dynamics=predict_seconds),
+        )
+        out.parent.mkdir(parents=True, exist_ok=True)
+        np.savez(out, **arrays)
+        out.with_suffix(".json").write_text(json.dumps(metrics, indent=2) + "\n")
+    except (ValueError, TypeError, OSError, torch.linalg.LinAlgError) as err:
+        raise _fail(str(err)) from None
+
+    console = _out()
+    console.print(
+        f"{kernel_name} gradient flow (MSE, lr {learning_rate:g}) of a depth-{depth} "
+        f"{activation} MLP; {what}; kernels {kernel_seconds:.2f} s, dynamics "
+        f"{predict_seconds:.2f} s",
+        soft_wrap=True,
+    )
+    table = Table("time", "train MSE", "test MSE", "test acc.", "mean var.", box=None)
+
+    def cell(values, i, fmt=".4g"):
+        return "" if values is None or values[i] is None else format(values[i], fmt)
+
+    for i, tt in enumerate(times):
+        var = arrays.get("test_variance")
+        table.add_row(
+            f"{tt:g}",
+            cell(metrics["train_mse"], i),
+            cell(metrics.get("test_mse"), i),
+            cell(metrics.get("test_accuracy"), i, ".3f"),
+            "" if var is None else f"{float(var[i].mean()):.4g}",
+        )
+    console.print(table)
+    typer.echo(f"Saved: {out.resolve()} and {out.with_suffix('.json').name}")
+
+
 if __name__ == "__main__":  # pragma: no cover
     app()
