@@ -5,7 +5,9 @@
 - ``bench_kernels``: closed-form FC ReLU depth-3 NNGP + NTK vs plain eager PyTorch (goal >= 4x);
 - ``bench_empirical_ntk`` (when importable): empirical NTK vs the torch.func tutorial recipe
   (goal >= 100x) and vs the GEMM floor;
-- ``nt_compare`` (only with ``--with-nt``): widenet vs neural-tangents (goal >= 2.5x).
+- ``nt_compare`` (only with ``--with-nt``): widenet vs neural-tangents (goal >= 2.5x);
+- ``bench_dynamics``: closed-form gradient-flow predictions; with ``--with-nt`` against
+  neural-tangents' ``predict.gradient_descent_mse`` (goal >= 1x, same values to 1e-6).
 
 Each benchmark writes its own JSON under benchmarks/results/; this prints one summary table.
 The exit status is 0 whatever the goals' outcome (a benchmark is a measurement, not a test).
@@ -36,7 +38,9 @@ def _run(name: str, **kwargs):
         return None
 
 
-def summary_rows(kernels, empirical, nt) -> list[tuple[str, float | None, str, float]]:
+def summary_rows(
+    kernels, empirical, nt, dynamics=None
+) -> list[tuple[str, float | None, str, float]]:
     """(what, measured ratio, goal text, goal) rows; ratio None when not measured."""
     rows = []
     if kernels is not None:
@@ -72,6 +76,11 @@ def summary_rows(kernels, empirical, nt) -> list[tuple[str, float | None, str, f
             rows.append(
                 (f"{c['workload']} n={c['n']}: neural-tangents / widenet", c["speedup"], ">=", 2.5)
             )
+    if dynamics is not None and not dynamics["nt"].get("skipped"):
+        n = dynamics["config"]["n_train"]
+        rows.append(
+            (f"dynamics n={n}: neural-tangents / widenet", dynamics["nt"]["speedup"], ">=", 1)
+        )
     return rows
 
 
@@ -79,7 +88,8 @@ def main(quick: bool = False, with_nt: bool = False, nt_python: str | None = Non
     kernels = _run("bench_kernels", quick=quick)
     empirical = _run("bench_empirical_ntk", quick=quick)
     nt = _run("nt_compare", quick=quick, nt_python=nt_python) if with_nt else None
-    rows = summary_rows(kernels, empirical, nt)
+    dynamics = _run("bench_dynamics", quick=quick, with_nt=with_nt, nt_python=nt_python)
+    rows = summary_rows(kernels, empirical, nt, dynamics)
     print("\n=== summary" + (" (--quick: small sizes, not the goals' workloads)" if quick else ""))
     for what, ratio, kind, goal in rows:
         if kind == "info":
@@ -90,7 +100,7 @@ def main(quick: bool = False, with_nt: bool = False, nt_python: str | None = Non
     if with_nt and (nt is None or nt.get("skipped")):
         why = "failed" if nt is None else nt["reason"]
         print(f"  neural-tangents comparison: skipped ({why})")
-    return dict(kernels=kernels, empirical=empirical, nt=nt, rows=rows)
+    return dict(kernels=kernels, empirical=empirical, nt=nt, dynamics=dynamics, rows=rows)
 
 
 if __name__ == "__main__":
