@@ -1,0 +1,491 @@
+"""Closed-form training dynamics (``widenet.dynamics``) against the things they claim to predict.
+
+* The agreement test (Lee et al. 2019, eqs. 8–11): ``gradient_descent_mse`` with the empirical
+  NTK equals, step by step, the outputs of ``wn.linearize(net)`` trained by full-batch GD with
+  a torch optimizer. Both are exact for the linear model, so in float64 they differ by rounding
+  accumulated over the steps (~1e-14 relative); the bar is 1e-8.
+* The infinite-width ensemble (eqs. 14–16): ``gp_ensemble_mse`` against a Monte-Carlo ensemble
+  of finite networks, within 5 standard errors plus a finite-width bias (see the test).
+* The NNGP posterior against scikit-learn's GaussianProcessRegressor.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+import widenet as wn
+from widenet import dynamics as dy
+
+F64 = torch.float64
+ARCH = wn.mlp(2, "relu", w_std=1.4, b_std=0.1)
+
+
+def rel(a, b) -> float:
+    return float((a - b).abs().max() / b.abs().max())
+
+
+@pytest.fixture
+def one_thread():
+    # Hundreds of tiny matrix products: a thread pool only adds synchronisation cost.
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def problem():
+    gen = torch.Generator().manual_seed(0)
+    d, n, m = 3, 8, 5
+    x = torch.randn(n, d, generator=gen, dtype=F64)
+    x_test = torch.randn(m, d, generator=gen, dtype=F64)
+    y = torch.randn(n, 1, generator=gen, dtype=F64)
+    net = ARCH.network(d, 64, seed=0, dtype=F64)
+    ntk = wn.empirical_ntk(net, x)
+    ntk_test = wn.empirical_ntk(net, x_test, x)
+    with torch.no_grad():
+        f0, f0_test = net(x), net(x_test)
+    return dict(net=net, x=x, x_test=x_test, y=y, ntk=ntk, ntk_test=ntk_test, f0=f0, f0t=f0_test)
+
+
+def train_linearized(p, loss, lr, steps):
+    """Outputs of wn.linearize(net) trained with torch.optim.SGD at each step in ``steps``."""
+    lin = wn.linearize(p["net"])
+    opt = torch.optim.SGD(lin.parameters(), lr=lr)
+    record_train, record_test = [], []
+    for step in range(max(steps) + 1):
+        if step in steps:
+            with torch.no_grad():
+                record_train.append(lin(p["x"]))
+                record_test.append(lin(p["x_test"]))
+        opt.zero_grad()
+        sq = 0.5 * (lin(p["x"]) - p["y"]) ** 2
+        (sq.mean() if loss == "mean" else sq.sum()).backward()
+        opt.step()
+    return torch.stack(record_train), torch.stack(record_test)
+
+
+# --------------------------------------------------------------------------------------------
+# The agreement test: closed form == training the linearized network
+# --------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("loss", dy.LOSSES)
+def test_gradient_descent_equals_training_linearized_network(problem, loss, one_thread):
+    p = problem
+    steps = [0, 1, 2, 7, 30, 60]
+    lr = 0.7 * dy.max_learning_rate(p["ntk"], loss=loss)
+    got_train, got_test = train_linearized(p, loss, lr, steps)
+    pred = dy.gradient_descent_mse(
+        p["ntk"],
+        p["y"],
+        steps,
+        ntk_test_train=p["ntk_test"],
+        f0_train=p["f0"],
+        f0_test=p["f0t"],
+        learning_rate=lr,
+        loss=loss,
+    )
+    assert pred.train.shape == (len(steps), 8, 1) and pred.test.shape == (len(steps), 5, 1)
+    assert pred.train.dtype == F64
+    # measured: ~3e-15 (train) and ~2e-15 (test) relative
+    assert rel(pred.train, got_train) < 1e-8
+    assert rel(pred.test, got_test) < 1e-8
+    # Training actually moved the outputs (the comparison is not of constants).
+    assert float((got_train[-1] - p["y"]).abs().max()) < 0.5 * float((p["f0"] - p["y"]).abs().max())
+
+
+def test_gradient_flow_is_the_small_step_limit_of_gd(problem):
+    p = problem
+    kw = dict(ntk_test_train=p["ntk_test"], f0_train=p["f0"], f0_test=p["f0t"])
+    t = np.array([0.0, 0.5, 2.0, 5.0])
+    flow = dy.gradient_flow_mse(p["ntk"], p["y"], t, **kw)
+    errors = []
+    for h in (1e-2, 5e-3):
+        gd = dy.gradient_descent_mse(
+            p["ntk"], p["y"], np.round(t / h).astype(int), learning_rate=h, **kw
+        )
+        errors.append(max(rel(gd.train, flow.train), rel(gd.test, flow.test)))
+    # Euler's method: the error is first order in the step (measured ~1e-3, ratio ~2).
+    assert errors[0] < 1e-2
+    assert 1.8 < errors[0] / errors[1] < 2.2
+
+
+def test_infinite_time_is_kernel_regression(problem):
+    p = problem
+    pred = dy.gradient_flow_mse(
+        p["ntk"],
+        p["y"],
+        [1.0, math.inf],
+        ntk_test_train=p["ntk_test"],
+        f0_train=p["f0"],
+        f0_test=p["f0t"],
+    )
+    expected = p["f0t"] + p["ntk_test"] @ torch.linalg.solve(p["ntk"], p["y"] - p["f0"])
+    assert rel(pred.test[1], expected) < 1e-9
+    assert rel(pred.train[1], p["y"]) < 1e-12
+    # Many GD steps converge to the same point.
+    lr = dy.critical_learning_rate(p["ntk"])
+    gd = dy.gradient_descent_mse(
+        p["ntk"], p["y"], 200_000, ntk_test_train=p["ntk_test"], f0_train=p["f0"], f0_test=p["f0t"],
+        learning_rate=lr,
+    )  # fmt: skip
+    assert rel(gd.test[0], expected) < 1e-6
+
+
+def test_shapes_dtype_vector_targets_and_scalar_time():
+    gen = torch.Generator().manual_seed(1)
+    x = torch.randn(6, 2, generator=gen)
+    k = ARCH.kernel(x).ntk  # float32
+    y = torch.randn(6, generator=gen)
+    pred = dy.gradient_flow_mse(k, y, 1.0)
+    assert pred.train.shape == (1, 6, 1) and pred.test is None and pred.train.dtype == torch.float32
+    y3 = torch.randn(6, 3, generator=gen)
+    pred3 = dy.gradient_flow_mse(k, y3, np.array([0.0, 2.0]), loss="sum")
+    assert pred3.train.shape == (2, 6, 3)
+    torch.testing.assert_close(pred3.train[0], torch.zeros(6, 3))  # f0 defaults to 0
+    # Each output column evolves independently with the same kernel.
+    col = dy.gradient_flow_mse(k, y3[:, 1], 2.0, loss="sum")
+    torch.testing.assert_close(pred3.train[1, :, 1:2], col.train[0])
+
+
+def test_singular_kernel_finite_times_and_diag_reg():
+    gen = torch.Generator().manual_seed(2)
+    feats = torch.randn(6, 2, generator=gen, dtype=F64)
+    k = feats @ feats.T  # rank 2
+    y = torch.randn(6, generator=gen, dtype=F64)
+    kt = torch.randn(3, 2, generator=gen, dtype=F64) @ feats.T
+    # Finite times are fine: the λ → 0 limit of (1 − e^{−ηλt/N})/λ is ηt/N.
+    pred = dy.gradient_descent_mse(k, y, [0, 5, 50], ntk_test_train=kt, learning_rate=0.1)
+    assert torch.isfinite(pred.test).all()
+    flow = dy.gradient_flow_mse(k, y, [3.0], ntk_test_train=kt)
+    assert torch.isfinite(flow.test).all()
+    with pytest.raises(ValueError, match="ntk_train_train is singular.*diag_reg"):
+        dy.gradient_flow_mse(k, y, math.inf, ntk_test_train=kt)
+    reg = dy.gradient_flow_mse(k, y, math.inf, ntk_test_train=kt, diag_reg=1e-3)
+    expected = kt @ torch.linalg.solve(k + 1e-3 * torch.eye(6, dtype=F64), y)
+    assert rel(reg.test[0, :, 0], expected) < 1e-9
+
+
+def test_gd_factors_are_accurate_for_tiny_eigenvalues():
+    # (1 − (1 − ηλ)^s)/λ = η Σ_{j<s} (1 − ηλ)^j: the naive formula loses every digit at λ ~ 1e-14.
+    from widenet.dynamics import _gd_factors
+
+    lam = torch.tensor([0.0, 1e-14, 1e-9, 1e-3, 0.3, 1.5], dtype=F64)
+    steps = np.array([0, 1, 7, 1000])
+    power, g = _gd_factors(lam, steps, 0.1, tol=0.0)
+    for i, s in enumerate(steps):
+        for j, lj in enumerate(lam.tolist()):
+            r = 1.0 - 0.1 * lj
+            expected = 0.1 * sum(r**q for q in range(s))
+            assert float(g[i, j]) == pytest.approx(expected, rel=1e-10, abs=1e-300)
+            assert float(power[i, j]) == pytest.approx(r**s, rel=1e-10)
+
+
+# --------------------------------------------------------------------------------------------
+# Learning rates
+# --------------------------------------------------------------------------------------------
+
+
+def test_learning_rate_limits(problem):
+    p = problem
+    lam = torch.linalg.eigvalsh(p["ntk"])
+    n = p["ntk"].shape[0]
+    assert dy.max_learning_rate(p["ntk"]) == pytest.approx(2 * n / float(lam[-1]), rel=1e-12)
+    assert dy.max_learning_rate(p["ntk"], loss="sum") == pytest.approx(2 / float(lam[-1]))
+    crit = dy.critical_learning_rate(p["ntk"], diag_reg=0.5)
+    assert crit == pytest.approx(2 * n / float(lam[0] + lam[-1] + 1.0), rel=1e-12)
+
+    lr_max = dy.max_learning_rate(p["ntk"])
+    kw = dict(ntk_test_train=p["ntk_test"], f0_train=p["f0"], f0_test=p["f0t"])
+    ok = dy.gradient_descent_mse(
+        p["ntk"], p["y"], [0, 100, 2000], learning_rate=0.99 * lr_max, **kw
+    )
+    resid = (ok.train - p["y"]).abs().amax(dim=(1, 2))
+    assert resid[2] < resid[1] < resid[0]  # bounded and converging
+    with pytest.raises(ValueError, match=r"learning_rate=.*exceeds max_learning_rate"):
+        dy.gradient_descent_mse(p["ntk"], p["y"], 10, learning_rate=1.01 * lr_max, **kw)
+    bad = dy.gradient_descent_mse(
+        p["ntk"], p["y"], [0, 100, 1000], learning_rate=1.01 * lr_max, allow_divergent=True, **kw
+    )
+    resid = (bad.train - p["y"]).abs().amax(dim=(1, 2))
+    assert resid[2] > 100 * resid[1] > 100 * resid[0]
+
+
+# --------------------------------------------------------------------------------------------
+# Infinite-width ensemble and the NNGP posterior
+# --------------------------------------------------------------------------------------------
+
+
+def _mlp_ntk_and_outputs(net, xs):
+    """Θ̂(xs, xs) and f0(xs) of a ReLU ``ARCH.network`` by the per-layer factorisation.
+
+    Θ̂ = Σ_layers (G Gᵀ) ⊙ (ws² A Aᵀ + bs²) with A a Dense layer's inputs and G = ∂f/∂(its
+    outputs) (Novak et al. 2022); wn.empirical_ntk computes the same (checked below) but with a
+    per-call set-up cost that dominates at 7 points, and the ensemble needs hundreds of calls.
+    """
+    dense = [m for m in net if isinstance(m, wn.Dense)]
+    inputs, pre = [], []
+    a = xs
+    for i, layer in enumerate(dense):
+        inputs.append(a)
+        z = layer.weight_scale * a @ layer.weight.T + layer.bias_scale * layer.bias
+        pre.append(z)
+        a = torch.relu(z) if i < len(dense) - 1 else z
+    g = torch.ones_like(a)
+    theta = torch.zeros(xs.shape[0], xs.shape[0], dtype=xs.dtype)
+    for i in reversed(range(len(dense))):
+        layer = dense[i]
+        theta += (g @ g.T) * (layer.weight_scale**2 * inputs[i] @ inputs[i].T + layer.bias_scale**2)
+        if i:
+            g = (g @ (layer.weight_scale * layer.weight)) * (pre[i - 1] > 0)
+    return theta, a
+
+
+def _ensemble_check(n_seeds, width, z=5.0):
+    """Sample mean/cov of finite networks' gradient-flow test outputs vs gp_ensemble_mse.
+
+    Each network (seed s) gives f_t(x) = f0(x) + Θ̂(x,X) Θ̂⁻¹(I − e^{−ηΘ̂t/N})(y − f0(X)) with
+    its own empirical NTK Θ̂ and initial outputs f0; over seeds these are (as width → ∞)
+    Gaussian with the mean and covariance of Lee et al. eqs. 14–16. Tolerance: z standard
+    errors of the Monte-Carlo estimate (mean: sqrt(Σ_ii/S); covariance entries, Gaussian:
+    sqrt((Σ_ii Σ_jj + Σ_ij²)/S)) plus a finite-width bias. At width n the output covariance and
+    the NTK differ from their limits by O(1/n) in expectation and Θ̂ fluctuates by O(1/√n),
+    which enters the mean and covariance at second order, O(1/n); we allow 4·scale/n with
+    scale the largest prior standard deviation (mean) or variance (covariance): at n = 512
+    that is <1% of the scale, and an error in the formulas (a missing cross term, a wrong
+    1/N) is O(scale).
+    """
+    gen = torch.Generator().manual_seed(10)
+    d, n, m = 3, 4, 3
+    x = torch.randn(n, d, generator=gen, dtype=F64)
+    x_test = torch.randn(m, d, generator=gen, dtype=F64)
+    y = torch.randn(n, generator=gen, dtype=F64)
+    t = [0.5, 3.0]
+    kern = ARCH.kernel(torch.cat([x, x_test]))
+    nngp, ntk = kern.nngp, kern.ntk
+    gp = dy.gp_ensemble_mse(
+        nngp[:n, :n], ntk[:n, :n], nngp[n:, :n], ntk[n:, :n], nngp[n:, n:], y, t
+    )
+    samples = []
+    xs = torch.cat([x, x_test])
+    for s in range(n_seeds):
+        net = ARCH.network(d, width, seed=s, dtype=F64)
+        with torch.no_grad():
+            th, f0 = _mlp_ntk_and_outputs(net, xs)
+        if s == 0:
+            torch.testing.assert_close(th, wn.empirical_ntk(net, xs), rtol=1e-10, atol=0)
+            torch.testing.assert_close(f0, net(xs).detach(), rtol=1e-12, atol=1e-14)
+        pred = dy.gradient_flow_mse(
+            th[:n, :n], y, t, ntk_test_train=th[n:, :n], f0_train=f0[:n], f0_test=f0[n:]
+        )
+        samples.append(pred.test[:, :, 0])
+    samples = torch.stack(samples)  # (S, T, m)
+    mean = samples.mean(0)
+    centred = samples - mean
+    cov = torch.einsum("sti,stj->tij", centred, centred) / (n_seeds - 1)
+
+    var = torch.diagonal(gp.covariance, dim1=1, dim2=2)  # (T, m)
+    prior_scale = float(torch.diagonal(nngp[n:, n:]).max())
+    se_mean = torch.sqrt(var / n_seeds)
+    se_cov = torch.sqrt((var[:, :, None] * var[:, None, :] + gp.covariance**2) / n_seeds)
+    bias_mean = 4 * math.sqrt(prior_scale) / width
+    bias_cov = 4 * prior_scale / width
+    err_mean = (mean - gp.mean[:, :, 0]).abs()
+    err_cov = (cov - gp.covariance).abs()
+    assert (err_mean <= z * se_mean + bias_mean).all(), (err_mean / se_mean).max()
+    assert (err_cov <= z * se_cov + bias_cov).all(), (err_cov / se_cov).max()
+    # The test has power: training moved the ensemble well beyond the tolerance.
+    moved = (gp.covariance[1] - nngp[n:, n:]).abs()
+    # Power: the untrained prior (t = 0) would fail the covariance check.
+    assert (moved > z * se_cov[1] + bias_cov).any()
+    return float((err_mean / se_mean).max()), float((err_cov / se_cov).max())
+
+
+def test_gp_ensemble_matches_monte_carlo_wide_networks(one_thread):
+    # measured: max |error|/SE = 0.6 (mean) and 1.2 (covariance) at width 512
+    _ensemble_check(n_seeds=200, width=512)
+
+
+@pytest.mark.slow
+def test_gp_ensemble_matches_monte_carlo_wide_networks_large(one_thread):
+    _ensemble_check(n_seeds=2000, width=1024)
+
+
+def test_gp_ensemble_limits():
+    gen = torch.Generator().manual_seed(4)
+    x, xt = torch.randn(5, 3, generator=gen, dtype=F64), torch.randn(2, 3, generator=gen, dtype=F64)
+    y = torch.randn(5, 2, generator=gen, dtype=F64)
+    k, kt, ktt = ARCH.kernel(x), ARCH.kernel(xt, x), ARCH.kernel(xt)
+    # t = 0: the prior. t = ∞ with Θ = K: the NNGP posterior.
+    ens = dy.gp_ensemble_mse(k.nngp, k.ntk, kt.nngp, kt.ntk, ktt.nngp, y, [0.0, math.inf])
+    assert ens.mean.shape == (2, 2, 2) and ens.covariance.shape == (2, 2, 2)
+    torch.testing.assert_close(ens.mean[0], torch.zeros(2, 2, dtype=F64))
+    torch.testing.assert_close(ens.covariance[0], ktt.nngp, rtol=1e-12, atol=1e-14)
+    post = dy.nngp_posterior(k.nngp, kt.nngp, ktt.nngp, y, noise_variance=0.1)
+    ens_k = dy.gp_ensemble_mse(
+        k.nngp, k.nngp, kt.nngp, kt.nngp, ktt.nngp, y, math.inf, diag_reg=0.1
+    )
+    torch.testing.assert_close(ens_k.mean, post.mean, rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(ens_k.covariance, post.covariance, rtol=1e-10, atol=1e-12)
+    # The t = ∞ mean is NTK kernel regression.
+    expected = kt.ntk @ torch.linalg.solve(k.ntk, y)
+    assert rel(ens.mean[1], expected) < 1e-9
+
+
+@pytest.mark.parametrize("noise", [1e-2, 0.5])
+def test_nngp_posterior_matches_sklearn(noise):
+    from sklearn.gaussian_process import GaussianProcessRegressor
+    from sklearn.gaussian_process.kernels import DotProduct
+
+    gen = torch.Generator().manual_seed(5)
+    x, xt = torch.randn(7, 3, generator=gen, dtype=F64), torch.randn(4, 3, generator=gen, dtype=F64)
+    y = torch.randn(7, generator=gen, dtype=F64)
+    joint = ARCH.kernel(torch.cat([x, xt])).nngp
+    # Features Φ with Φ Φᵀ = the joint kernel, so sklearn's DotProduct kernel is the NNGP.
+    lam, vec = torch.linalg.eigh(joint)
+    phi = (vec * lam.clamp(min=0).sqrt()).numpy()
+    gpr = GaussianProcessRegressor(
+        DotProduct(sigma_0=0.0, sigma_0_bounds="fixed"), alpha=noise, optimizer=None
+    ).fit(phi[:7], y.numpy())
+    mean, cov = gpr.predict(phi[7:], return_cov=True)
+    post = dy.nngp_posterior(joint[:7, :7], joint[7:, :7], joint[7:, 7:], y, noise_variance=noise)
+    assert post.mean.shape == (1, 4, 1) and post.covariance.shape == (1, 4, 4)
+    np.testing.assert_allclose(post.mean[0, :, 0].numpy(), mean, rtol=1e-8, atol=1e-10)
+    np.testing.assert_allclose(post.covariance[0].numpy(), cov, rtol=1e-8, atol=1e-10)
+
+
+def test_nngp_posterior_noiseless_interpolates_and_singular_needs_noise():
+    gen = torch.Generator().manual_seed(6)
+    x = torch.randn(5, 3, generator=gen, dtype=F64)
+    y = torch.randn(5, generator=gen, dtype=F64)
+    k = ARCH.kernel(x).nngp
+    post = dy.nngp_posterior(k, k, k, y)  # test points = training points
+    assert rel(post.mean[0, :, 0], y) < 1e-9
+    assert float(post.covariance.abs().max()) < 1e-9 * float(k.abs().max())
+    direct = np.linalg.solve(k.numpy() + 0.3 * np.eye(5), y.numpy())
+    noisy = dy.nngp_posterior(k, k, k, y, noise_variance=0.3)
+    np.testing.assert_allclose(noisy.mean[0, :, 0].numpy(), k.numpy() @ direct, rtol=1e-10)
+    dup = torch.cat([x, x[:1]])
+    kd = ARCH.kernel(dup).nngp  # a repeated point: singular
+    with pytest.raises(ValueError, match="nngp_train_train is singular.*noise_variance"):
+        dy.nngp_posterior(kd, kd, kd, torch.randn(6, dtype=F64))
+
+
+# --------------------------------------------------------------------------------------------
+# ODE dynamics
+# --------------------------------------------------------------------------------------------
+
+
+def test_ode_with_mse_matches_gradient_flow(problem):
+    p = problem
+    t = [3.0, 0.0, 1.0, 10.0]  # any order
+    ode = dy.ode_dynamics(
+        p["ntk"], p["f0"], p["y"], t,
+        loss=lambda f, y: 0.5 * ((f - y) ** 2).mean(),
+        ntk_test_train=p["ntk_test"], f0_test=p["f0t"],
+    )  # fmt: skip
+    flow = dy.gradient_flow_mse(
+        p["ntk"], p["y"], t, ntk_test_train=p["ntk_test"], f0_train=p["f0"], f0_test=p["f0t"]
+    )
+    # measured ~1e-11
+    assert rel(ode.train, flow.train) < 1e-6
+    assert rel(ode.test, flow.test) < 1e-6
+
+
+def test_ode_cross_entropy_descends_and_matches_euler(one_thread):
+    gen = torch.Generator().manual_seed(7)
+    n, m, k = 6, 3, 3
+    x = torch.randn(n + m, 4, generator=gen, dtype=F64)
+    theta = ARCH.kernel(x).ntk
+    labels = torch.tensor([0, 1, 2, 0, 1, 2])
+    f0 = 0.5 * torch.randn(n + m, k, generator=gen, dtype=F64)
+    times = np.linspace(0.0, 4.0, 9)
+    lr = 2.0
+    ode = dy.ode_dynamics(
+        theta[:n, :n], f0[:n], labels, times,
+        ntk_test_train=theta[n:, :n], f0_test=f0[n:], learning_rate=lr,
+    )  # fmt: skip
+    ce = torch.stack(
+        [torch.nn.functional.cross_entropy(ode.train[i], labels) for i in range(len(times))]
+    )
+    assert (ce[1:] < ce[:-1]).all()  # monotone: dL/dt = −η gᵀΘg ≤ 0
+    correct = ode.train[-1].gather(1, labels[:, None])
+    assert (correct.squeeze(1) > ode.train[0].gather(1, labels[:, None]).squeeze(1)).all()
+    assert (ode.train[-1].argmax(1) == labels).all()
+
+    # Explicit Euler in float64: first-order convergence towards the ODE solution.
+    y = torch.nn.functional.one_hot(labels, k).to(F64)
+    errors = []
+    for h in (2e-3, 1e-3):
+        f = f0.clone()
+        for _ in range(round(times[-1] / h)):
+            g = (torch.softmax(f[:n], 1) - y) / n
+            f = f - h * lr * theta[:, :n] @ g
+        errors.append(max(rel(f[:n], ode.train[-1]), rel(f[n:], ode.test[-1])))
+    assert errors[1] < 1e-3
+    assert 1.8 < errors[0] / errors[1] < 2.2
+
+
+# --------------------------------------------------------------------------------------------
+# Bad inputs: each error names the argument
+# --------------------------------------------------------------------------------------------
+
+
+def _bad_cases():
+    k = ARCH.kernel(torch.randn(4, 2, generator=torch.Generator().manual_seed(8))).ntk
+    y = torch.ones(4)
+    kt = torch.ones(2, 4)
+    nan = k.clone()
+    nan[0, 0] = float("nan")
+    asym = k.clone()
+    asym[0, 1] += 1.0
+    neg = -torch.eye(4)
+    flow = dy.gradient_flow_mse
+    return [
+        (lambda: flow(torch.ones(4, 3), y, 1.0), "ntk_train_train must be a non-empty square"),
+        (lambda: flow(nan, y, 1.0), "ntk_train_train contains 1 NaN"),
+        (lambda: flow(asym, y, 1.0), "ntk_train_train is not symmetric"),
+        (lambda: flow(neg, y, 1.0), "ntk_train_train is not positive semi-definite"),
+        (lambda: flow(k, torch.ones(3), 1.0), r"y_train must have shape \(4,\)"),
+        (lambda: flow(k, y, -1.0), "t must be >= 0"),
+        (lambda: flow(k, y, [[1.0]]), "t must be a scalar or a 1-D"),
+        (lambda: flow(k, y, 1.0, ntk_test_train=torch.ones(2, 3)), "ntk_test_train must have"),
+        (lambda: flow(k, y, 1.0, f0_train=torch.ones(3, 1)), "f0_train must have shape"),
+        (lambda: flow(k, y, 1.0, ntk_test_train=kt, f0_test=torch.ones(3)), "f0_test must have"),
+        (lambda: flow(k, y, 1.0, f0_test=torch.ones(2)), "f0_test was given without"),
+        (lambda: flow(k, y, 1.0, learning_rate=0.0), "learning_rate must be > 0"),
+        (lambda: flow(k, y, 1.0, loss="l2"), "loss must be one of"),
+        (lambda: flow(k, y, 1.0, diag_reg=-1.0), "diag_reg must be >= 0"),
+        (lambda: dy.gradient_descent_mse(k, y, 1.5), "steps must be integers"),
+        (lambda: dy.gradient_descent_mse(k, y, -1), "steps must be >= 0"),
+        (lambda: dy.max_learning_rate(neg), "ntk_train_train is not positive"),
+        (
+            lambda: dy.gp_ensemble_mse(k, k, kt, torch.ones(3, 4), torch.eye(2), y, 1.0),
+            "ntk_test_train must have shape",
+        ),
+        (
+            lambda: dy.gp_ensemble_mse(k, k, kt, kt, torch.eye(3), y, 1.0),
+            "nngp_test_test must have shape",
+        ),
+        (
+            lambda: dy.gp_ensemble_mse(torch.eye(3), k, kt, kt, torch.eye(2), y, 1.0),
+            "nngp_train_train must have shape",
+        ),
+        (lambda: dy.nngp_posterior(k, kt, torch.eye(2), y, noise_variance=-1), "noise_variance"),
+        (lambda: dy.ode_dynamics(k, torch.zeros(4, 3), y, 1.0, loss="hinge"), "loss must be"),
+        (lambda: dy.ode_dynamics(k, torch.zeros(4, 3), y * 5, 1.0), "y_train of shape"),
+        (lambda: dy.ode_dynamics(k, torch.zeros(3, 3), y, 1.0), "f0_train must have shape"),
+        (lambda: dy.ode_dynamics(k, torch.zeros(4, 3), y, math.inf), "t must be finite"),
+    ]
+
+
+@pytest.mark.parametrize("case", range(len(_bad_cases())))
+def test_bad_inputs_name_the_argument(case):
+    call, match = _bad_cases()[case]
+    with pytest.raises((ValueError, TypeError), match=match):
+        call()
