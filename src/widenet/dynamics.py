@@ -411,8 +411,8 @@ def critical_learning_rate(ntk_train_train, *, loss: str = "mean", diag_reg: flo
     """The learning rate that converges fastest: η* = 2N / (λmin + λmax).
 
     The eigen-directions of the effective matrix Θ/N contract by |1 − ηλ/N| per step; the
-    slowest of them, max(|1 − ηλmin/N|, |1 − ηλmax/N|), is smallest at η* (Lee et al. 2019,
-    Sec. 2.4 and their appendix on the critical learning rate). Θ = ``ntk_train_train`` +
+    slowest of them, max(|1 − ηλmin/N|, |1 − ηλmax/N|), is smallest at η* (the η_critical of
+    Lee et al. 2019, Theorem 2.1, whose bound requires η < η_critical). Θ = ``ntk_train_train`` +
     diag_reg·I; N = n for ``loss="mean"`` (one output; multiply by k for k outputs, since
     N = y.numel()) and 1 for ``"sum"``.
     """
@@ -424,7 +424,9 @@ def critical_learning_rate(ntk_train_train, *, loss: str = "mean", diag_reg: flo
 def max_learning_rate(ntk_train_train, *, loss: str = "mean", diag_reg: float = 0.0) -> float:
     """The largest stable learning rate 2N/λmax: above it |1 − ηλmax/N| > 1 and GD diverges.
 
-    Lee et al. 2019, Sec. 2.4 (η_critical there). Conventions as in
+    The linear model's GD iterates (I − ηΘ/N)^s grow without bound in the top eigendirection
+    beyond it (Lewkowycz et al. 2020, "The large learning rate phase of deep learning", study
+    the range between η_critical and this limit). Conventions as in
     :func:`critical_learning_rate`.
     """
     e, scale = _rates(ntk_train_train, loss, diag_reg)
@@ -578,7 +580,7 @@ def ode_dynamics(
 ) -> Prediction:
     """Gradient flow of a linearized network on any loss, integrated numerically in function space.
 
-    For the linearized model θ̇ = −η ∇_θ L(f(X)) gives (Lee et al. 2019, eq. 7 and Sec. 2.2)
+    For the linearized model θ̇ = −η ∇_θ L(f(X)) gives (Lee et al. 2019, Sec. 2.2)
 
         df(X)/dt = −η Θ(X, X) ∂L/∂f(X),     df(x)/dt = −η Θ(x, X) ∂L/∂f(X),
 

@@ -1,7 +1,7 @@
 """The first-order Taylor expansion of a network in its parameters, as a trainable module.
 
 Lee et al. 2019 ("Wide neural networks of any depth evolve as linear models under gradient
-descent", NeurIPS), eq. 6: around the initial parameters θ0,
+descent", NeurIPS), Sec. 2.2: around the initial parameters θ0,
 
     f_lin(x; θ) = f(x; θ0) + J(x; θ0) (θ − θ0),        J(x; θ0) = ∂f(x; θ)/∂θ |_{θ=θ0}.
 
@@ -114,7 +114,7 @@ class LinearizedModel(nn.Module):
 
 
 def linearize(model: nn.Module) -> LinearizedModel:
-    """The linearization of ``model`` around its current parameters (Lee et al. 2019, eq. 6).
+    """The linearization of ``model`` around its current parameters (Lee et al. 2019, Sec. 2.2).
 
         f_lin(x; θ) = f(x; θ0) + J(x; θ0)(θ − θ0)
 
