@@ -39,6 +39,14 @@ sqrt(variance_ntk / ensemble_size), reported alongside), plus a finite-width ter
 as 1/width. The NTK-GP mean is not the NNGP posterior mean (different kernels), but both
 classify alike on such tasks (Lee et al. 2019, Table S1).
 
+The NTK-GP follows gradient *flow* for the time ``lr * steps`` while the networks take discrete
+steps; with ``lr = 0.5 * max_learning_rate`` gradient descent removes the top eigenmode of the
+residual in one step where the flow takes a few, a difference that is gone once both have fit
+it (the comparison is made at the end of training; ``mean_relative_error_curve`` shows it over
+time). Quick size, seed 0 (64 networks of width 128, 64 + 64 points): accuracies NNGP 0.94,
+NTK-GP 0.92, ensemble 0.92 (single members 0.79), mean_relative_error 0.12 for a sampling error
+of 0.15, variance_relative_error 0.08, calibration 0.950 (0.954 expected).
+
 Metrics (``metrics.json``)
 --------------------------
 nngp_accuracy, ntk_accuracy, ensemble_accuracy, mean_relative_error (the stable keys), and
