@@ -50,6 +50,9 @@ def test_both_models_fit(quick_run):
     assert np.all(np.asarray(m["train_loss"]) < 0.05 * init)
     assert np.all(np.asarray(m["lin_train_loss"]) < 0.05 * init)
     assert 0 < m["lr"] < 2
+    # The trained linearization equals the closed-form GD dynamics with the empirical NTK at
+    # init (Lee et al. 2019, eq. 9): float32 training vs float64 closed form, measured 1.2e-6.
+    assert m["closed_form_error"] < 1e-4
 
 
 def test_network_approaches_its_linearization(quick_run):

@@ -57,7 +57,8 @@ Metrics (``metrics.json``)
 --------------------------
 widths, rmse, rmse_slope, weight_change_slope, ntk_change_slope (the stable keys), and
 seeds, n_train, n_test, steps, lr, rmse_std, weight_change, ntk_change, train_loss,
-lin_train_loss, initial_train_loss, output_scale (see ``widenet list --verbose``).
+lin_train_loss, initial_train_loss, output_scale, closed_form_error (see
+``widenet list --verbose``).
 
 References
 ----------
@@ -108,6 +109,10 @@ METRICS = {
     "initial_train_loss": "mean over seeds of the training loss at initialisation, per width",
     "output_scale": "mean over seeds of the RMS of the network's test outputs after training "
     "(the scale rmse compares to), per width",
+    "closed_form_error": "largest over widths and seeds of the RMSE between the trained "
+    "linearization's test outputs and wn.dynamics.gradient_descent_mse with the empirical NTK "
+    "at initialisation, divided by output_scale (a check of the linearized training: ~1e-6 in "
+    "float32)",
 }
 
 
@@ -229,7 +234,7 @@ def run(config: LinearVsNetworkConfig, ctx: lab.RunContext) -> dict:
 
     shape = (len(widths), len(seeds))
     rmse, w_change, k_change = np.zeros(shape), np.zeros(shape), np.zeros(shape)
-    loss0, loss_net, loss_lin, scale = (np.zeros(shape) for _ in range(4))
+    loss0, loss_net, loss_lin, scale, closed = (np.zeros(shape) for _ in range(5))
     trajectories = {}
     jobs = [(i, j) for i in range(len(widths)) for j in range(len(seeds))]
     for i, j in ctx.progress(jobs, description="linear-vs-network"):
@@ -239,6 +244,20 @@ def run(config: LinearVsNetworkConfig, ctx: lab.RunContext) -> dict:
         ntk0 = wn.empirical_ntk(net, x_ntk, mode="trace")
         with torch.no_grad():
             loss0[i, j] = float(0.5 * ((net(x) - y) ** 2).mean())
+            f0_all = net(x_all).double().cpu()
+        # The linearization trained by gradient descent has a closed form with the empirical
+        # NTK at θ0 (Lee et al. 2019, eq. 9): a check of the trained linear model.
+        ntk_all = wn.empirical_ntk(net, x_all, mode="trace").double().cpu()
+        expected = wn.dynamics.gradient_descent_mse(
+            ntk_all[:n_train, :n_train],
+            y.double().cpu(),
+            [config.steps],
+            ntk_test_train=ntk_all[n_train:, :n_train],
+            f0_train=f0_all[:n_train],
+            f0_test=f0_all[n_train:],
+            learning_rate=lr,
+            loss="mean",
+        ).test[-1]
 
         record = j == 0 and i in (0, len(widths) - 1)
         traj = {"step": [], "net": [], "lin": []}
@@ -260,6 +279,8 @@ def run(config: LinearVsNetworkConfig, ctx: lab.RunContext) -> dict:
             f_net, f_lin = net(x_test), lin(x_test)
         rmse[i, j] = float(((f_net - f_lin) ** 2).mean().sqrt())
         scale[i, j] = float((f_net**2).mean().sqrt())
+        gap = f_lin.double().cpu() - expected
+        closed[i, j] = float((gap**2).mean().sqrt()) / scale[i, j]
         w_change[i, j] = _rel(_flat(net.parameters()), theta0)
         k_change[i, j] = _rel(wn.empirical_ntk(net, x_ntk, mode="trace"), ntk0)
         if record:
@@ -287,6 +308,7 @@ def run(config: LinearVsNetworkConfig, ctx: lab.RunContext) -> dict:
         "lin_train_loss": loss_lin.mean(1),
         "initial_train_loss": loss0.mean(1),
         "output_scale": scale.mean(1),
+        "closed_form_error": float(closed.max()),
     }
 
 
