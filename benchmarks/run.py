@@ -6,7 +6,7 @@
 - ``bench_empirical_ntk`` (when importable): empirical NTK vs the torch.func tutorial recipe
   (goal >= 100x) and vs the GEMM floor;
 - ``nt_compare`` (only with ``--with-nt``): widenet vs neural-tangents (goal >= 2.5x);
-- ``bench_dynamics``: closed-form gradient-flow predictions; with ``--with-nt`` against
+- ``bench_dynamics`` (only with ``--with-nt``): closed-form gradient-flow predictions against
   neural-tangents' ``predict.gradient_descent_mse`` (goal >= 1x, same values to 1e-6).
 
 Each benchmark writes its own JSON under benchmarks/results/; this prints one summary table.
@@ -88,7 +88,7 @@ def main(quick: bool = False, with_nt: bool = False, nt_python: str | None = Non
     kernels = _run("bench_kernels", quick=quick)
     empirical = _run("bench_empirical_ntk", quick=quick)
     nt = _run("nt_compare", quick=quick, nt_python=nt_python) if with_nt else None
-    dynamics = _run("bench_dynamics", quick=quick, with_nt=with_nt, nt_python=nt_python)
+    dynamics = _run("bench_dynamics", quick=quick, nt_python=nt_python) if with_nt else None
     rows = summary_rows(kernels, empirical, nt, dynamics)
     print("\n=== summary" + (" (--quick: small sizes, not the goals' workloads)" if quick else ""))
     for what, ratio, kind, goal in rows:
