@@ -262,7 +262,8 @@ def _gd_factors(lam: torch.Tensor, steps: np.ndarray, rate: float, tol: float):
 def _apply(e: _Eig, diag: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
     """(T, n, k): V diag(d_t) Vᵀ v for each row d_t of ``diag`` (T, n)."""
     coeff = e.vectors.T @ v  # (n, k)
-    return torch.einsum("ij,tj,jk->tik", e.vectors, diag, coeff)
+    # Scale the k columns, then one batched GEMM: memory O(T n k), never O(T n²).
+    return e.vectors @ (diag[:, :, None] * coeff[None])
 
 
 def _predict(e, decay, g, y, f0, k_test, f0_test, dtype, device) -> Prediction:
@@ -502,7 +503,7 @@ def gp_ensemble_mse(
     k_xx = 0.5 * (k_xx + k_xx.T) + reg * torch.eye(n, dtype=_F64, device=device)
     _, g = _flow_factors(e.values, times, lr / _scale(loss, y), e.tol)
     # A_t = Θ(x,X) V diag(g_t) Vᵀ: (T, m, n)
-    a = torch.einsum("mi,ij,tj,kj->tmk", t_tx, e.vectors, g, e.vectors)
+    a = ((t_tx @ e.vectors)[None] * g[:, None, :]) @ e.vectors.T
     mean = a @ y
     cross = a @ k_tx.T  # A_t K(X, x): (T, m, m)
     cov = k_tt.to(_F64)[None] + a @ k_xx @ a.transpose(1, 2) - cross - cross.transpose(1, 2)
