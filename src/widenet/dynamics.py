@@ -259,19 +259,22 @@ def _gd_factors(lam: torch.Tensor, steps: np.ndarray, rate: float, tol: float):
     return power, g
 
 
-def _apply(e: _Eig, diag: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-    """(T, n, k): V diag(d_t) Vᵀ v for each row d_t of ``diag`` (T, n)."""
+def _apply(left: torch.Tensor, e: _Eig, diag: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """(T, m, k): left V diag(d_t) Vᵀ v for each row d_t of ``diag`` (T, n); left is (m, n)."""
     coeff = e.vectors.T @ v  # (n, k)
-    # Scale the k columns, then one batched GEMM: memory O(T n k), never O(T n²).
-    return e.vectors @ (diag[:, :, None] * coeff[None])
+    scaled = diag[:, :, None] * coeff[None]  # (T, n, k)
+    t, n, k = scaled.shape
+    # One GEMM over all times: memory O(T n k), never O(T n²).
+    out = left @ scaled.permute(1, 0, 2).reshape(n, t * k)
+    return out.reshape(-1, t, k).permute(1, 0, 2)
 
 
 def _predict(e, decay, g, y, f0, k_test, f0_test, dtype, device) -> Prediction:
     resid = f0 - y
-    train = y[None] + _apply(e, decay, resid)
+    train = y[None] + _apply(e.vectors, e, decay, resid)
     test = None
     if k_test is not None:
-        test = f0_test[None] - k_test @ _apply(e, g, resid)
+        test = f0_test[None] - _apply(k_test @ e.vectors, e, g, resid)
     test = None if test is None else test.to(dtype=dtype, device=device)
     return Prediction(train.to(dtype=dtype, device=device), test)
 
