@@ -45,7 +45,10 @@ residual in one step where the flow takes a few, a difference that is gone once 
 it (the comparison is made at the end of training; ``mean_relative_error_curve`` shows it over
 time). Quick size, seed 0 (64 networks of width 128, 64 + 64 points): accuracies NNGP 0.94,
 NTK-GP 0.92, ensemble 0.92 (single members 0.79), mean_relative_error 0.12 for a sampling error
-of 0.15, variance_relative_error 0.08, calibration 0.950 (0.954 expected).
+of 0.15, variance_relative_error 0.08, calibration 0.950 (0.954 expected). Full size, seed 0
+(100 networks of width 512, 128 + 128 points; 4 min on a busy 2-core machine): NNGP 0.93,
+NTK-GP 0.92, ensemble 0.92 (members 0.81), mean_relative_error 0.094 for a sampling error of
+0.108, variance_relative_error 0.094, calibration 0.958.
 
 Metrics (``metrics.json``)
 --------------------------

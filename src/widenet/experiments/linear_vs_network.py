@@ -354,7 +354,7 @@ def _plot_scaling(ctx, widths, rmse, w_change, k_change, slopes):
         slopes["w"],
         r"$\|\theta_T - \theta_0\| / \|\theta_0\|$",
         "Relative change of the weights",
-        [(-0.5, "slope -1/2")],
+        [(-0.5, "slope -1/2 (first layer)"), (-1.0, "slope -1 (hidden layers)")],
     )
     loglog_panel(
         ax3,
