@@ -87,7 +87,7 @@ def test_gradients_optimizer_and_frozen_buffers():
         loss.backward()
         assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in lin.parameters())
         opt.step()
-        losses.append(float(loss))
+        losses.append(float(loss.detach()))
     assert losses[-1] < losses[0]
     for n, b in lin.named_buffers():
         torch.testing.assert_close(b, buffers_before[n], rtol=0, atol=0)
