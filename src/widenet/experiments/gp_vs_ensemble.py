@@ -77,7 +77,7 @@ import torch
 
 from widenet import lab
 from widenet.data import DATASETS, load_dataset
-from widenet.experiments.linear_vs_network import gradient_descent, parity_targets
+from widenet.experiments._common import gradient_descent, parity_targets
 
 METRICS = {
     "nngp_accuracy": "test accuracy of the sign of the NNGP posterior mean",

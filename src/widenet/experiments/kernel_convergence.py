@@ -66,6 +66,7 @@ import torch
 
 from widenet import lab
 from widenet.data import DATASETS, load_dataset
+from widenet.experiments._common import Widths, gradient_descent, mse, parity_targets, slope
 
 METRICS = {
     "widths": "hidden widths n, ascending",
@@ -93,7 +94,7 @@ class KernelConvergenceConfig(lab.Config):
     activation: str = "relu"
     w_std: float = pydantic.Field(2**0.5, gt=0)
     b_std: float = pydantic.Field(0.1, ge=0)
-    widths: list[int] = pydantic.Field([2**k for k in range(6, 13)], min_length=2)
+    widths: Widths = [2**k for k in range(6, 13)]
     n_seeds: int = pydantic.Field(3, ge=1)
     train_steps: int = pydantic.Field(100, ge=1)
     lr_scale: float = pydantic.Field(1.0, gt=0)
@@ -102,30 +103,9 @@ class KernelConvergenceConfig(lab.Config):
 
     QUICK: ClassVar[dict] = {"widths": [2**k for k in range(6, 11)], "n_points": 64}
 
-    @pydantic.field_validator("widths")
-    @classmethod
-    def _widths_positive_distinct(cls, widths: list[int]) -> list[int]:
-        if any(w < 1 for w in widths):
-            raise ValueError("widths must be positive")
-        if len(set(widths)) < 2:
-            raise ValueError("need at least two distinct widths to fit a slope")
-        return sorted(set(widths))
-
-
-def _targets(y: torch.Tensor) -> torch.Tensor:
-    # Integer labels -> +1 (even) / -1 (odd); real targets -> standardized.
-    if y.dtype in (torch.int64, torch.int32):
-        return 1.0 - 2.0 * (y % 2).to(torch.float64)
-    y = y.to(torch.float64)
-    return (y - y.mean()) / y.std().clamp_min(1e-12)
-
 
 def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
     return float(torch.linalg.matrix_norm(a - b) / torch.linalg.matrix_norm(b))
-
-
-def _slope(widths, values) -> float:
-    return float(np.polyfit(np.log(widths), np.log(values), 1)[0])
 
 
 @lab.register(
@@ -144,7 +124,7 @@ def run(config: KernelConvergenceConfig, ctx: lab.RunContext) -> dict:
         config.dataset, n=config.n_points, seed=int(ctx.rng.integers(2**31)), dtype=dtype
     )
     x = x.to(device)
-    y = _targets(labels).to(device=device, dtype=dtype)[:, None]
+    y = parity_targets(labels).to(device=device, dtype=dtype)[:, None]
     arch = wn.mlp(
         depth=config.depth, activation=config.activation, w_std=config.w_std, b_std=config.b_std
     )
@@ -169,28 +149,14 @@ def run(config: KernelConvergenceConfig, ctx: lab.RunContext) -> dict:
         errors[i, j] = _rel(theta0, theta_inf)
         if j == 0 and i in (0, len(widths) - 1):
             snapshots[widths[i]] = theta0.detach().cpu().numpy()
-        # Full-batch gradient descent on 0.5 * mean squared error (plain updates: importing
-        # torch.optim costs seconds of torch._dynamo import for nothing here).
-        params = list(net.parameters())
-        for step in range(config.train_steps):
-            loss = 0.5 * ((net(x) - y) ** 2).mean()
-            if step == 0:
-                loss0[i, j] = float(loss.detach())
-            grads = torch.autograd.grad(loss, params)
-            with torch.no_grad():
-                for p, g in zip(params, grads, strict=True):
-                    p.sub_(g, alpha=lr)
         with torch.no_grad():
-            loss1[i, j] = float(0.5 * ((net(x) - y) ** 2).mean())
+            loss0[i, j] = float(mse(net, x, y))
+        loss1[i, j] = gradient_descent(net, x, y, lr, config.train_steps)
         changes[i, j] = _rel(wn.empirical_ntk(net, x, mode="trace"), theta0)
-        if not np.isfinite(loss1[i, j]):
-            raise FloatingPointError(
-                f"training diverged at width {widths[i]} (lr={lr:.3g}); lower lr_scale"
-            )
 
     err_mean, chg_mean = errors.mean(1), changes.mean(1)
-    slope, chg_slope = _slope(widths, err_mean), _slope(widths, chg_mean)
-    _plot_convergence(ctx, widths, errors, changes, slope, chg_slope)
+    slope_err, chg_slope = slope(widths, err_mean), slope(widths, chg_mean)
+    _plot_convergence(ctx, widths, errors, changes, slope_err, chg_slope)
     order = np.argsort(labels.cpu().numpy(), kind="stable")  # group the points by label
     _plot_kernels(ctx, theta_inf.detach().cpu().numpy(), snapshots, order)
     return {
@@ -199,7 +165,7 @@ def run(config: KernelConvergenceConfig, ctx: lab.RunContext) -> dict:
         "n_points": len(x),
         "relative_error": err_mean,
         "relative_error_std": errors.std(1),
-        "slope": slope,
+        "slope": slope_err,
         "ntk_change": chg_mean,
         "ntk_change_std": changes.std(1),
         "ntk_change_slope": chg_slope,

@@ -85,6 +85,7 @@ import torch
 
 from widenet import lab
 from widenet.data import DATASETS, load_dataset
+from widenet.experiments._common import Widths, gradient_descent, parity_targets, slope
 
 METRICS = {
     "widths": "hidden widths n, ascending",
@@ -130,7 +131,7 @@ class LinearVsNetworkConfig(lab.Config):
     activation: str = "relu"
     w_std: float = pydantic.Field(2**0.5, gt=0)
     b_std: float = pydantic.Field(0.1, ge=0)
-    widths: list[int] = pydantic.Field([2**k for k in range(5, 13)], min_length=2)
+    widths: Widths = [2**k for k in range(5, 13)]
     n_seeds: int = pydantic.Field(1, ge=1)
     steps: int = pydantic.Field(200, ge=1)
     lr_scale: float = pydantic.Field(0.5, gt=0)
@@ -139,52 +140,6 @@ class LinearVsNetworkConfig(lab.Config):
     # The full size adds the widths 2^10 .. 2^12 (minutes on a CPU: width 4096 alone is about
     # 1 s per step of the network and its linearization).
     QUICK: ClassVar[dict] = {"widths": [2**k for k in range(5, 10)]}
-
-    @pydantic.field_validator("widths")
-    @classmethod
-    def _widths_positive_distinct(cls, widths: list[int]) -> list[int]:
-        if any(w < 1 for w in widths):
-            raise ValueError("widths must be positive")
-        if len(set(widths)) < 2:
-            raise ValueError("need at least two distinct widths to fit a slope")
-        return sorted(set(widths))
-
-
-def parity_targets(labels: torch.Tensor) -> torch.Tensor:
-    """Integer labels -> +1 (even) / -1 (odd), float64, shape (n,)."""
-    if labels.dtype not in (torch.int64, torch.int32):
-        y = labels.to(torch.float64)
-        return (y - y.mean()) / y.std().clamp_min(1e-12)
-    return 1.0 - 2.0 * (labels % 2).to(torch.float64)
-
-
-def slope(widths, values) -> float:
-    """Least-squares slope of log(values) against log(widths)."""
-    return float(np.polyfit(np.log(widths), np.log(values), 1)[0])
-
-
-def gradient_descent(model, x, y, lr: float, steps: int, on_step=None) -> float:
-    """Full-batch GD on ``0.5 * mean((model(x) - y)^2)``; returns the final training loss.
-
-    Plain updates (importing torch.optim costs seconds of torch._dynamo import for nothing).
-    ``on_step(step)`` is called before each step and once after the last (``step == steps``).
-    """
-    params = [p for p in model.parameters() if p.requires_grad]
-    for step in range(steps):
-        if on_step is not None:
-            on_step(step)
-        loss = 0.5 * ((model(x) - y) ** 2).mean()
-        grads = torch.autograd.grad(loss, params)
-        with torch.no_grad():
-            for p, g in zip(params, grads, strict=True):
-                p.sub_(g, alpha=lr)
-    if on_step is not None:
-        on_step(steps)
-    with torch.no_grad():
-        final = float(0.5 * ((model(x) - y) ** 2).mean())
-    if not np.isfinite(final):
-        raise FloatingPointError(f"gradient descent diverged (lr={lr:.3g}); lower lr_scale")
-    return final
 
 
 def _flat(params) -> torch.Tensor:
