@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import json
 import sys
-import time
 
 import jax
 
@@ -23,17 +22,7 @@ jax.config.update("jax_enable_x64", True)
 import jax.numpy as jnp  # noqa: E402
 import neural_tangents as nt  # noqa: E402
 import numpy as np  # noqa: E402
-
-
-def best_of(fn, repeats):
-    """Warm up (jit compile), then the best wall time of ``repeats`` blocking calls."""
-    out = jax.block_until_ready(fn())
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        out = jax.block_until_ready(fn())
-        times.append(time.perf_counter() - t0)
-    return min(times), out
+from _nt_worker import best_of  # noqa: E402
 
 
 def main(path):

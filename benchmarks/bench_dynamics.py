@@ -29,14 +29,13 @@ import datetime
 import json
 import math
 import os
-import subprocess
 import tempfile
 from pathlib import Path
 
 import numpy as np
 import torch
 from bench_empirical_ntk import best_of
-from nt_compare import find_nt_python
+from nt_compare import find_nt_python, run_worker
 
 import widenet as wn
 
@@ -186,16 +185,9 @@ def run_nt(nt_python: str, inputs: dict, repeats: int) -> dict:
             out=str(tmp / "nt.json"),
             pred_out=str(tmp / "nt_pred.npz"),
         )
-        (tmp / "cfg.json").write_text(json.dumps(cfg))
-        env = dict(os.environ, JAX_PLATFORMS="cpu")
-        proc = subprocess.run(
-            [nt_python, str(WORKER), str(tmp / "cfg.json")], env=env, check=False, text=True
-        )
-        if proc.returncode != 0 or not (tmp / "nt.json").is_file():
-            why = f"the neural-tangents worker failed (exit {proc.returncode})"
-            print(f"neural-tangents comparison skipped: {why}")
-            return dict(skipped=True, reason=why)
-        out = json.loads((tmp / "nt.json").read_text())
+        out = run_worker(nt_python, WORKER, cfg, tmp)
+        if isinstance(out, str):
+            return dict(skipped=True, reason=out)
         if out["best"] is None:
             return dict(skipped=True, reason="every neural-tangents variant failed", **out)
         with np.load(tmp / "nt_pred.npz") as f:

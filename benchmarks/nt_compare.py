@@ -84,6 +84,24 @@ def rel(a, b) -> float:
     return float(np.linalg.norm(a - b) / np.linalg.norm(b))
 
 
+def run_worker(nt_python: str, worker: Path, cfg: dict, tmp: Path) -> dict | str:
+    """Run ``worker`` with the neural-tangents python on ``cfg`` (which names ``out``).
+
+    Returns the worker's JSON output, or the reason it failed (also printed).
+    """
+    (tmp / "cfg.json").write_text(json.dumps(cfg))
+    env = dict(os.environ, JAX_PLATFORMS="cpu")
+    proc = subprocess.run(
+        [nt_python, str(worker), str(tmp / "cfg.json")], env=env, check=False, text=True
+    )
+    out = Path(cfg["out"])
+    if proc.returncode != 0 or not out.is_file():
+        why = f"the neural-tangents worker failed (exit {proc.returncode})"
+        print(f"neural-tangents comparison skipped: {why}")
+        return why
+    return json.loads(out.read_text())
+
+
 def main(
     quick: bool = False,
     nt_python: str | None = None,
@@ -158,17 +176,10 @@ def main(
                     b_std=B_STD,
                     inputs=[[n, paths[n], impls]],
                 )
-            (tmp / "cfg.json").write_text(json.dumps(cfg))
-            env = dict(os.environ, JAX_PLATFORMS="cpu")
-            proc = subprocess.run(
-                [nt_python, str(WORKER), str(tmp / "cfg.json")], env=env, check=False, text=True
-            )
-            if proc.returncode != 0 or not (tmp / "nt.json").is_file():
-                why = f"the neural-tangents worker failed (exit {proc.returncode})"
-                print(f"neural-tangents comparison skipped: {why}")
-                result.update(skipped=True, reason=why)
+            nt_out = run_worker(nt_python, WORKER, cfg, tmp)
+            if isinstance(nt_out, str):
+                result.update(skipped=True, reason=nt_out)
                 return result
-            nt_out = json.loads((tmp / "nt.json").read_text())
             (tmp / "nt.json").unlink()
             nt_rows += nt_out["rows"]
             versions = dict(jax=nt_out["jax"], neural_tangents=nt_out["neural_tangents"])
