@@ -445,12 +445,12 @@ def to_jsonable(value: Any, key: str = "metrics") -> Any:
 
 
 def _now() -> str:
-    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+    return _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds")
 
 
 def default_out(name: str) -> Path:
     """``runs/<name>-<UTC timestamp>`` under the current directory (``-2``, ... if taken)."""
-    stamp = _dt.datetime.now(_dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+    stamp = _dt.datetime.now(_dt.UTC).strftime("%Y%m%dT%H%M%SZ")
     path = Path("runs") / f"{name}-{stamp}"
     k = 2
     while path.exists():  # two runs in the same second must not replace each other
