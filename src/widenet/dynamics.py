@@ -181,33 +181,82 @@ def _test_kernel(k, name: str, n: int, device) -> torch.Tensor | None:
     return k.to(device=device, dtype=_F64)
 
 
-@dataclass
 class _Eig:
-    values: torch.Tensor  # float64 (n,)
-    vectors: torch.Tensor  # float64 (n, n)
-    lmax: float
-    tol: float  # eigenvalues <= tol count as zero
+    """Θ = V diag(values) Vᵀ in float64, with V kept factored where that is cheaper.
 
-
-def _eigh(k64: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Symmetric eigendecomposition; on the CPU LAPACK's divide-and-conquer through SciPy.
-
-    torch.linalg.eigh took 11.9 s for n = 4000 on the 2-core development machine where
-    scipy.linalg.eigh(driver="evd") took 8.3 s (benchmarks/bench_dynamics.py).
+    On the CPU, V = Q S: Q the orthogonal matrix of the Householder tridiagonalisation
+    Θ = Q T Qᵀ (LAPACK ``dsytrd``, kept as its reflectors) and S the eigenvectors of the
+    tridiagonal T (MRRR, ``dstemr``). Predictions need V only through products with a few
+    columns (Vᵀ r, V z), which the reflectors apply in O(n² k): forming V (LAPACK's
+    back-transformation, 2n³ flops) and Θ(x, X) V (2 m n² flops) is skipped. At n = 4000 this
+    took 4.8 s where scipy.linalg.eigh(driver="evd") took 8.0 s (benchmarks/bench_dynamics.py).
+    ``vectors`` forms V on first use (for the functions that need the full matrix).
     """
-    if k64.device.type != "cpu" or k64.requires_grad:  # keep autograd through torch's eigh
-        return torch.linalg.eigh(k64)
-    values, vectors = scipy.linalg.eigh(k64.numpy(), driver="evd", check_finite=False)
-    return torch.from_numpy(values), torch.from_numpy(vectors)
+
+    def __init__(self, values, lmax, tol, *, vectors=None, reflectors=None, tridiagonal=None):
+        self.values = values  # float64 (n,)
+        self.lmax = lmax
+        self.tol = tol  # eigenvalues <= tol count as zero
+        self._vectors = vectors  # (n, n) or None
+        self._reflectors = reflectors  # (A, tau) of dsytrd (lower), geqrf layout, or None
+        self._s = tridiagonal  # (n, n) eigenvectors of T, or None
+
+    def project(self, v: torch.Tensor) -> torch.Tensor:
+        """Vᵀ v for v of shape (n, p)."""
+        if self._vectors is not None:
+            return self._vectors.T @ v
+        return self._s.T @ self._q(v, transpose=True)
+
+    def expand(self, z: torch.Tensor) -> torch.Tensor:
+        """V z for z of shape (n, p)."""
+        if self._vectors is not None:
+            return self._vectors @ z
+        return self._q(self._s @ z, transpose=False)
+
+    @property
+    def vectors(self) -> torch.Tensor:
+        if self._vectors is None:
+            self._vectors = self.expand(torch.eye(len(self.values), dtype=_F64))
+        return self._vectors
+
+    def _q(self, v: torch.Tensor, *, transpose: bool) -> torch.Tensor:
+        # Lower dsytrd: Q = diag(1, Q'), Q' = H(1)…H(n−1) stored as geqrf reflectors of
+        # A[1:, :-1], which torch.ormqr applies without forming Q'.
+        a, tau = self._reflectors
+        out = v.clone()
+        out[1:] = torch.ormqr(a, tau, v[1:], left=True, transpose=transpose)
+        return out
 
 
-def _eig(k: torch.Tensor, name: str, diag_reg: float) -> _Eig:
+def _eigh_cpu(k64: torch.Tensor, vectors: bool):
+    """(values, S or None, reflectors or None) of symmetric ``k64`` via dsytrd + dstemr."""
+    n = k64.shape[0]
+    # k64 is symmetric, so its transpose view is the Fortran-ordered copy LAPACK wants.
+    a = k64.numpy().T
+    lwork = int(scipy.linalg.lapack.dsytrd_lwork(n, lower=1)[0])
+    c, d, e, tau, info = scipy.linalg.lapack.dsytrd(a, lower=1, lwork=lwork)
+    if info != 0:
+        raise np.linalg.LinAlgError(f"LAPACK dsytrd failed (info={info})")
+    if not vectors:
+        values = scipy.linalg.eigvalsh_tridiagonal(d, e, check_finite=False)
+        return torch.from_numpy(values), None, None
+    values, s = scipy.linalg.eigh_tridiagonal(d, e, check_finite=False)
+    reflectors = (torch.from_numpy(np.asfortranarray(c[1:, :-1])), torch.from_numpy(tau))
+    return torch.from_numpy(values), torch.from_numpy(s), reflectors
+
+
+def _eig(k: torch.Tensor, name: str, diag_reg: float, *, vectors: bool = True) -> _Eig:
     eps = torch.finfo(k.dtype).eps
     k64 = k.to(_F64)
     k64 = 0.5 * (k64 + k64.T)
     if diag_reg:
         k64 = k64 + diag_reg * torch.eye(k64.shape[0], dtype=_F64, device=k64.device)
-    values, vectors = _eigh(k64)
+    s = reflectors = full = None
+    if k64.device.type != "cpu" or k64.requires_grad or k64.shape[0] < 3:
+        # torch's eigh keeps autograd and runs on CUDA; dsytrd needs n >= 3 to have reflectors.
+        values, full = torch.linalg.eigh(k64)
+    else:
+        values, s, reflectors = _eigh_cpu(k64, vectors)
     lmax = float(values.max().abs())
     lmin = float(values.min())
     if lmin < -_PSD_TOL * lmax:
@@ -216,7 +265,7 @@ def _eig(k: torch.Tensor, name: str, diag_reg: float) -> _Eig:
             f"-{_PSD_TOL:g} × largest ({lmax:.3g}); an NTK or NNGP kernel must be PSD"
         )
     tol = k64.shape[0] * eps * max(lmax, 1e-300)
-    return _Eig(values, vectors, lmax, tol)
+    return _Eig(values, lmax, tol, vectors=full, reflectors=reflectors, tridiagonal=s)
 
 
 def _require_invertible(e: _Eig, name: str, why: str) -> None:
@@ -272,22 +321,23 @@ def _gd_factors(lam: torch.Tensor, steps: np.ndarray, rate: float, tol: float):
     return power, g
 
 
-def _apply(left: torch.Tensor, e: _Eig, diag: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-    """(T, m, k): left V diag(d_t) Vᵀ v for each row d_t of ``diag`` (T, n); left is (m, n)."""
-    coeff = e.vectors.T @ v  # (n, k)
-    scaled = diag[:, :, None] * coeff[None]  # (T, n, k)
+def _apply(left: torch.Tensor | None, e: _Eig, diag: torch.Tensor, v: torch.Tensor):
+    """(T, m, k): left V diag(d_t) Vᵀ v for each row d_t of ``diag`` (T, n); left (m, n) or I."""
+    scaled = diag[:, :, None] * e.project(v)[None]  # (T, n, k)
     t, n, k = scaled.shape
-    # One GEMM over all times: memory O(T n k), never O(T n²).
-    out = left @ scaled.permute(1, 0, 2).reshape(n, t * k)
+    # One product over all times: memory O(T n k), never O(T n²) nor Θ(x, X) V.
+    out = e.expand(scaled.permute(1, 0, 2).reshape(n, t * k))
+    if left is not None:
+        out = left @ out
     return out.reshape(-1, t, k).permute(1, 0, 2)
 
 
 def _predict(e, decay, g, y, f0, k_test, f0_test, dtype, device) -> Prediction:
     resid = f0 - y
-    train = y[None] + _apply(e.vectors, e, decay, resid)
+    train = y[None] + _apply(None, e, decay, resid)
     test = None
     if k_test is not None:
-        test = f0_test[None] - _apply(k_test @ e.vectors, e, g, resid)
+        test = f0_test[None] - _apply(k_test, e, g, resid)
     test = None if test is None else test.to(dtype=dtype, device=device)
     return Prediction(train.to(dtype=dtype, device=device), test)
 
@@ -417,7 +467,7 @@ def gradient_descent_mse(
 def _rates(ntk_train_train, loss, diag_reg):
     k = _square(ntk_train_train, "ntk_train_train")
     _check_loss(loss)
-    e = _eig(k, "ntk_train_train", _check_reg(diag_reg))
+    e = _eig(k, "ntk_train_train", _check_reg(diag_reg), vectors=False)
     # The effective matrix is (Θ + diag_reg I)/N; for "mean", N = n·k with k = 1 here since
     # only the kernel is known: callers with k outputs multiply by k (documented).
     scale = float(k.shape[0]) if loss == "mean" else 1.0
@@ -514,7 +564,7 @@ def gp_ensemble_mse(
     e = _eig(ntk, "ntk_train_train", reg)
     if np.any(np.isinf(times)):
         _require_invertible(e, "ntk_train_train", "t = inf")
-    _eig(nngp, "nngp_train_train", reg)  # PSD check only
+    _eig(nngp, "nngp_train_train", reg, vectors=False)  # PSD check only
     k_xx = nngp.to(device=device, dtype=_F64)
     k_xx = 0.5 * (k_xx + k_xx.T) + reg * torch.eye(n, dtype=_F64, device=device)
     _, g = _flow_factors(e.values, times, lr / _scale(loss, y), e.tol)
