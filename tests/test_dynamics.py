@@ -99,6 +99,27 @@ def test_gradient_descent_equals_training_linearized_network(problem, loss, one_
     assert float((got_train[-1] - p["y"]).abs().max()) < 0.5 * float((p["f0"] - p["y"]).abs().max())
 
 
+@pytest.mark.parametrize("n", [1, 2, 3, 57])
+def test_factored_eigenvectors_equal_an_explicit_eigendecomposition(n):
+    # The CPU path keeps V = Q S factored (dsytrd reflectors, tridiagonal eigenvectors); V is
+    # only defined up to column signs, so compare sign-free quantities with NumPy's eigh.
+    gen = torch.Generator().manual_seed(n)
+    a = torch.randn(n, n + 2, generator=gen, dtype=torch.float64)
+    k = a @ a.T
+    v = torch.randn(n, 3, generator=gen, dtype=torch.float64)
+    e = dy._eig(k, "k", 0.0)
+    lam, vec = np.linalg.eigh(k.numpy())
+    np.testing.assert_allclose(e.values.numpy(), lam, rtol=0, atol=1e-12 * lam.max())
+    d = torch.rand(n, generator=gen, dtype=torch.float64)
+    ref = vec @ np.diag(d.numpy()) @ vec.T @ v.numpy()
+    got = e.expand(d[:, None] * e.project(v))
+    np.testing.assert_allclose(got.numpy(), ref, rtol=0, atol=1e-12 * np.abs(ref).max())
+    # The explicit matrix, formed on demand, is orthogonal and diagonalises k.
+    q = e.vectors
+    np.testing.assert_allclose((q.T @ q).numpy(), np.eye(n), atol=1e-12)
+    np.testing.assert_allclose((q.T @ k @ q).numpy(), np.diag(lam), atol=1e-11 * lam.max())
+
+
 def test_gradient_flow_is_the_small_step_limit_of_gd(problem):
     p = problem
     kw = dict(ntk_test_train=p["ntk_test"], f0_train=p["f0"], f0_test=p["f0t"])
