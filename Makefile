@@ -17,11 +17,12 @@ $(STAMP): pyproject.toml constraints.txt
 demo: setup
 	$(VENV)/bin/widenet demo --out runs/demo
 
-# ruff first so that pytest's summary is the last line CI prints.
+# ruff first so that pytest's summary is the last line CI prints. One pytest worker per core
+# (pytest-xdist); a test file's tests stay on one worker so module fixtures run once.
 test: setup
 	$(PY) -m ruff check src tests benchmarks
 	$(PY) -m ruff format --check src tests benchmarks
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -n auto --dist loadfile
 
 bench: setup
 	$(PY) benchmarks/run.py
