@@ -56,6 +56,7 @@ from __future__ import annotations
 import concurrent.futures as cf
 import contextlib
 import hashlib
+import math
 import multiprocessing
 import os
 import shutil
@@ -364,11 +365,19 @@ class KernelStore:
 
     # -- reading -------------------------------------------------------------------------
 
-    def load(self, which: str = "ntk", *, dtype=torch.float64) -> torch.Tensor:
+    def load(self, which: str = "ntk", *, dtype=torch.float64, progress: bool = False):
         """The whole matrix in memory (n1 x n2 x 8 bytes in float64): for kernels that fit."""
         self._check_which(which)
         self._require_complete()
-        return torch.from_numpy(self.array(which)[:]).to(dtype)
+        arr = self.array(which)
+        n1, n2 = self.shape
+        out = torch.empty((n1, n2), dtype=dtype)
+        starts = range(0, n1, self.tile)
+        with _progress(len(starts), f"loading {which} {n1}x{n2}", progress) as advance:
+            for i0 in starts:
+                out[i0 : i0 + self.tile] = torch.from_numpy(arr[i0 : i0 + self.tile])
+                advance(1)
+        return out
 
     def _strip_product(self, which: str, i0: int, v: np.ndarray) -> np.ndarray:
         """Contribution of tile row ``i0`` to K v, as a dense (n1, k) float64 array."""
@@ -705,3 +714,377 @@ def _worker_tile(rows: slice, cols: slice) -> tuple[int, int]:
 
 def _dask_tile(task: _Task, rows: slice, cols: slice) -> tuple[int, int]:
     return task(rows, cols)
+
+
+# --------------------------------------------------------------------------------------------
+# Solvers reading the store
+# --------------------------------------------------------------------------------------------
+
+
+def _as_store(store) -> KernelStore:
+    return store if isinstance(store, KernelStore) else KernelStore(store)
+
+
+def _square_store(store, which: str) -> KernelStore:
+    store = _as_store(store)
+    store._check_which(which)
+    if store.shape[0] != store.shape[1] or not store.symmetric:
+        raise ValueError(
+            f"the train kernel must be a symmetric store (x2=None), got {store.path} of shape "
+            f"{store.shape}"
+        )
+    store._require_complete()
+    return store
+
+
+def _targets(y, n: int) -> np.ndarray:
+    y = as_tensor(y, "y", dtype=torch.float64).cpu()
+    if y.ndim == 1:
+        y = y[:, None]
+    if y.ndim != 2 or y.shape[0] != n:
+        raise ValueError(f"y must have shape ({n},) or ({n}, k), got {tuple(y.shape)}")
+    check_finite(y, "y")
+    return y.numpy()
+
+
+@dataclass(frozen=True)
+class RidgeSolution:
+    """alpha (n, k) float64 with (K + ridge I) alpha = y; predictions are K(x, X) alpha.
+
+    ``relative_residual`` (k,) is ||y − (K + ridge I) alpha|| / ||y|| per column (for CG the
+    recurrence's residual, which tracks the true one to rounding); ``iterations`` is 0 for
+    Cholesky.
+    """
+
+    alpha: torch.Tensor
+    method: str
+    iterations: int
+    relative_residual: torch.Tensor
+
+
+def _nystrom_preconditioner(store, which, ridge, rank, seed, progress):
+    """v -> P^{-1} v for P = C W^+ C^T + ridge I, C = K[:, S], W = K[S, S], |S| = rank.
+
+    C W^+ C^T = U U^T with U = C Q_+ S_+^{-1/2} (W = Q S Q^T, eigenvalues above rounding);
+    U = Z diag(d)^{1/2} E^T in thin form (QR then a small eigh), so by Woodbury
+    P^{-1} v = Z (Z^T v) / (d + ridge) + (v − Z Z^T v) / ridge.
+    """
+    n = store.shape[0]
+    rng = np.random.default_rng(seed)
+    idx = np.sort(rng.choice(n, size=min(rank, n), replace=False))
+    c = store.columns(which, idx, progress=progress)
+    s, q = np.linalg.eigh(0.5 * (c[idx] + c[idx].T))
+    keep = s > len(idx) * np.finfo(np.float64).eps * max(s.max(), 0.0)
+    u = c @ (q[:, keep] / np.sqrt(s[keep]))
+    z, r = np.linalg.qr(u)
+    d, e = np.linalg.eigh(r @ r.T)
+    z = z @ e
+    d = np.clip(d, 0.0, None)
+
+    def apply(v):
+        zv = z.T @ v
+        return z @ (zv / (d + ridge)[:, None]) + (v - z @ zv) / ridge
+
+    return apply
+
+
+def _pcg(matvec, b, precond, tol, maxiter, advance):
+    """Preconditioned conjugate gradients for SPD A x = b, columns of b independently."""
+    x = np.zeros_like(b)
+    r = b.copy()
+    z = precond(r)
+    p = z.copy()
+    rz = np.sum(r * z, axis=0)
+    bnorm = np.linalg.norm(b, axis=0)
+    bnorm[bnorm == 0] = 1.0
+    res = np.linalg.norm(r, axis=0) / bnorm
+    it = 0
+    while it < maxiter and np.any(res > tol):
+        it += 1
+        ap = matvec(p)
+        pap = np.sum(p * ap, axis=0)
+        active = (res > tol) & (pap > 0)
+        step = np.where(active, rz / np.where(pap > 0, pap, 1.0), 0.0)
+        x += step * p
+        r -= step * ap
+        res = np.linalg.norm(r, axis=0) / bnorm
+        advance(1)
+        z = precond(r)
+        rz_new = np.sum(r * z, axis=0)
+        beta = np.where(active, rz_new / np.where(rz != 0, rz, 1.0), 0.0)
+        p = z + beta * p
+        rz = rz_new
+    return x, it, res
+
+
+def kernel_ridge(
+    store,
+    y,
+    *,
+    ridge: float,
+    which: str = "ntk",
+    method: str = "auto",
+    memory_limit_bytes: int | None = None,
+    tol: float = 1e-8,
+    maxiter: int | None = None,
+    preconditioner: str | None = "nystrom",
+    rank: int = 500,
+    seed: int = 0,
+    scheduler=None,
+    progress: bool = False,
+) -> RidgeSolution:
+    """Kernel ridge regression on a stored kernel: alpha = (K + ridge I)^{-1} y.
+
+    The predictor at test points x is K(x, X) alpha (``test_store.matmul(solution.alpha)``);
+    ridge = 0 with the NTK is the converged (t = ∞) gradient-flow solution of
+    :func:`widenet.dynamics.gradient_flow_mse`.
+
+    Args:
+        store: a symmetric :class:`KernelStore` (or its path).
+        y: targets (n,) or (n, k).
+        ridge: the regulariser, >= 0 (> 0 for CG: the system must be positive definite).
+        which: "ntk" or "nngp".
+        method: "cholesky" (the float64 matrix in memory, n² × 8 bytes, twice during the
+            factorisation), "cg" (preconditioned conjugate gradients; memory one tile + O(n
+            (k + rank))), or "auto": Cholesky when 2 n² × 8 bytes fit in
+            ``memory_limit_bytes`` (default min(half the available RAM, 4 GiB)), else CG.
+        tol: CG stops when every column's relative residual is <= tol.
+        maxiter: CG iterations (default min(n, 1000)); each is one pass over the upper tiles.
+        preconditioner: "nystrom" (``rank`` random landmark columns, one extra pass over the
+            store; the default), "jacobi" (the diagonal) or None.
+        seed: of the landmark draw.
+        scheduler: None (in process) or a Dask Client / address for the CG mat-vecs.
+        progress: progress bars with ETA (loading, landmark columns, CG iterations).
+
+    Raises:
+        ValueError: the kernel plus ridge is not positive definite (Cholesky fails, or CG meets
+            a direction of non-positive curvature), or CG did not converge in maxiter.
+    """
+    from widenet.empirical import _memory_limit
+
+    store = _square_store(store, which)
+    n = store.shape[0]
+    yv = _targets(y, n)
+    ridge = check_real(ridge, "ridge", minimum=0.0)
+    if method not in ("auto", "cholesky", "cg"):
+        raise ValueError(f"method must be 'auto', 'cholesky' or 'cg', got {method!r}")
+    if method == "auto":
+        limit = _memory_limit(memory_limit_bytes, torch.device("cpu"))
+        method = "cholesky" if 2 * n * n * 8 <= limit else "cg"
+    if method == "cholesky":
+        k = store.load(which, progress=progress)
+        k.diagonal().add_(ridge)
+        chol, info = torch.linalg.cholesky_ex(k)
+        if int(info):
+            raise ValueError(
+                f"{which} + ridge·I is not positive definite (Cholesky failed at column "
+                f"{int(info)}); increase ridge (now {ridge:g})"
+            )
+        yt = torch.from_numpy(yv)
+        alpha = torch.cholesky_solve(yt, chol)
+        res = torch.linalg.norm(yt - (k @ alpha), dim=0) / torch.linalg.norm(yt, dim=0).clamp_min(
+            1e-300
+        )
+        return RidgeSolution(alpha, "cholesky", 0, res)
+
+    if not ridge > 0:
+        raise ValueError("ridge must be > 0 for CG (the kernel alone may be singular)")
+    tol = check_real(tol, "tol", minimum=0.0, strict=True)
+    maxiter = min(n, 1000) if maxiter is None else check_int(maxiter, "maxiter", minimum=1)
+    if preconditioner == "nystrom":
+        rank = check_int(rank, "rank", minimum=1)
+        precond = _nystrom_preconditioner(store, which, ridge, rank, seed, progress)
+    elif preconditioner == "jacobi":
+        inv_diag = 1.0 / (store.diagonal(which).numpy() + ridge)
+        precond = lambda v: v * inv_diag[:, None]  # noqa: E731
+    elif preconditioner is None:
+        precond = lambda v: v  # noqa: E731
+    else:
+        raise ValueError(
+            f"preconditioner must be 'nystrom', 'jacobi' or None, got {preconditioner!r}"
+        )
+    with contextlib.ExitStack() as stack:
+        client = None if scheduler is None else stack.enter_context(_client(scheduler))
+
+        def matvec(p):
+            return store.matmul(p, which, scheduler=client).numpy() + ridge * p
+
+        with _progress(maxiter, f"CG ({which}, n={n})", progress) as advance:
+            alpha, it, res = _pcg(matvec, yv, precond, tol, maxiter, advance)
+    if np.any(res > tol):
+        raise ValueError(
+            f"CG did not converge in {maxiter} iterations (relative residual {res.max():.3g} > "
+            f"tol {tol:g}); raise maxiter or rank, or ridge"
+        )
+    return RidgeSolution(torch.from_numpy(alpha), "cg", it, torch.from_numpy(res))
+
+
+# Where (1 − e^{−u})/√u · √a peaks: 2u = e^u − 1 (u > 0).
+_U_STAR = 1.2564312086261697
+
+
+def _sup_h(a: np.ndarray, lam: float) -> np.ndarray:
+    """sup over 0 < μ <= lam of (1 − e^{−aμ})/√μ, elementwise in a >= 0."""
+    lam = max(lam, 0.0)
+    at = a * lam
+    peak = np.sqrt(a) * (1.0 - math.exp(-_U_STAR)) / math.sqrt(_U_STAR)
+    if lam == 0.0:
+        return np.zeros_like(a)
+    return np.where(at <= _U_STAR, -np.expm1(-at) / math.sqrt(lam), peak)
+
+
+@dataclass(frozen=True)
+class TruncatedFlow:
+    """Gradient-flow outputs from the top ``rank`` eigenpairs, with rigorous error bounds.
+
+    ``train`` (T, n, k), ``test`` (T, m, k) or None; ``train_bound`` (T, k) bounds the
+    Euclidean norm over training points of each output column's error; ``test_bound``
+    (T, m, k) bounds each test output's absolute error (None without ``k_test_diag``).
+    ``eigenvalues`` (rank,) descending; ``residual_norm`` (k,) = ||y − V Vᵀ y||.
+    """
+
+    train: torch.Tensor
+    test: torch.Tensor | None
+    train_bound: torch.Tensor
+    test_bound: torch.Tensor | None
+    eigenvalues: torch.Tensor
+    residual_norm: torch.Tensor
+
+
+def gradient_flow_mse(
+    store,
+    y,
+    t,
+    *,
+    rank: int,
+    which: str = "ntk",
+    k_test_train=None,
+    k_test_diag=None,
+    learning_rate: float = 1.0,
+    loss: str = "mean",
+    tol: float = 0.0,
+    seed: int = 0,
+    scheduler=None,
+    progress: bool = False,
+) -> TruncatedFlow:
+    r"""Gradient-flow predictions at times t from a truncated eigendecomposition of a stored Θ.
+
+    Lee et al. 2019, eqs. 8–11, with f_0 = 0 (the mean of the infinite-width ensemble), c = η/N
+    (N = y.numel() for ``loss="mean"``, 1 for ``"sum"``) and Θ = Σ_i λ_i v_i v_iᵀ:
+
+        f_t(X) = (I − e^{−cΘt}) y,        f_t(x) = Θ(x, X) Θ⁻¹ (I − e^{−cΘt}) y.
+
+    The top ``rank`` = r eigenpairs (λ_1 ≥ … ≥ λ_r) come from ARPACK's implicitly restarted
+    Lanczos (``scipy.sparse.linalg.eigsh``, ``which="LA"``) on a LinearOperator whose mat-vec
+    streams the store (each mat-vec is one pass over its upper tiles). The rest of the spectrum
+    is dropped: with P⊥ = I − V_r V_rᵀ and g(λ) = (1 − e^{−cλt})/λ,
+
+        train error  = Σ_{i>r} (1 − e^{−cλ_i t}) v_i v_iᵀ y,
+        test error   = Θ(x, X) Σ_{i>r} g(λ_i) v_i v_iᵀ y.
+
+    **Error bounds** (for each output column y, exact eigenpairs; λ_{r+1} ≤ λ_r):
+
+        ||train error||_2 ≤ (1 − e^{−c λ_r t}) ||P⊥ y||_2,
+        |test error(x)|   ≤ √Θ(x, x) · sup_{0<μ≤λ_r} (1 − e^{−cμt})/√μ · ||P⊥ y||_2.
+
+    The second follows from Θ(x, X) = φ(x)ᵀΦ with Θ(X, X) = ΦᵀΦ (the joint kernel is PSD) and
+    Cauchy–Schwarz: |φ(x)ᵀΦw| ≤ √Θ(x,x) (wᵀΘw)^{1/2} = √Θ(x,x) (Σ_{i>r} λ_i g(λ_i)² (v_iᵀy)²)^{1/2}.
+    The supremum is (1 − e^{−cλ_r t})/√λ_r when cλ_r t ≤ u* ≈ 1.2564 (the root of 2u = e^u − 1),
+    else √(ct) (1 − e^{−u*})/√u*. Both bounds are computed and returned; they shrink as the
+    dropped spectrum carries less of y (||P⊥ y||) and as λ_r → 0. t = ∞ is refused (Θ⁻¹ needs
+    the whole spectrum: use :func:`kernel_ridge`). ``tol`` is eigsh's (0: machine precision);
+    the bounds assume the eigenpairs it returns are exact to that precision.
+
+    Args:
+        store: symmetric :class:`KernelStore` of Θ(X, X) (or its path).
+        y: targets (n,) or (n, k).
+        t: a time ≥ 0 or a 1-D array of them (finite).
+        rank: r, 1 ≤ r < n.
+        k_test_train: Θ(x, X) as a (m, n) store or tensor; gives ``test``.
+        k_test_diag: Θ(x, x) (m,), for ``test_bound``.
+        scheduler: None or a Dask Client / address for the mat-vecs.
+    """
+    from scipy.sparse.linalg import LinearOperator, eigsh
+
+    from widenet.dynamics import _check_loss, _times
+
+    store = _square_store(store, which)
+    n = store.shape[0]
+    yv = _targets(y, n)
+    times = _times(t, "t", integer=False, allow_inf=False)
+    rank = check_int(rank, "rank", minimum=1)
+    if rank >= n:
+        raise ValueError(
+            f"rank must be < n = {n} for Lanczos; for the full spectrum load the kernel "
+            "(store.load()) and use widenet.dynamics.gradient_flow_mse"
+        )
+    lr = check_real(learning_rate, "learning_rate", minimum=0.0, strict=True)
+    c = lr / (yv.size if _check_loss(loss) == "mean" else 1.0)
+    tol = check_real(tol, "tol", minimum=0.0)
+    ktest = None
+    if k_test_train is not None:
+        if isinstance(k_test_train, (KernelStore, str, os.PathLike)):
+            ktest = _as_store(k_test_train)
+            ktest._check_which(which)
+            m_test = ktest.shape[0]
+            cols = ktest.shape[1]
+        else:
+            ktest = as_tensor(k_test_train, "k_test_train", dtype=torch.float64).cpu()
+            if ktest.ndim != 2:
+                raise ValueError(f"k_test_train must be (m, n), got shape {tuple(ktest.shape)}")
+            check_finite(ktest, "k_test_train")
+            m_test, cols = ktest.shape
+        if cols != n:
+            raise ValueError(f"k_test_train must have {n} columns (training points), got {cols}")
+    if k_test_diag is not None:
+        if ktest is None:
+            raise ValueError("k_test_diag needs k_test_train")
+        kd = as_tensor(k_test_diag, "k_test_diag", dtype=torch.float64).cpu().reshape(-1)
+        if kd.shape[0] != m_test:
+            raise ValueError(f"k_test_diag must have {m_test} entries, got {kd.shape[0]}")
+        check_finite(kd, "k_test_diag")
+        if bool((kd < 0).any()):
+            raise ValueError("k_test_diag must be >= 0 (a kernel's diagonal)")
+
+    ncv = min(n, max(2 * rank + 1, 20))
+    with contextlib.ExitStack() as stack:
+        client = None if scheduler is None else stack.enter_context(_client(scheduler))
+        advance = stack.enter_context(
+            _progress(3 * ncv, f"Lanczos mat-vecs (≈, rank {rank})", progress)
+        )
+
+        def matmat(v):
+            advance(1)
+            return store.matmul(np.asarray(v).reshape(n, -1), which, scheduler=client).numpy()
+
+        op = LinearOperator((n, n), matvec=matmat, matmat=matmat, dtype=np.float64)
+        v0 = np.random.default_rng(seed).standard_normal(n)
+        lam, vec = eigsh(op, k=rank, which="LA", ncv=ncv, tol=tol, v0=v0)
+    order = np.argsort(lam)[::-1]
+    lam, vec = lam[order], vec[:, order]
+    coeff = vec.T @ yv  # (r, k)
+    resid = np.linalg.norm(yv - vec @ coeff, axis=0)  # ||P⊥ y|| per column
+    lam_r = max(float(lam[-1]), 0.0)
+    at = c * times[:, None] * lam[None, :]  # (T, r)
+    one_minus = -np.expm1(-at)
+    train = np.einsum("nr,trk->tnk", vec, one_minus[:, :, None] * coeff[None])
+    train_bound = -np.expm1(-c * times * lam_r)[:, None] * resid[None, :]
+    test = test_bound = None
+    if ktest is not None:
+        kv = (
+            ktest.matmul(vec, which, scheduler=scheduler)
+            if isinstance(ktest, KernelStore)
+            else ktest @ torch.from_numpy(vec)
+        ).numpy()
+        safe = np.where(lam > 0, lam, 1.0)
+        g = np.where(lam[None, :] > 0, one_minus / safe[None, :], c * times[:, None])
+        test = np.einsum("mr,trk->tmk", kv, g[:, :, None] * coeff[None])
+        if k_test_diag is not None:
+            sup = _sup_h(c * times, lam_r)  # (T,)
+            test_bound = (
+                np.sqrt(kd.numpy())[None, :, None] * sup[:, None, None] * resid[None, None, :]
+            )
+    as_t = lambda a: None if a is None else torch.from_numpy(np.ascontiguousarray(a))  # noqa: E731
+    return TruncatedFlow(
+        as_t(train), as_t(test), as_t(train_bound), as_t(test_bound), as_t(lam.copy()), as_t(resid)
+    )
