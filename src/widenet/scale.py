@@ -249,7 +249,7 @@ def _open_array(path: str, name: str):
     return zarr.open_array(path, path=name, mode="r+", config={"write_empty_chunks": True})
 
 
-def _write_tile(source, path: str, gets, tile: int, symmetric: bool, rows: slice, cols: slice):
+def _write_tile(source, arrays, gets, tile: int, symmetric: bool, rows: slice, cols: slice):
     """Compute one tile, write it (and its mirror when symmetric), then its done marker."""
     blocks = source(rows, cols)
     i, j = rows.start // tile, cols.start // tile
@@ -257,29 +257,37 @@ def _write_tile(source, path: str, gets, tile: int, symmetric: bool, rows: slice
         block = blocks[name].detach()
         _check_finite_result(block, name.upper())
         a = block.cpu().numpy()
-        arr = _open_array(path, name)
+        arr = arrays(name)
         arr[rows, cols] = a
         if symmetric and i != j:
             arr[cols, rows] = a.T
-    _open_array(path, "done")[i, j] = 1
+    arrays("done")[i, j] = 1
     return i, j
 
 
-@dataclass(frozen=True)
 class _Task:
-    """Everything a worker needs for any tile: picklable by cloudpickle."""
+    """Everything a worker needs for any tile; picklable by cloudpickle. Each copy (one per
+    worker process) opens the store's arrays once, on first use."""
 
-    source: object
-    path: str
-    gets: tuple[str, ...]
-    tile: int
-    symmetric: bool
-    torch_threads: int | None
+    def __init__(self, source, path: str, gets, tile: int, symmetric: bool, torch_threads):
+        self.source, self.path, self.gets = source, path, tuple(gets)
+        self.tile, self.symmetric, self.torch_threads = tile, symmetric, torch_threads
+        self._arrays: dict = {}
+
+    def __getstate__(self):
+        return {**self.__dict__, "_arrays": {}}  # handles are per process
+
+    def arrays(self, name: str):
+        if name not in self._arrays:
+            self._arrays[name] = _open_array(self.path, name)
+        return self._arrays[name]
 
     def __call__(self, rows: slice, cols: slice) -> tuple[int, int]:
         if self.torch_threads:
             torch.set_num_threads(self.torch_threads)
-        return _write_tile(self.source, self.path, self.gets, self.tile, self.symmetric, rows, cols)
+        return _write_tile(
+            self.source, self.arrays, self.gets, self.tile, self.symmetric, rows, cols
+        )
 
 
 class KernelStore:
@@ -287,10 +295,12 @@ class KernelStore:
 
     ``store.meta`` is the recorded metadata; ``store.array("ntk")`` the zarr array;
     ``store.load("ntk")`` the whole matrix as a float64 tensor (only when it fits);
-    ``store.matmul(v, "ntk")`` the product K v streamed tile by tile.
+    ``store.matmul(v, "ntk")`` the product K v streamed tile by tile. Tiles read for mat-vecs
+    are kept in memory (float64) up to ``cache_bytes`` (default 256 MiB), which spares the
+    iterative solvers most reads of a kernel that fits; larger ones stream from the store.
     """
 
-    def __init__(self, path):
+    def __init__(self, path, *, cache_bytes: int = 256 * 2**20):
         import zarr
 
         self.path = str(path)
@@ -305,6 +315,10 @@ class KernelStore:
             )
         self.meta = meta
         self.written_tiles: tuple[tuple[int, int], ...] = ()
+        self._arrays: dict = {}
+        self._tiles: dict = {}
+        self._cache_left = check_int(cache_bytes, "cache_bytes", minimum=0)
+        self._complete = False
 
     # -- description ---------------------------------------------------------------------
 
@@ -328,7 +342,19 @@ class KernelStore:
         import zarr
 
         self._check_which(which)
-        return zarr.open_array(self.path, path=which, mode="r")
+        if which not in self._arrays:
+            self._arrays[which] = zarr.open_array(self.path, path=which, mode="r")
+        return self._arrays[which]
+
+    def _tile(self, which: str, rows: slice, cols: slice) -> np.ndarray:
+        key = (which, rows.start, cols.start)
+        block = self._tiles.get(key)
+        if block is None:
+            block = np.asarray(self.array(which)[rows, cols], dtype=np.float64)
+            if block.nbytes <= self._cache_left:
+                self._tiles[key] = block
+                self._cache_left -= block.nbytes
+        return block
 
     def _check_which(self, which: str) -> None:
         if which not in self.kernels:
@@ -356,12 +382,15 @@ class KernelStore:
         return not self.pending()
 
     def _require_complete(self) -> None:
+        if self._complete:  # markers are never removed by widenet
+            return
         left = len(self.pending())
         if left:
             raise ValueError(
                 f"{self.path} is incomplete ({left} of {len(self.grid())} tiles not done); "
                 "run the same kernel_to_zarr call (or `widenet kernel` command) again to finish it"
             )
+        self._complete = True
 
     # -- reading -------------------------------------------------------------------------
 
@@ -381,14 +410,13 @@ class KernelStore:
 
     def _strip_product(self, which: str, i0: int, v: np.ndarray) -> np.ndarray:
         """Contribution of tile row ``i0`` to K v, as a dense (n1, k) float64 array."""
-        arr = self.array(which)
         n1, n2 = self.shape
         t = self.tile
         out = np.zeros((n1, v.shape[1]))
         rows = slice(i0, min(i0 + t, n1))
         for j0 in range(i0 if self.symmetric else 0, n2, t):
             cols = slice(j0, min(j0 + t, n2))
-            block = np.asarray(arr[rows, cols], dtype=np.float64)
+            block = self._tile(which, rows, cols)
             out[rows] += block @ v[cols]
             if self.symmetric and j0 != i0:  # the mirror tile, without reading it
                 out[cols] += block.T @ v[rows]
