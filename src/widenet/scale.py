@@ -455,7 +455,7 @@ class KernelStore:
                         client.submit(_strip_task, self.path, which, i0, vf, pure=False)
                         for i0 in starts
                     ]
-                    for fut in as_completed(futs):
+                    for fut in as_completed(futs, loop=client.loop):
                         out += fut.result()
                         advance(1)
         return torch.from_numpy(out[:, 0] if squeeze else out)
@@ -720,7 +720,7 @@ def _run_tiles(task: _Task, todo, scheduler, workers, advance) -> list[tuple[int
         remote = client.scatter(task, broadcast=True, hash=False)
         # pure=False: a rerun after a failure must recompute, never reuse a stale result.
         futs = [client.submit(_dask_tile, remote, r, c, pure=False, retries=2) for r, c in todo]
-        for fut in as_completed(futs):
+        for fut in as_completed(futs, loop=client.loop):
             written.append(fut.result())
             advance(1)
     return written
