@@ -318,3 +318,85 @@ def test_truncated_gradient_flow_bad_inputs(problem):
         scale.gradient_flow_mse(st, y, 1.0, rank=3, k_test_train=torch.ones(3, 7))
     with pytest.raises(ValueError, match="k_test_diag needs k_test_train"):
         scale.gradient_flow_mse(st, y, 1.0, rank=3, k_test_diag=torch.ones(3))
+
+
+# ---- command line -----------------------------------------------------------------------------
+
+
+def test_cli_kernel_store_resume_mismatch_and_solve(tmp_path):
+    from typer.testing import CliRunner
+
+    from widenet.cli import app
+
+    runner = CliRunner()
+
+    def invoke(*args):
+        result = runner.invoke(app, [str(a) for a in args])
+        assert "Traceback" not in result.output, result.output
+        return result
+
+    rng = np.random.default_rng(0)
+    x, xt = rng.standard_normal((50, 4)), rng.standard_normal((9, 4))
+    y = rng.standard_normal((50, 2))
+    for name, arr in (("x", x), ("xt", xt), ("y", y)):
+        np.save(tmp_path / f"{name}.npy", arr)
+    k, kt = tmp_path / "K.zarr", tmp_path / "Kt.zarr"
+    base = ("kernel", "--data", tmp_path / "x.npy", "--depth", "2", "--tile", "16")
+    r = invoke(*base, "--out", k)
+    assert r.exit_code == 0 and "computed 10 of 10 tiles" in r.output
+    r = invoke(*base, "--out", k)  # a rerun continues: nothing left
+    assert r.exit_code == 0 and "computed 0 of 10 tiles" in r.output
+    r = invoke(*base[:-1], "8", "--out", k)
+    assert r.exit_code == 2 and "refusing to mix" in r.output
+    r = invoke(*base, "--out", k, "--scheduler", "carrier-pigeon")
+    assert r.exit_code == 2 and "--scheduler must be" in r.output
+    r = invoke(*base, "--x2", tmp_path / "xt.npy", "--out", tmp_path / "K.npz")
+    assert r.exit_code == 2 and "--x2 is for a .zarr" in r.output
+    xt_base = ("kernel", "--data", tmp_path / "xt.npy", "--x2", tmp_path / "x.npy")
+    assert invoke(*xt_base, "--depth", "2", "--tile", "16", "--out", kt).exit_code == 0
+
+    arch = wn.mlp(2, "relu", math.sqrt(2.0), 0.0)
+    kk = arch.kernel(torch.as_tensor(x)).ntk
+    ref = torch.linalg.solve(kk + 1e-3 * torch.eye(50, dtype=torch.float64), torch.as_tensor(y))
+    for method in ("cholesky", "cg"):
+        out = tmp_path / f"{method}.npz"
+        r = invoke(
+            "solve", k, "--targets", tmp_path / "y.npy", "--test-kernel", kt,
+            "--method", method, "--rank", "20", "--out", out,
+        )  # fmt: skip
+        assert r.exit_code == 0, r.output
+        res = np.load(out)
+        np.testing.assert_allclose(res["alpha"], ref.numpy(), rtol=1e-6, atol=1e-8)
+        pred = arch.kernel(torch.as_tensor(xt), torch.as_tensor(x)).ntk @ ref
+        np.testing.assert_allclose(res["test_mean"], pred.numpy(), rtol=1e-6, atol=1e-8)
+    out = tmp_path / "flow.npz"
+    args = ("solve", k, "--targets", tmp_path / "y.npy", "--time", "1", "--time", "100")
+    r = invoke(*args, "--rank", "10", "--out", out)
+    assert r.exit_code == 0, r.output
+    res = np.load(out)
+    exact = wn.dynamics.gradient_flow_mse(kk, torch.as_tensor(y), [1.0, 100.0])
+    err = np.linalg.norm(res["train_mean"] - exact.train.numpy(), axis=1)
+    assert (err <= res["train_bound"] * (1 + 1e-9) + 1e-10).all()
+    r = invoke("solve", k, "--out", tmp_path / "p.npz")
+    assert r.exit_code == 2 and "--targets onehot needs" in r.output
+    r = invoke("ntk", "--data", tmp_path / "x.npy", "--width", "64", "--out", tmp_path / "T.zarr")
+    assert r.exit_code == 0 and "computed 1 of 1 tiles" in r.output
+
+
+def test_cli_solve_onehot_from_bundled_set(tmp_path):
+    from typer.testing import CliRunner
+
+    from widenet.cli import app
+
+    runner = CliRunner()
+    k = tmp_path / "K.zarr"
+    r = runner.invoke(
+        app, ["kernel", "--data", "iris", "--n", "60", "--tile", "32", "--out", str(k)]
+    )
+    assert r.exit_code == 0, r.output
+    r = runner.invoke(app, ["solve", str(k), "--ridge", "1e-2", "--out", str(tmp_path / "p.npz")])
+    assert r.exit_code == 0, r.output
+    res = np.load(tmp_path / "p.npz")
+    assert res["alpha"].shape == (60, 3)  # iris: three classes, one-hot
+    # Ridge regression on one-hot labels fits the training set: every argmax right.
+    assert (res["train_mean"].argmax(1) == res["train_targets"].argmax(1)).all()
