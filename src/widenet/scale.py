@@ -249,14 +249,20 @@ def _open_array(path: str, name: str):
     return zarr.open_array(path, path=name, mode="r+", config={"write_empty_chunks": True})
 
 
-def _write_tile(source, arrays, gets, tile: int, symmetric: bool, rows: slice, cols: slice):
-    """Compute one tile, write it (and its mirror when symmetric), then its done marker."""
+def _compute_tile(source, gets, rows: slice, cols: slice) -> dict[str, np.ndarray]:
     blocks = source(rows, cols)
-    i, j = rows.start // tile, cols.start // tile
+    out = {}
     for name in gets:
         block = blocks[name].detach()
         _check_finite_result(block, name.upper())
-        a = block.cpu().numpy()
+        out[name] = block.cpu().numpy()
+    return out
+
+
+def _store_tile(arrays, tile: int, symmetric: bool, rows: slice, cols: slice, blocks: dict):
+    """Write a computed tile (and its mirror when symmetric), then its done marker."""
+    i, j = rows.start // tile, cols.start // tile
+    for name, a in blocks.items():
         arr = arrays(name)
         arr[rows, cols] = a
         if symmetric and i != j:
@@ -282,12 +288,16 @@ class _Task:
             self._arrays[name] = _open_array(self.path, name)
         return self._arrays[name]
 
-    def __call__(self, rows: slice, cols: slice) -> tuple[int, int]:
+    def compute(self, rows: slice, cols: slice) -> dict[str, np.ndarray]:
         if self.torch_threads:
             torch.set_num_threads(self.torch_threads)
-        return _write_tile(
-            self.source, self.arrays, self.gets, self.tile, self.symmetric, rows, cols
-        )
+        return _compute_tile(self.source, self.gets, rows, cols)
+
+    def store(self, rows: slice, cols: slice, blocks: dict) -> tuple[int, int]:
+        return _store_tile(self.arrays, self.tile, self.symmetric, rows, cols, blocks)
+
+    def __call__(self, rows: slice, cols: slice) -> tuple[int, int]:
+        return self.store(rows, cols, self.compute(rows, cols))
 
 
 class KernelStore:
@@ -687,8 +697,17 @@ def _run_tiles(task: _Task, todo, scheduler, workers, advance) -> list[tuple[int
     if scheduler == "threads":
         workers = 1 if workers is None else check_int(workers, "workers", minimum=1)
         if workers == 1:
-            for rows, cols in todo:
-                written.append(task(rows, cols))
+            # Pipelined: tile k is written by a helper thread while tile k + 1 is computed
+            # (two tiles in memory at most), so the disk hides behind the arithmetic.
+            with cf.ThreadPoolExecutor(1) as writer:
+                pending = None
+                for rows, cols in todo:
+                    blocks = task.compute(rows, cols)
+                    if pending is not None:
+                        written.append(pending.result())
+                        advance(1)
+                    pending = writer.submit(task.store, rows, cols, blocks)
+                written.append(pending.result())
                 advance(1)
             return written
         with cf.ThreadPoolExecutor(workers) as pool:
