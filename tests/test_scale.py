@@ -400,3 +400,20 @@ def test_cli_solve_onehot_from_bundled_set(tmp_path):
     assert res["alpha"].shape == (60, 3)  # iris: three classes, one-hot
     # Ridge regression on one-hot labels fits the training set: every argmax right.
     assert (res["train_mean"].argmax(1) == res["train_targets"].argmax(1)).all()
+
+
+def test_bench_scale_summary_rows():
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    try:
+        from run import summary_rows
+    finally:
+        sys.path.pop(0)
+    scale_res = dict(
+        config=dict(n=100, dask_n=100),
+        goals=dict(tile_throughput=0.8, dask_speedup=1.7, peak_rss_gib=2.0),
+        tile_throughput_vs_memory=0.9,
+        dask_speedup_1_to_2=1.8,
+        peak_rss_gib=0.5,
+    )
+    rows = summary_rows(None, None, None, None, scale_res)
+    assert [r[1] for r in rows] == [0.9, 1.8, 4.0]
