@@ -93,15 +93,7 @@ def phase(name: str, n: int, d: int, tile: int, out: str) -> dict:
 
         workers = int(name.split("-")[1])
         with (
-            distributed.LocalCluster(
-                n_workers=workers,
-                threads_per_worker=1,
-                processes=True,
-                host="127.0.0.1",
-                dashboard_address=None,
-                worker_dashboard_address=None,
-                silence_logs=50,
-            ) as cluster,
+            scale.local_cluster(workers) as cluster,
             distributed.Client(cluster, set_as_default=False) as client,
         ):
             client.run(lambda: __import__("widenet.scale"))  # imports before the clock

@@ -25,15 +25,7 @@ ARCH = wn.mlp(3, "relu", math.sqrt(2.0), 0.1)
 @pytest.fixture(scope="module")
 def client():
     # Loopback only, no dashboards: nothing listens beyond 127.0.0.1.
-    cluster = distributed.LocalCluster(
-        n_workers=2,
-        threads_per_worker=1,
-        processes=True,
-        host="127.0.0.1",
-        dashboard_address=None,
-        worker_dashboard_address=None,
-        silence_logs=50,
-    )
+    cluster = scale.local_cluster(2)
     c = distributed.Client(cluster, set_as_default=False)
     try:
         yield c

@@ -1,6 +1,6 @@
 """widenet: the theory of over-parameterized neural networks, computable in PyTorch."""
 
-from widenet import activations, dynamics
+from widenet import activations, dynamics, scale
 from widenet._version import __version__
 from widenet.architectures import MLP, mlp
 from widenet.data import load_dataset
@@ -13,6 +13,7 @@ __all__ = [
     "__version__",
     "activations",
     "dynamics",
+    "scale",
     "Dense",
     "Elementwise",
     "empirical_nngp",

@@ -82,6 +82,7 @@ __all__ = [
     "gradient_flow_mse",
     "kernel_ridge",
     "kernel_to_zarr",
+    "local_cluster",
     "open_kernel",
 ]
 
@@ -530,6 +531,25 @@ def _client(scheduler):
     raise ValueError(
         "scheduler must be 'threads', 'processes', a Dask scheduler address such as "
         f"'tcp://127.0.0.1:8786', or a distributed.Client; got {scheduler!r}"
+    )
+
+
+def local_cluster(workers: int = 2, *, threads_per_worker: int = 1):
+    """A ``distributed.LocalCluster`` of ``workers`` processes on 127.0.0.1, no dashboards.
+
+    Scheduler, nannies and workers listen on the loopback interface only. Use it as a context
+    manager and connect with ``distributed.Client(cluster)``.
+    """
+    import distributed
+
+    return distributed.LocalCluster(
+        n_workers=check_int(workers, "workers", minimum=1),
+        threads_per_worker=check_int(threads_per_worker, "threads_per_worker", minimum=1),
+        processes=True,
+        host="127.0.0.1",
+        dashboard_address=None,
+        worker_dashboard_address=None,
+        silence_logs=50,
     )
 
 
