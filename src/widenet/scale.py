@@ -663,7 +663,8 @@ def kernel_to_zarr(
         scheduler: "threads" (``workers`` threads in this process, default 1), "processes"
             (``workers`` spawned processes, default the CPU count), a Dask ``Client`` or a
             scheduler address "tcp://host:port" (each tile a task).
-        torch_threads: torch intra-op threads in each worker task (None: leave as is).
+        torch_threads: torch intra-op threads in each worker task (None: leave as is; for
+            "processes" with ``workers`` given, the CPU count / workers).
         resume: an existing store with the same metadata is completed (only tiles without a
             done marker are computed); False refuses an existing store.
         overwrite: delete an existing store and start again.
@@ -719,6 +720,9 @@ def kernel_to_zarr(
         _create_store(path, meta, x1.dtype, overwrite=False)
     store = KernelStore(path)
     todo = store.pending()
+    if scheduler == "processes" and torch_threads is None and workers:
+        # Share the cores among the processes rather than oversubscribe them.
+        torch_threads = max(1, (os.cpu_count() or 1) // workers)
     task = _Task(source, path, gets, tile, symmetric, torch_threads)
     description = f"{'+'.join(gets)} {n1}x{n2} -> {Path(path).name}"
     with _progress(len(todo), description, progress) as advance:
