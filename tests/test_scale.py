@@ -8,7 +8,6 @@ import os
 import signal
 import subprocess
 import sys
-import textwrap
 import time
 from pathlib import Path
 
@@ -171,31 +170,27 @@ def test_bad_arguments(tmp_path):
         scale.kernel_to_zarr(ARCH, x, out=out, tile=4, overwrite=True, workers=0)
 
 
-_KILL_SCRIPT = textwrap.dedent(
-    """
-    import math, sys, torch, widenet as wn
-    from widenet import scale
+def test_sigkill_mid_run_then_rerun_of_the_command_equals_in_memory(tmp_path):
+    from typer.testing import CliRunner
+
+    from widenet.cli import app
+
     x = torch.randn(192, 5, generator=torch.Generator().manual_seed(0))
-    arch = wn.mlp(3, "relu", math.sqrt(2.0), 0.1)
-    scale.kernel_to_zarr(arch, x, out=sys.argv[1], tile=16)  # 78 small tiles: seconds
-    """
-)
-
-
-def test_sigkill_mid_run_then_resume_equals_in_memory(tmp_path):
+    np.save(tmp_path / "x.npy", x.numpy())
     path = tmp_path / "K.zarr"
+    # `widenet kernel ... --out K.zarr`, 78 small tiles (seconds), in a subprocess we SIGKILL.
+    args = ["kernel", "--data", str(tmp_path / "x.npy"), "--depth", "3", "--b-std", "0.1"]
+    args += ["--dtype", "float32", "--tile", "16", "--out", str(path)]
     env = dict(os.environ, OMP_NUM_THREADS="1")
     src = str(Path(scale.__file__).resolve().parents[1])
     env["PYTHONPATH"] = src + os.pathsep + env.get("PYTHONPATH", "")
-    proc = subprocess.Popen([sys.executable, "-c", _KILL_SCRIPT, str(path)], env=env)
+    proc = subprocess.Popen([sys.executable, "-m", "widenet.cli", *args], env=env)
     try:
         deadline = time.monotonic() + 120
-        done = 0
         while time.monotonic() < deadline and proc.poll() is None:
             time.sleep(0.2)
             if (path / "done" / "zarr.json").exists():
-                done = int(scale.open_kernel(path).done().sum())
-                if done >= 5:
+                if int(scale.open_kernel(path).done().sum()) >= 5:
                     break
         assert proc.poll() is None, "the writer finished before it could be killed"
         os.kill(proc.pid, signal.SIGKILL)
@@ -204,12 +199,15 @@ def test_sigkill_mid_run_then_resume_equals_in_memory(tmp_path):
     assert proc.returncode == -signal.SIGKILL
     pending = [(r.start // 16, c.start // 16) for r, c in scale.open_kernel(path).pending()]
     assert 0 < len(pending) < 78  # 12 tile rows: 78 upper tiles
-    x = torch.randn(192, 5, generator=torch.Generator().manual_seed(0))
-    st = scale.kernel_to_zarr(ARCH, x, out=path, tile=16)
-    assert list(st.written_tiles) == sorted(pending)  # only the unfinished tiles
+    result = CliRunner().invoke(app, args)  # the same command again
+    assert result.exit_code == 0, result.output
+    assert f"computed {len(pending)} of 78 tiles" in result.output  # only the unfinished ones
+    st = scale.open_kernel(path)
     k = ARCH.kernel(x, tile=16)
     assert _equal(st, k.ntk, "ntk") and _equal(st, k.nngp, "nngp")
     assert not list(path.rglob("*.partial"))
+    # The Python API resumes a store made by the command too (same computation).
+    assert scale.kernel_to_zarr(ARCH, x, out=path, tile=16).written_tiles == ()
 
 
 # ---- solvers ----------------------------------------------------------------------------------

@@ -609,7 +609,9 @@ def _flat(meta: dict, prefix: str = "") -> dict:
 
 
 def _check_same(store: KernelStore, meta: dict) -> None:
-    old, new = _flat(store.meta), _flat(meta)
+    # "extra" describes where the inputs came from; the inputs' hash already guards them.
+    old = {k: v for k, v in _flat(store.meta).items() if not k.startswith("extra.")}
+    new = {k: v for k, v in _flat(meta).items() if not k.startswith("extra.")}
     diff = [k for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k)]
     if diff:
         shown = "; ".join(f"{k}: store has {old.get(k)!r}, requested {new.get(k)!r}" for k in diff)
@@ -669,7 +671,7 @@ def kernel_to_zarr(
             done marker are computed); False refuses an existing store.
         overwrite: delete an existing store and start again.
         progress: a rich progress bar with ETA over the tiles (stderr).
-        extra_metadata: more JSON-able facts to record (and require equal on resume).
+        extra_metadata: more JSON-able facts to record (descriptive: not compared on resume).
 
     Returns:
         The :class:`KernelStore`; ``written_tiles`` lists the (row, column) tile indices this
