@@ -170,6 +170,13 @@ def test_bad_arguments(tmp_path):
         scale.kernel_to_zarr(ARCH, x, out=out, tile=4, overwrite=True, workers=0)
 
 
+def test_overflowing_tile_refused_and_not_marked_done(tmp_path):
+    x = _x(20) * 1e19  # finite inputs whose covariances overflow float32
+    with pytest.raises(FloatingPointError, match="overflowed"):
+        scale.kernel_to_zarr(ARCH, x, out=tmp_path / "O.zarr", tile=8)
+    assert not scale.open_kernel(tmp_path / "O.zarr").done().any()
+
+
 def test_sigkill_mid_run_then_rerun_of_the_command_equals_in_memory(tmp_path):
     from typer.testing import CliRunner
 

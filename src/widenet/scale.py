@@ -9,11 +9,13 @@ Writing (:func:`kernel_to_zarr`). The kernel of any architecture of the closed-f
 (``wn.mlp(...)``; each tile is :meth:`widenet.architectures.MLP.kernel_tiler`, the very unit of
 work of the in-memory engine, so the store equals ``arch.kernel(x, tile=tile)`` bit for bit) or
 the empirical NTK of a ``torch.nn.Module`` (each tile one :func:`widenet.empirical_ntk` call on
-its rows and columns; it equals the in-memory empirical NTK to rounding: 1e-12 relative in
-float64 was measured and is tested, because the block sizes and hence the GEMM summation order
-differ). A symmetric kernel (``x2=None``) computes only the tiles on and above the diagonal and
-writes each one and its transpose, so the store holds the full matrix and any Zarr reader
-(``zarr.open_array``, ``dask.array.from_zarr``) sees an ordinary array.
+its rows and columns; it equals the in-memory empirical NTK to rounding, not bit for bit,
+because the block sizes and hence the GEMM summation order differ: 8e-17 relative (Frobenius)
+measured in float64 on 100 points, tested to 1e-12). A tile with an overflowed (non-finite)
+value is refused with FloatingPointError and gets no done marker. A symmetric kernel
+(``x2=None``) computes only the tiles on and above the diagonal and writes each one and its
+transpose, so the store holds the full matrix and any Zarr reader (``zarr.open_array``,
+``dask.array.from_zarr``) sees an ordinary array.
 
 Safety. The store's attributes (``attrs["widenet"]``) record the architecture (or the model's
 structure and a hash of its parameters), a SHA-256 of the inputs, shape, dtype, tile size,
