@@ -47,9 +47,9 @@ def invoke(*args):
 def test_help_lists_every_command():
     result = invoke("--help")
     assert result.exit_code == 0
-    for command in ("list", "run", "demo", "kernel", "ntk", "h-infinity", "predict"):
+    for command in ("list", "run", "demo", "kernel", "ntk", "h-infinity", "predict", "solve"):
         assert command in result.output
-    for command in ("run", "demo", "kernel", "ntk", "list", "h-infinity", "predict"):
+    for command in ("run", "demo", "kernel", "ntk", "list", "h-infinity", "predict", "solve"):
         assert invoke(command, "--help").exit_code == 0
 
 

@@ -1,6 +1,6 @@
 """widenet: the theory of over-parameterized neural networks, computable in PyTorch."""
 
-from widenet import activations, condensation, dynamics
+from widenet import activations, condensation, dynamics, scale
 from widenet._version import __version__
 from widenet.architectures import MLP, mlp
 from widenet.data import load_dataset
@@ -14,6 +14,7 @@ __all__ = [
     "activations",
     "condensation",
     "dynamics",
+    "scale",
     "Dense",
     "Elementwise",
     "empirical_nngp",

@@ -17,12 +17,14 @@ from torch import nn
 from widenet import activations as _act
 from widenet._checks import check_int, check_real
 from widenet.kernels import (
+    FCTiler,
     Kernel,
     KernelTile,
     _check_tile,
     _resolve_get,
     assemble,
     fc_recursion,
+    fc_tiler,
     fc_tiles,
     prepare_inputs,
 )
@@ -91,6 +93,25 @@ class MLP:
         x1, x2 = prepare_inputs(x1, x2, dtype)
         rec = self._recursion(x1.shape[1], width)
         return fc_tiles(rec, x1, x2, tile=tile, need_ntk=need_ntk)
+
+    def kernel_tiler(
+        self,
+        x1,
+        x2=None,
+        *,
+        get=("nngp", "ntk"),
+        dtype: torch.dtype | None = None,
+        width: int | None = None,
+    ) -> FCTiler:
+        """A function ``tiler(rows, cols) -> Kernel`` computing any one block on its own.
+
+        The unit of work of :meth:`kernel_tiles` and of :func:`widenet.scale.kernel_to_zarr`
+        (same operations, so the same bits). With ``x2=None`` the kernel is symmetric and a
+        diagonal block must be requested with ``rows == cols``.
+        """
+        _, need_ntk = _resolve_get(get)
+        x1, x2 = prepare_inputs(x1, x2, dtype)
+        return fc_tiler(self._recursion(x1.shape[1], width), x1, x2, need_ntk=need_ntk)
 
     def kernel(
         self,

@@ -287,6 +287,23 @@ StandardizeOpt = Annotated[
     bool | None, typer.Option("--standardize/--no-standardize", help=_STD_HELP)
 ]
 DataSeedOpt = Annotated[int, typer.Option("--data-seed", help="Seed of the subset draw.")]
+# Kernel stores on disk (issue 9); the commands' code is in the section at the end.
+X2Opt = Annotated[
+    str | None,
+    typer.Option("--x2", help="Columns' inputs (a .npy/.csv file) for a .zarr store K(data, x2)."),
+]
+SchedulerOpt = Annotated[
+    str,
+    typer.Option(
+        "--scheduler", help="Tiles of a .zarr store on: threads, processes or tcp://host:port."
+    ),
+]
+WorkersOpt = Annotated[
+    int | None, typer.Option("--workers", help="Threads or processes (.zarr store).", min=1)
+]
+OverwriteOpt = Annotated[
+    bool, typer.Option("--overwrite", help="Delete an existing .zarr store and start again.")
+]
 
 
 def _check_out(out: Path) -> None:
@@ -296,7 +313,12 @@ def _check_out(out: Path) -> None:
 
 @app.command()
 def kernel(
-    out: Annotated[Path, typer.Option("--out", "-o", help="Output .npz (nngp and ntk) or .npy.")],
+    out: Annotated[
+        Path,
+        typer.Option(
+            "--out", "-o", help="Output .npz (nngp and ntk), .npy, or a .zarr store (on disk)."
+        ),
+    ],
     data: DataOpt = "digits",
     n: NOpt = None,
     depth: DepthOpt = 3,
@@ -315,13 +337,34 @@ def kernel(
         int | None,
         typer.Option("--width", help="Hidden width; only for --parameterization standard."),
     ] = None,
+    x2: X2Opt = None,
+    scheduler: SchedulerOpt = "threads",
+    workers: WorkersOpt = None,
+    overwrite: OverwriteOpt = False,
 ) -> None:
-    """Infinite-width NNGP and NTK of an MLP on data; saved as .npz (both) or .npy (--get)."""
+    """Infinite-width NNGP and NTK of an MLP on data; saved as .npz (both) or .npy (--get).
+
+    With --out K.zarr the kernel is written tile by tile into a Zarr store (default tile 4096;
+    symmetric: only the upper tiles are computed); running the same command again completes an
+    interrupted store. --scheduler threads|processes|tcp://host:port.
+    """
     import numpy as np
 
     import widenet as wn
 
+    if out.suffix.lower() == ".zarr":
+        arch_options = dict(depth=depth, activation=activation, w_std=w_std, b_std=b_std)
+        arch_options.update(parameterization=parameterization)
+        data_options = dict(data=data, n=n, data_seed=data_seed, standardize=standardize)
+        _kernel_store(
+            out, arch_options, data_options, x2, tile, dtype, scheduler, workers, overwrite, width
+        )
+        return
     try:
+        if x2 is not None:
+            raise ValueError("--x2 is for a .zarr --out (a kernel store)")
+        if scheduler != "threads" or workers is not None:
+            raise ValueError("--scheduler and --workers are for a .zarr --out (a kernel store)")
         if get not in ("ntk", "nngp"):
             raise ValueError(f"--get must be ntk or nngp, got {get!r}")
         _check_out(out)
@@ -367,10 +410,37 @@ def ntk(
     dtype: DtypeOpt = "float32",
     standardize: StandardizeOpt = None,
     data_seed: DataSeedOpt = 0,
+    tile: Annotated[
+        int, typer.Option("--tile", help="Tile size of a .zarr store (--out K.zarr).")
+    ] = 4096,
+    scheduler: SchedulerOpt = "threads",
+    workers: WorkersOpt = None,
+    overwrite: OverwriteOpt = False,
 ) -> None:
-    """Empirical NTK of a finite-width widenet MLP at initialisation on data."""
+    """Empirical NTK of a finite-width widenet MLP at initialisation on data.
+
+    --out T.zarr writes it tile by tile into a resumable Zarr store (mode trace).
+    """
     import widenet as wn
 
+    if out.suffix.lower() == ".zarr":
+        arch_options = dict(depth=depth, activation=activation, w_std=w_std, b_std=b_std)
+        data_options = dict(data=data, n=n, data_seed=data_seed, standardize=standardize)
+        network = dict(width=width, seed=seed, mode=mode)
+        _kernel_store(
+            out,
+            arch_options,
+            data_options,
+            None,
+            tile,
+            dtype,
+            scheduler,
+            workers,
+            overwrite,
+            None,
+            network=network,
+        )
+        return
     try:
         _check_out(out)
         torch_dtype = _torch_dtype(dtype)
@@ -825,6 +895,242 @@ def predict(
         )
     console.print(table)
     typer.echo(f"Saved: {out.resolve()} and {out.with_suffix('.json').name}")
+
+
+# ---- kernel stores on disk and on Dask; solvers at scale (issue 9) ----
+
+
+def _scheduler_arg(scheduler: str):
+    if scheduler in ("threads", "processes") or "://" in scheduler:
+        return scheduler
+    raise ValueError(
+        f"--scheduler must be threads, processes or a Dask address tcp://host:port, got "
+        f"{scheduler!r}"
+    )
+
+
+def _kernel_store(
+    out,
+    arch_options,
+    data_options,
+    x2,
+    tile,
+    dtype,
+    scheduler,
+    workers,
+    overwrite,
+    width,
+    network=None,
+):
+    """`widenet kernel/ntk --out K.zarr`: write (or complete) a kernel store."""
+    import widenet as wn
+    from widenet import scale
+
+    try:
+        torch_dtype = _torch_dtype(dtype)
+        x = _load_data(
+            data_options["data"],
+            data_options["n"],
+            data_options["data_seed"],
+            data_options["standardize"],
+            torch_dtype,
+        )
+        xb = None if x2 is None else _load_data(x2, None, 0, False, torch_dtype)
+        arch = wn.mlp(**arch_options)
+        if network is None:
+            source, get = arch, ("nngp", "ntk")
+            options = {}
+        else:
+            source = arch.network(
+                in_dim=x.shape[1], width=network["width"], seed=network["seed"], dtype=torch_dtype
+            )
+            get, options = "ntk", dict(mode=network["mode"])
+        t0 = time.perf_counter()
+        store = scale.kernel_to_zarr(
+            source,
+            x,
+            xb,
+            out=out,
+            tile=scale.DEFAULT_TILE if tile is None else tile,
+            get=get,
+            width=width,
+            scheduler=_scheduler_arg(scheduler),
+            workers=workers,
+            overwrite=overwrite,
+            progress=True,
+            extra_metadata=dict(cli_data={**data_options, "x2": x2}),
+            **options,
+        )
+        seconds = time.perf_counter() - t0
+    except scale.StoreMismatchError as err:
+        raise _fail(str(err)) from None
+    except (ValueError, TypeError, OSError, FloatingPointError) as err:
+        raise _fail(str(err)) from None
+    total = len(store.grid())
+    n1, n2 = store.shape
+    _out().print(
+        f"{', '.join(store.kernels)} ({n1}x{n2}, {dtype}, tile {store.tile}): computed "
+        f"{len(store.written_tiles)} of {total} tiles in {seconds:.2f} s "
+        f"({total - len(store.written_tiles)} were already done)",
+        soft_wrap=True,
+    )
+    typer.echo(f"Saved: {Path(out).resolve()}")
+
+
+def _store_targets(store, targets: str):
+    """Targets for a store: a file, or 'onehot' labels of the bundled set it was computed on."""
+    import numpy as np
+
+    from widenet.data import DATASETS, load_dataset
+
+    n = store.shape[0]
+    if targets != "onehot":
+        y = _load_targets(targets, "--targets", n)
+        if y.ndim == 1:
+            y, _, _ = _encode_labels(y, None)
+        return y
+    cli = store.meta.get("extra", {}).get("cli_data")
+    if not cli or cli.get("data") not in DATASETS or cli["data"] == "sphere":
+        raise ValueError(
+            "--targets onehot needs a store made by `widenet kernel --data <bundled classification "
+            "set>`; give the targets as a .npy/.csv file (--targets FILE)"
+        )
+    std = True if cli.get("standardize") is None else cli["standardize"]
+    _, labels = load_dataset(cli["data"], n=cli["n"], seed=cli["data_seed"], standardize=std)
+    y, _, _ = _encode_labels(np.asarray(labels), None)
+    return y
+
+
+@app.command()
+def solve(
+    store_path: Annotated[Path, typer.Argument(help="Train kernel store K(X, X) (.zarr).")],
+    out: Annotated[
+        Path, typer.Option("--out", "-o", help="Output .npz (alpha or predictions, bounds).")
+    ],
+    targets: Annotated[
+        str,
+        typer.Option(
+            "--targets",
+            help="onehot: the labels of the bundled set the store was made from; or a FILE.",
+        ),
+    ] = "onehot",
+    kernel_name: Annotated[str, typer.Option("--kernel", help="ntk or nngp.")] = "ntk",
+    test_kernel: Annotated[
+        Path | None,
+        typer.Option("--test-kernel", help="Store K(x_test, X) (widenet kernel --x2): predicts."),
+    ] = None,
+    ridge: Annotated[float, typer.Option("--ridge", help="Kernel ridge regulariser.")] = 1e-3,
+    method: Annotated[
+        str, typer.Option("--method", help="auto, cholesky (in memory) or cg (streamed).")
+    ] = "auto",
+    tol: Annotated[float, typer.Option("--tol", help="CG relative residual.")] = 1e-8,
+    maxiter: Annotated[int | None, typer.Option("--maxiter", help="CG iterations.")] = None,
+    rank: Annotated[
+        int, typer.Option("--rank", help="Nystrom rank (CG) or Lanczos rank (--time).")
+    ] = 500,
+    time_: Annotated[
+        list[str] | None,
+        typer.Option("--time", "-t", help="Gradient-flow time (repeatable): Lanczos mode."),
+    ] = None,
+    learning_rate: Annotated[
+        float, typer.Option("--learning-rate", help="Learning rate (time scale).")
+    ] = 1.0,
+    scheduler: Annotated[
+        str | None,
+        typer.Option("--scheduler", help="Dask address tcp://host:port for the mat-vecs."),
+    ] = None,
+) -> None:
+    """Kernel ridge regression or gradient-flow predictions from a kernel store (streamed).
+
+    Without --time: alpha = (K + ridge I)^-1 y (Cholesky if it fits in memory, else
+    preconditioned CG), train and test predictions. With --time: outputs of gradient flow on
+    the MSE loss at those times from the top --rank eigenpairs (Lanczos), with error bounds.
+    """
+    import numpy as np
+
+    from widenet import scale
+
+    try:
+        if out.suffix.lower() != ".npz":
+            raise ValueError(f"--out must end in .npz, got {out.name!r}")
+        if scheduler is not None and "://" not in scheduler:
+            raise ValueError(
+                f"--scheduler must be a Dask address tcp://host:port, got {scheduler!r}"
+            )
+        store = scale.open_kernel(store_path)
+        y = _store_targets(store, targets)
+        test = None if test_kernel is None else scale.open_kernel(test_kernel)
+        t0 = time.perf_counter()
+        arrays: dict = {"train_targets": y}
+        if time_:
+            times = _parse_times(time_)
+            flow = scale.gradient_flow_mse(
+                store,
+                y,
+                times,
+                rank=rank,
+                which=kernel_name,
+                k_test_train=test,
+                learning_rate=learning_rate,
+                scheduler=scheduler,
+                progress=True,
+            )
+            arrays.update(
+                times=np.asarray(times),
+                train_mean=flow.train.numpy(),
+                train_bound=flow.train_bound.numpy(),
+                eigenvalues=flow.eigenvalues.numpy(),
+            )
+            if flow.test is not None:
+                arrays["test_mean"] = flow.test.numpy()
+            rows = [
+                (
+                    f"t={t:g}",
+                    float(np.mean((flow.train[i].numpy() - y) ** 2)),
+                    float(flow.train_bound[i].max()),
+                )
+                for i, t in enumerate(times)
+            ]
+            what = f"gradient flow, Lanczos rank {rank}"
+        else:
+            sol = scale.kernel_ridge(
+                store,
+                y,
+                ridge=ridge,
+                which=kernel_name,
+                method=method,
+                tol=tol,
+                maxiter=maxiter,
+                rank=rank,
+                scheduler=scheduler,
+                progress=True,
+            )
+            train = store.matmul(sol.alpha, kernel_name, scheduler=scheduler).numpy()
+            arrays.update(alpha=sol.alpha.numpy(), train_mean=train)
+            if test is not None:
+                arrays["test_mean"] = test.matmul(
+                    sol.alpha, kernel_name, scheduler=scheduler
+                ).numpy()
+            rows = [("ridge", float(np.mean((train - y) ** 2)), None)]
+            what = (
+                f"kernel ridge {ridge:g} by {sol.method}"
+                + (f" ({sol.iterations} iterations)" if sol.method == "cg" else "")
+                + f", relative residual {float(sol.relative_residual.max()):.2g}"
+            )
+        seconds = time.perf_counter() - t0
+        out.parent.mkdir(parents=True, exist_ok=True)
+        np.savez(out, **arrays)
+    except (ValueError, TypeError, OSError, FloatingPointError) as err:
+        raise _fail(str(err)) from None
+    console = _out()
+    console.print(
+        f"{kernel_name} on {store.shape[0]} points: {what}; {seconds:.2f} s", soft_wrap=True
+    )
+    table = Table("", "train MSE", "train error bound (max over outputs)", box=None)
+    for label, mse_value, bound in rows:
+        table.add_row(label, f"{mse_value:.4g}", "" if bound is None else f"{bound:.3g}")
+    console.print(table)
+    typer.echo(f"Saved: {out.resolve()}")
 
 
 if __name__ == "__main__":  # pragma: no cover

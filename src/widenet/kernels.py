@@ -176,6 +176,75 @@ def prepare_inputs(x1, x2, dtype):
     return x1, x2
 
 
+@dataclass(frozen=True)
+class FCTiler:
+    """Computes any one tile of the kernel of ``rec`` on validated inputs, independently.
+
+    The per-layer diagonals of every input are propagated once, at construction; a tile then
+    needs only its rows' and columns' slices. This is the unit of work of the tiled engine
+    (:func:`fc_tiles`) and of the on-disk and distributed writers (:mod:`widenet.scale`), so a
+    tile computed by either is the same sequence of floating-point operations. The object is
+    picklable by cloudpickle (sent once to each worker process).
+    """
+
+    rec: FCRecursion
+    x1: torch.Tensor
+    x2: torch.Tensor | None  # None: symmetric, x2 = x1
+    q01: torch.Tensor
+    d1: list
+    d2: list
+    need_ntk: bool
+
+    @property
+    def symmetric(self) -> bool:
+        return self.x2 is None
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return self.x1.shape[0], (self.x1 if self.x2 is None else self.x2).shape[0]
+
+    def __call__(self, rows: slice, cols: slice) -> Kernel:
+        """The block kernel[rows, cols]; for a symmetric kernel, diagonal blocks need rows ==
+        cols (they are symmetrised exactly)."""
+        xb = self.x1 if self.x2 is None else self.x2
+        diag = self.symmetric and rows == cols
+        with torch.no_grad():
+            c = self.x1[rows] @ xb[cols].T
+            c.div_(self.x1.shape[1])
+            if diag:
+                # Exact self-covariances on the diagonal keep rho = 1 there.
+                c = 0.5 * (c + c.T)
+                c.diagonal().copy_(self.q01[rows])
+            k = self.rec.tile(
+                c, [q[rows] for q in self.d1], [q[cols] for q in self.d2], self.need_ntk
+            )
+            if diag:
+                # The duals are not bitwise symmetric in (q1, q2) (rounding order in the
+                # closed forms, node placement in quadrature), so a diagonal block comes
+                # out asymmetric by rounding/quadrature error: mirror it exactly.
+                k = Kernel(*(None if b is None else 0.5 * (b + b.T) for b in (k.nngp, k.ntk)))
+        return k
+
+
+def fc_tiler(
+    rec: FCRecursion, x1: torch.Tensor, x2: torch.Tensor | None, *, need_ntk: bool
+) -> FCTiler:
+    """The :class:`FCTiler` of ``rec`` on validated inputs (``x2=None``: symmetric)."""
+    d = x1.shape[1]
+    with torch.no_grad():
+        q01 = (x1 * x1).sum(1) / d
+        d1 = rec.diagonals(q01)
+        d2 = d1 if x2 is None else rec.diagonals((x2 * x2).sum(1) / d)
+    return FCTiler(rec, x1, x2, q01, d1, d2, need_ntk)
+
+
+def tile_grid(n1: int, n2: int, tile: int, *, symmetric: bool) -> Iterator[tuple[slice, slice]]:
+    """(rows, cols) of every tile, row-major; symmetric: only those on or above the diagonal."""
+    for i0 in range(0, n1, tile):
+        for j0 in range(i0 if symmetric else 0, n2, tile):
+            yield slice(i0, min(i0 + tile, n1)), slice(j0, min(j0 + tile, n2))
+
+
 def fc_tiles(
     rec: FCRecursion,
     x1: torch.Tensor,
@@ -190,32 +259,9 @@ def fc_tiles(
     cols.start); the kernel is symmetric, so the rest is their transpose.
     """
     tile = _check_tile(tile)
-    d = x1.shape[1]
-    symmetric = x2 is None
-    xb = x1 if symmetric else x2
-    with torch.no_grad():
-        q01 = (x1 * x1).sum(1) / d
-        q02 = q01 if symmetric else (xb * xb).sum(1) / d
-        d1 = rec.diagonals(q01)
-        d2 = d1 if symmetric else rec.diagonals(q02)
-        n1, n2 = x1.shape[0], xb.shape[0]
-        for i0 in range(0, n1, tile):
-            i1 = min(i0 + tile, n1)
-            for j0 in range(i0 if symmetric else 0, n2, tile):
-                j1 = min(j0 + tile, n2)
-                c = x1[i0:i1] @ xb[j0:j1].T
-                c.div_(d)
-                if symmetric and i0 == j0:
-                    # Exact self-covariances on the diagonal keep rho = 1 there.
-                    c = 0.5 * (c + c.T)
-                    c.diagonal().copy_(q01[i0:i1])
-                k = rec.tile(c, [q[i0:i1] for q in d1], [q[j0:j1] for q in d2], need_ntk)
-                if symmetric and i0 == j0:
-                    # The duals are not bitwise symmetric in (q1, q2) (rounding order in the
-                    # closed forms, node placement in quadrature), so a diagonal block comes
-                    # out asymmetric by rounding/quadrature error: mirror it exactly.
-                    k = Kernel(*(None if b is None else 0.5 * (b + b.T) for b in (k.nngp, k.ntk)))
-                yield KernelTile(slice(i0, i1), slice(j0, j1), k)
+    tiler = fc_tiler(rec, x1, x2, need_ntk=need_ntk)
+    for rows, cols in tile_grid(*tiler.shape, tile, symmetric=tiler.symmetric):
+        yield KernelTile(rows, cols, tiler(rows, cols))
 
 
 def assemble(

@@ -1,0 +1,1182 @@
+r"""Kernels too large for memory: tiled on disk (Zarr 3), on Dask, resumable; solvers at scale.
+
+An n x n kernel of n = 50 000 points is 10 GB per kernel in float32, 1 000 000 points 4 TB:
+it cannot be held in RAM (neural-tangents users hit this as allocations of terabytes). This
+module writes a kernel tile by tile into a chunked Zarr store, one chunk per tile, and solves
+kernel regression by reading the store tile by tile.
+
+Writing (:func:`kernel_to_zarr`). The kernel of any architecture of the closed-form engine
+(``wn.mlp(...)``; each tile is :meth:`widenet.architectures.MLP.kernel_tiler`, the very unit of
+work of the in-memory engine, so the store equals ``arch.kernel(x, tile=tile)`` bit for bit) or
+the empirical NTK of a ``torch.nn.Module`` (each tile one :func:`widenet.empirical_ntk` call on
+its rows and columns; it equals the in-memory empirical NTK to rounding, not bit for bit,
+because the block sizes and hence the GEMM summation order differ: 8e-17 relative (Frobenius)
+measured in float64 on 100 points, tested to 1e-12). A tile with an overflowed (non-finite)
+value is refused with FloatingPointError and gets no done marker. A symmetric kernel
+(``x2=None``) computes only the tiles on and above the diagonal and writes each one and its
+transpose, so the store holds the full matrix and any Zarr reader (``zarr.open_array``,
+``dask.array.from_zarr``) sees an ordinary array.
+
+Safety. The store's attributes (``attrs["widenet"]``) record the architecture (or the model's
+structure and a hash of its parameters), a SHA-256 of the inputs, shape, dtype, tile size,
+kernels and the library version. Each tile has a done marker (array ``done``, one chunk per
+tile) written only after both kernels' chunks of the tile and of its mirror were written (Zarr's
+local store writes each chunk to a temporary file and renames it, so a chunk is never seen half
+written). Running the same call again (the default ``resume=True``) recomputes only the tiles
+without a marker, after checking that the metadata match: a store made by another architecture,
+other inputs, dtype, tile or version is refused with :class:`StoreMismatchError` rather than
+mixed. Killing a run at any moment (SIGKILL, a dead Dask worker) loses at most the tiles in
+flight.
+
+Schedulers. ``"threads"`` (in-process; ``workers`` threads, default 1: torch's intra-op threads
+already use the cores), ``"processes"`` (a pool of ``workers`` spawned processes, the tiler sent
+once to each by cloudpickle), or Dask: a ``distributed.Client`` or a scheduler address
+``"tcp://host:port"`` (each tile a task; the tiler is scattered once to every worker; a task
+whose worker dies is rerun elsewhere by Dask, and it rewrites its whole tile). Every worker must
+see the store path (a shared file system). Nothing here starts a server: a LocalCluster is the
+caller's, and one started by widenet's tests and benchmark listens on 127.0.0.1 only.
+
+Solvers reading the store (never the whole matrix unless asked to):
+
+- :func:`kernel_ridge` solves (K + ridge I) alpha = y: by Cholesky in memory when the n x n
+  float64 matrix fits in ``memory_limit_bytes`` (``method="auto"``), else by preconditioned
+  conjugate gradients (Hestenes & Stiefel 1952) whose mat-vecs stream the store's upper tiles
+  (in process or as Dask tasks), with a column-Nystrom preconditioner P = C W^+ C^T + ridge I
+  from ``rank`` random landmark columns (Williams & Seeger 2001; as a CG preconditioner:
+  Frangella, Tropp & Udell 2023, "Randomized Nystrom preconditioning"), applied by Woodbury.
+  Predictions at test points are ``KernelStore.matmul`` of a test-train store with alpha.
+- :func:`gradient_flow_mse` gives the closed-form outputs of gradient flow on the MSE loss at
+  times t (Lee et al. 2019, eqs. 8-11, as :func:`widenet.dynamics.gradient_flow_mse` with
+  f_0 = 0, the infinite-width ensemble mean) from the top ``rank`` eigenpairs of Theta computed
+  by Lanczos (ARPACK's implicitly restarted Lanczos, ``scipy.sparse.linalg.eigsh``, on a
+  ``LinearOperator`` whose mat-vec streams the store), with a rigorous error bound (its
+  docstring).
+
+Devices: tiles are computed where the inputs (or the model) are, CUDA included, and moved to
+the host to be written; the solvers run on the CPU in float64 (NumPy/SciPy).
+
+Using an existing cluster: start a scheduler and workers the usual way (``dask scheduler`` +
+``dask worker tcp://host:8786``, ``dask_jobqueue.SLURMCluster(...).scale(jobs=...)``, or the
+Dask Kubernetes operator's ``KubeCluster``), make the store path visible to every worker (a
+shared file system mounted at the same path), and pass ``scheduler=cluster.scheduler_address``
+or a ``Client`` (CLI: ``--scheduler tcp://host:8786``). widenet itself never opens a port; the
+test suite's and the benchmark's clusters (:func:`local_cluster`) listen on 127.0.0.1 only.
+
+Measured (2-core shared development machine, load average 8-14 from other jobs, so absolute
+times are inflated): the test suite's stores of 64-256 points are bit-identical to
+``arch.kernel(x, tile=...)``; a writer SIGKILLed once 5 or more of its 78 tiles were done and
+then rerun computed exactly the missing ones (tests/test_scale.py); a Dask worker SIGKILLed
+once 10 or more of 210 tiles were done lost none (tests/test_scale_dask.py). Benchmark figures
+are in ``benchmarks/README.md`` (``benchmarks/bench_scale.py``).
+"""
+
+from __future__ import annotations
+
+import concurrent.futures as cf
+import contextlib
+import hashlib
+import math
+import multiprocessing
+import os
+import shutil
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from widenet._checks import as_tensor, check_finite, check_int, check_real
+from widenet._version import __version__
+from widenet.architectures import MLP
+from widenet.kernels import _check_finite_result, _check_tile, _resolve_get, tile_grid
+
+__all__ = [
+    "FORMAT",
+    "KernelStore",
+    "RidgeSolution",
+    "StoreMismatchError",
+    "TruncatedFlow",
+    "gradient_flow_mse",
+    "kernel_ridge",
+    "kernel_to_zarr",
+    "local_cluster",
+    "open_kernel",
+]
+
+FORMAT = "widenet-kernel-store/1"
+DEFAULT_TILE = 4096
+SCHEDULERS = ("threads", "processes")
+_KINDS = ("nngp", "ntk")
+
+
+class StoreMismatchError(ValueError):
+    """An existing store was made by a different computation than the one requested."""
+
+
+# --------------------------------------------------------------------------------------------
+# Progress (rich, on stderr, with ETA)
+# --------------------------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def _progress(total: int, description: str, enabled: bool) -> Iterator[Callable[[int], None]]:
+    """Yields ``advance(k)``; a rich bar with count, elapsed time and ETA when ``enabled``."""
+    if not enabled:
+        yield lambda k=1: None
+        return
+    from rich.console import Console
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
+
+    columns = (
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        TextColumn("ETA"),
+        TimeRemainingColumn(),
+    )
+    with Progress(*columns, console=Console(stderr=True), transient=False) as bar:
+        task = bar.add_task(description, total=total)
+        yield lambda k=1: bar.advance(task, k)
+
+
+# --------------------------------------------------------------------------------------------
+# What a tile is computed from
+# --------------------------------------------------------------------------------------------
+
+
+def _sha256(x: torch.Tensor) -> str:
+    arr = x.detach().cpu().contiguous().numpy()
+    return hashlib.sha256(arr.tobytes()).hexdigest()
+
+
+@dataclass(frozen=True)
+class _ArchSource:
+    """Tiles of a closed-form architecture kernel: the engine's own :class:`FCTiler`."""
+
+    tiler: object  # widenet.kernels.FCTiler
+    gets: tuple[str, ...]
+
+    def __call__(self, rows: slice, cols: slice) -> dict[str, torch.Tensor]:
+        k = self.tiler(rows, cols)
+        return {g: getattr(k, g) for g in self.gets}
+
+
+@dataclass(frozen=True)
+class _EmpiricalSource:
+    """Tiles of the empirical NTK (trace mode) of a model: one empirical_ntk call per tile."""
+
+    model: nn.Module
+    x1: torch.Tensor
+    x2: torch.Tensor | None
+    options: dict
+
+    def __call__(self, rows: slice, cols: slice) -> dict[str, torch.Tensor]:
+        from widenet.empirical import empirical_ntk
+
+        if self.x2 is None and rows == cols:
+            theta = empirical_ntk(self.model, self.x1[rows], **self.options)
+        else:
+            xb = self.x1 if self.x2 is None else self.x2
+            theta = empirical_ntk(self.model, self.x1[rows], xb[cols], **self.options)
+        return {"ntk": theta}
+
+
+def _arch_metadata(arch: MLP, width) -> dict:
+    act = arch.activation
+    return dict(
+        kind="mlp",
+        depth=arch.depth,
+        activation=act.name,
+        activation_params=[float(p) for p in act.params],
+        closed_form=bool(act.closed_form),
+        w_std=arch.w_std,
+        b_std=arch.b_std,
+        out_dim=arch.out_dim,
+        parameterization=arch.parameterization,
+        width=width,
+    )
+
+
+def _model_metadata(model: nn.Module, options: dict) -> dict:
+    h = hashlib.sha256()
+    for name, p in model.named_parameters():
+        h.update(name.encode())
+        h.update(_sha256(p).encode())
+    return dict(
+        kind="empirical_ntk",
+        model=repr(model),
+        parameters_sha256=h.hexdigest(),
+        options={
+            k: (v if isinstance(v, (int, float, str)) else repr(v)) for k, v in options.items()
+        },
+    )
+
+
+def _make_source(kernel, x1, x2, *, get, dtype, width, ntk_options):
+    """(source, x1, x2, gets, architecture metadata) for an MLP or a torch model."""
+    if isinstance(kernel, MLP):
+        need_nngp, need_ntk = _resolve_get(get)
+        if ntk_options:
+            raise ValueError(
+                f"{sorted(ntk_options)} apply only to the empirical NTK of a torch model"
+            )
+        tiler = kernel.kernel_tiler(x1, x2, get=get, dtype=dtype, width=width)
+        gets = tuple(g for g, need in zip(_KINDS, (need_nngp, need_ntk), strict=True) if need)
+        return _ArchSource(tiler, gets), tiler.x1, tiler.x2, gets, _arch_metadata(kernel, width)
+    if isinstance(kernel, nn.Module):
+        if get not in ("ntk", ("ntk",)):
+            raise ValueError(
+                f"a torch model's store holds its empirical NTK only: get='ntk', got {get!r}"
+            )
+        if width is not None:
+            raise ValueError("width applies to an architecture (wn.mlp), not to a torch model")
+        if ntk_options.get("mode", "trace") != "trace":
+            raise ValueError(
+                "the store holds the empirical NTK in mode='trace' (n1, n2); got "
+                f"mode={ntk_options['mode']!r}"
+            )
+        x1 = as_tensor(x1, "x1", dtype=dtype)
+        x2 = None if x2 is None or x2 is x1 else as_tensor(x2, "x2", dtype=dtype)
+        source = _EmpiricalSource(kernel, x1, x2, dict(ntk_options))
+        # Validate everything (shapes, dtypes, BatchNorm in train mode, ...) on a tiny tile.
+        source(slice(0, 1), slice(0, 1))
+        return source, x1, x2, ("ntk",), _model_metadata(kernel, ntk_options)
+    raise TypeError(
+        "kernel must be an architecture (wn.mlp(...)) or a torch.nn.Module (empirical NTK), "
+        f"got {type(kernel).__name__}"
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# The store
+# --------------------------------------------------------------------------------------------
+
+
+def _open_array(path: str, name: str):
+    import zarr
+
+    # write_empty_chunks: a tile is never all fill value (NaN), so skip zarr's scan for it.
+    return zarr.open_array(path, path=name, mode="r+", config={"write_empty_chunks": True})
+
+
+def _compute_tile(source, gets, rows: slice, cols: slice) -> dict[str, np.ndarray]:
+    blocks = source(rows, cols)
+    out = {}
+    for name in gets:
+        block = blocks[name].detach()
+        _check_finite_result(block, name.upper())
+        out[name] = block.cpu().numpy()
+    return out
+
+
+def _store_tile(arrays, tile: int, symmetric: bool, rows: slice, cols: slice, blocks: dict):
+    """Write a computed tile (and its mirror when symmetric), then its done marker."""
+    i, j = rows.start // tile, cols.start // tile
+    for name, a in blocks.items():
+        arr = arrays(name)
+        arr[rows, cols] = a
+        if symmetric and i != j:
+            arr[cols, rows] = a.T
+    arrays("done")[i, j] = 1
+    return i, j
+
+
+class _Task:
+    """Everything a worker needs for any tile; picklable by cloudpickle. Each copy (one per
+    worker process) opens the store's arrays once, on first use."""
+
+    def __init__(self, source, path: str, gets, tile: int, symmetric: bool, torch_threads):
+        self.source, self.path, self.gets = source, path, tuple(gets)
+        self.tile, self.symmetric, self.torch_threads = tile, symmetric, torch_threads
+        self._arrays: dict = {}
+
+    def __getstate__(self):
+        return {**self.__dict__, "_arrays": {}}  # handles are per process
+
+    def arrays(self, name: str):
+        if name not in self._arrays:
+            self._arrays[name] = _open_array(self.path, name)
+        return self._arrays[name]
+
+    def compute(self, rows: slice, cols: slice) -> dict[str, np.ndarray]:
+        if self.torch_threads:
+            torch.set_num_threads(self.torch_threads)
+        return _compute_tile(self.source, self.gets, rows, cols)
+
+    def store(self, rows: slice, cols: slice, blocks: dict) -> tuple[int, int]:
+        return _store_tile(self.arrays, self.tile, self.symmetric, rows, cols, blocks)
+
+    def __call__(self, rows: slice, cols: slice) -> tuple[int, int]:
+        return self.store(rows, cols, self.compute(rows, cols))
+
+
+class KernelStore:
+    """A kernel in a Zarr store written by :func:`kernel_to_zarr`: metadata, tiles, mat-vecs.
+
+    ``store.meta`` is the recorded metadata; ``store.array("ntk")`` the zarr array;
+    ``store.load("ntk")`` the whole matrix as a float64 tensor (only when it fits);
+    ``store.matmul(v, "ntk")`` the product K v streamed tile by tile. Tiles read for mat-vecs
+    are kept in memory (float64) up to ``cache_bytes`` (default 256 MiB), which spares the
+    iterative solvers most reads of a kernel that fits; larger ones stream from the store.
+    """
+
+    def __init__(self, path, *, cache_bytes: int = 256 * 2**20):
+        import zarr
+
+        self.path = str(path)
+        try:
+            group = zarr.open_group(self.path, mode="r")
+        except (FileNotFoundError, zarr.errors.GroupNotFoundError):
+            raise FileNotFoundError(f"no kernel store at {self.path}") from None
+        meta = dict(group.attrs).get("widenet")
+        if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+            raise ValueError(
+                f"{self.path} is a Zarr store but not a widenet kernel store ({FORMAT})"
+            )
+        self.meta = meta
+        self.written_tiles: tuple[tuple[int, int], ...] = ()
+        self._arrays: dict = {}
+        self._tiles: dict = {}
+        self._cache_left = check_int(cache_bytes, "cache_bytes", minimum=0)
+        self._complete = False
+
+    # -- description ---------------------------------------------------------------------
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return tuple(self.meta["shape"])
+
+    @property
+    def tile(self) -> int:
+        return int(self.meta["tile"])
+
+    @property
+    def symmetric(self) -> bool:
+        return bool(self.meta["symmetric"])
+
+    @property
+    def kernels(self) -> tuple[str, ...]:
+        return tuple(self.meta["kernels"])
+
+    def array(self, which: str = "ntk"):
+        import zarr
+
+        self._check_which(which)
+        if which not in self._arrays:
+            self._arrays[which] = zarr.open_array(self.path, path=which, mode="r")
+        return self._arrays[which]
+
+    def _tile(self, which: str, rows: slice, cols: slice) -> np.ndarray:
+        key = (which, rows.start, cols.start)
+        block = self._tiles.get(key)
+        if block is None:
+            block = np.asarray(self.array(which)[rows, cols], dtype=np.float64)
+            if block.nbytes <= self._cache_left:
+                self._tiles[key] = block
+                self._cache_left -= block.nbytes
+        return block
+
+    def _check_which(self, which: str) -> None:
+        if which not in self.kernels:
+            raise ValueError(
+                f"which must be one of {self.kernels} (the kernels in {self.path}), got {which!r}"
+            )
+
+    def grid(self) -> list[tuple[slice, slice]]:
+        """Every tile to compute: on and above the diagonal for a symmetric kernel."""
+        return list(tile_grid(*self.shape, self.tile, symmetric=self.symmetric))
+
+    def done(self) -> np.ndarray:
+        """(tiles along rows, tiles along columns) bool: which tiles are complete."""
+        import zarr
+
+        return zarr.open_array(self.path, path="done", mode="r")[:] == 1
+
+    def pending(self) -> list[tuple[slice, slice]]:
+        done = self.done()
+        t = self.tile
+        return [(r, c) for r, c in self.grid() if not done[r.start // t, c.start // t]]
+
+    @property
+    def complete(self) -> bool:
+        return not self.pending()
+
+    def _require_complete(self) -> None:
+        if self._complete:  # markers are never removed by widenet
+            return
+        left = len(self.pending())
+        if left:
+            raise ValueError(
+                f"{self.path} is incomplete ({left} of {len(self.grid())} tiles not done); "
+                "run the same kernel_to_zarr call (or `widenet kernel` command) again to finish it"
+            )
+        self._complete = True
+
+    # -- reading -------------------------------------------------------------------------
+
+    def load(self, which: str = "ntk", *, dtype=torch.float64, progress: bool = False):
+        """The whole matrix in memory (n1 x n2 x 8 bytes in float64): for kernels that fit."""
+        self._check_which(which)
+        self._require_complete()
+        arr = self.array(which)
+        n1, n2 = self.shape
+        out = torch.empty((n1, n2), dtype=dtype)
+        starts = range(0, n1, self.tile)
+        with _progress(len(starts), f"loading {which} {n1}x{n2}", progress) as advance:
+            for i0 in starts:
+                out[i0 : i0 + self.tile] = torch.from_numpy(arr[i0 : i0 + self.tile])
+                advance(1)
+        return out
+
+    def _strip_product(self, which: str, i0: int, v: np.ndarray) -> np.ndarray:
+        """Contribution of tile row ``i0`` to K v, as a dense (n1, k) float64 array."""
+        n1, n2 = self.shape
+        t = self.tile
+        out = np.zeros((n1, v.shape[1]))
+        rows = slice(i0, min(i0 + t, n1))
+        for j0 in range(i0 if self.symmetric else 0, n2, t):
+            cols = slice(j0, min(j0 + t, n2))
+            block = self._tile(which, rows, cols)
+            out[rows] += block @ v[cols]
+            if self.symmetric and j0 != i0:  # the mirror tile, without reading it
+                out[cols] += block.T @ v[rows]
+        return out
+
+    def matmul(self, v, which: str = "ntk", *, scheduler=None, progress: bool = False):
+        """K v for v of shape (n2,) or (n2, k), in float64, streaming the tiles.
+
+        A symmetric store is read only on and above the diagonal (half the bytes). Memory: one
+        tile plus O(n k). ``scheduler``: None (in process) or a Dask ``Client`` / address (one
+        task per tile row, the partial products summed here).
+        """
+        self._check_which(which)
+        self._require_complete()
+        v = as_tensor(v, "v", dtype=torch.float64).cpu().numpy()
+        squeeze = v.ndim == 1
+        v = v[:, None] if squeeze else v
+        if v.ndim != 2 or v.shape[0] != self.shape[1]:
+            raise ValueError(
+                f"v must have shape ({self.shape[1]},) or ({self.shape[1]}, k), got {v.shape}"
+            )
+        check_finite(torch.from_numpy(v), "v")
+        starts = list(range(0, self.shape[0], self.tile))
+        out = np.zeros((self.shape[0], v.shape[1]))
+        with _progress(len(starts), f"K v ({which})", progress) as advance:
+            if scheduler is None:
+                for i0 in starts:
+                    out += self._strip_product(which, i0, v)
+                    advance(1)
+            else:
+                with _client(scheduler) as client:
+                    from distributed import as_completed
+
+                    vf = client.scatter(v, broadcast=True)
+                    futs = [
+                        client.submit(_strip_task, self.path, which, i0, vf, pure=False)
+                        for i0 in starts
+                    ]
+                    for fut in as_completed(futs, loop=client.loop):
+                        out += fut.result()
+                        advance(1)
+        return torch.from_numpy(out[:, 0] if squeeze else out)
+
+    def diagonal(self, which: str = "ntk") -> torch.Tensor:
+        """The diagonal (float64), reading only the diagonal tiles."""
+        self._check_which(which)
+        self._require_complete()
+        arr = self.array(which)
+        n = min(self.shape)
+        parts = [
+            np.diag(np.asarray(arr[i : i + self.tile, i : i + self.tile]))
+            for i in range(0, n, self.tile)
+        ]
+        return torch.from_numpy(np.concatenate(parts).astype(np.float64))
+
+    def columns(self, which: str, index: np.ndarray, *, progress: bool = False) -> np.ndarray:
+        """K[:, index] (n1, len(index)) float64, one pass over the tiles that hold them."""
+        self._check_which(which)
+        self._require_complete()
+        arr = self.array(which)
+        n1, n2 = self.shape
+        t = self.tile
+        out = np.empty((n1, len(index)))
+        starts = sorted({int(c) // t * t for c in index})
+        with _progress(len(starts), f"columns ({which})", progress) as advance:
+            for j0 in starts:
+                sel = np.nonzero((index >= j0) & (index < j0 + t))[0]
+                for i0 in range(0, n1, t):
+                    block = np.asarray(arr[i0 : i0 + t, j0 : j0 + t])
+                    out[i0 : i0 + t, sel] = block[:, index[sel] - j0]
+                advance(1)
+        return out
+
+
+def _strip_task(path: str, which: str, i0: int, v: np.ndarray) -> np.ndarray:
+    return KernelStore(path)._strip_product(which, i0, v)
+
+
+def open_kernel(path) -> KernelStore:
+    """Open a kernel store written by :func:`kernel_to_zarr` (read-only use)."""
+    return KernelStore(path)
+
+
+@contextlib.contextmanager
+def _client(scheduler):
+    """A Dask client: the caller's ``Client`` (left open) or one connected to an address."""
+    try:
+        from distributed import Client
+    except ImportError as err:  # pragma: no cover - a dependency of widenet
+        raise ImportError(f"Dask schedulers need dask[distributed]: {err}") from None
+    if isinstance(scheduler, Client):
+        yield scheduler
+        return
+    if isinstance(scheduler, str) and "://" in scheduler:
+        client = Client(scheduler, set_as_default=False)
+        try:
+            yield client
+        finally:
+            client.close()
+        return
+    raise ValueError(
+        "scheduler must be 'threads', 'processes', a Dask scheduler address such as "
+        f"'tcp://127.0.0.1:8786', or a distributed.Client; got {scheduler!r}"
+    )
+
+
+def local_cluster(workers: int = 2, *, threads_per_worker: int = 1):
+    """A ``distributed.LocalCluster`` of ``workers`` processes on 127.0.0.1, no dashboards.
+
+    Scheduler, nannies and workers listen on the loopback interface only. Use it as a context
+    manager and connect with ``distributed.Client(cluster)``.
+    """
+    import distributed
+
+    return distributed.LocalCluster(
+        n_workers=check_int(workers, "workers", minimum=1),
+        threads_per_worker=check_int(threads_per_worker, "threads_per_worker", minimum=1),
+        processes=True,
+        host="127.0.0.1",
+        dashboard_address=None,
+        worker_dashboard_address=None,
+        silence_logs=50,
+    )
+
+
+def _create_store(path: str, meta: dict, dtype: torch.dtype, overwrite: bool) -> None:
+    import zarr
+
+    n1, n2 = meta["shape"]
+    t = meta["tile"]
+    group = zarr.open_group(path, mode="w" if overwrite else "w-", attributes={"widenet": meta})
+    np_dtype = np.float32 if dtype == torch.float32 else np.float64
+    for name in meta["kernels"]:
+        # Uncompressed: kernel values do not compress, and zstd would cost CPU time per tile.
+        group.create_array(
+            name,
+            shape=(n1, n2),
+            chunks=(t, t),
+            dtype=np_dtype,
+            compressors=None,
+            fill_value=float("nan"),
+            dimension_names=("x1", "x2"),
+        )
+    group.create_array(
+        "done",
+        shape=(-(-n1 // t), -(-n2 // t)),
+        chunks=(1, 1),
+        dtype=np.uint8,
+        compressors=None,
+        fill_value=0,
+    )
+
+
+def _flat(meta: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in meta.items():
+        if isinstance(v, dict):
+            out.update(_flat(v, f"{prefix}{k}."))
+        else:
+            out[prefix + k] = v
+    return out
+
+
+def _check_same(store: KernelStore, meta: dict) -> None:
+    # "extra" describes where the inputs came from; the inputs' hash already guards them.
+    old = {k: v for k, v in _flat(store.meta).items() if not k.startswith("extra.")}
+    new = {k: v for k, v in _flat(meta).items() if not k.startswith("extra.")}
+    diff = [k for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k)]
+    if diff:
+        shown = "; ".join(f"{k}: store has {old.get(k)!r}, requested {new.get(k)!r}" for k in diff)
+        raise StoreMismatchError(
+            f"{store.path} holds a different kernel ({shown}); refusing to mix them. Use another "
+            "path, or overwrite=True (CLI: --overwrite) to start it again"
+        )
+
+
+def _remove_partials(path: str) -> None:
+    # Temporary files of chunk writes interrupted by a kill (zarr's LocalStore renames a
+    # finished one into place); harmless but untidy.
+    if os.path.isdir(path):
+        for p in Path(path).rglob("*.partial"):
+            p.unlink(missing_ok=True)
+
+
+def kernel_to_zarr(
+    kernel,
+    x1,
+    x2=None,
+    *,
+    out,
+    tile: int = DEFAULT_TILE,
+    get=("nngp", "ntk"),
+    dtype: torch.dtype | None = None,
+    width: int | None = None,
+    scheduler="threads",
+    workers: int | None = None,
+    torch_threads: int | None = None,
+    resume: bool = True,
+    overwrite: bool = False,
+    progress: bool = False,
+    extra_metadata: dict | None = None,
+    **ntk_options,
+) -> KernelStore:
+    """Write the kernel of ``kernel`` between ``x1`` and ``x2`` tile by tile into a Zarr store.
+
+    Args:
+        kernel: an architecture (``wn.mlp(...)``): its infinite-width NNGP and/or NTK; or a
+            ``torch.nn.Module``: its empirical NTK (trace over outputs / k, as
+            :func:`widenet.empirical_ntk`; ``ntk_options`` such as ``params=``,
+            ``implementation=`` are passed on).
+        x1, x2: inputs (n1, d), (n2, d); ``x2=None`` (or the very tensor x1): symmetric, only
+            the tiles on and above the diagonal are computed and each is mirrored.
+        out: path of the store (a directory, conventionally ``K.zarr``).
+        tile: rows and columns per tile = Zarr chunk (default 4096: 64 MB per float32 tile).
+        get: "nngp", "ntk" or both (architectures only); one Zarr array each.
+        dtype: cast the inputs (and so the store) to float32 or float64; default their dtype.
+        width: hidden width, only for ``parameterization="standard"`` architectures.
+        scheduler: "threads" (``workers`` threads in this process, default 1), "processes"
+            (``workers`` spawned processes, default the CPU count), a Dask ``Client`` or a
+            scheduler address "tcp://host:port" (each tile a task).
+        torch_threads: torch intra-op threads in each worker task (None: leave as is; for
+            "processes" with ``workers`` given, the CPU count / workers).
+        resume: an existing store with the same metadata is completed (only tiles without a
+            done marker are computed); False refuses an existing store.
+        overwrite: delete an existing store and start again.
+        progress: a rich progress bar with ETA over the tiles (stderr).
+        extra_metadata: more JSON-able facts to record (descriptive: not compared on resume).
+
+    Returns:
+        The :class:`KernelStore`; ``written_tiles`` lists the (row, column) tile indices this
+        call computed.
+
+    Raises:
+        StoreMismatchError: ``out`` holds a store of another computation.
+        FileExistsError: ``out`` exists and ``resume`` is False (and not ``overwrite``).
+    """
+    tile = _check_tile(tile)
+    if x2 is x1:
+        x2 = None
+    source, x1, x2, gets, arch_meta = _make_source(
+        kernel, x1, x2, get=get, dtype=dtype, width=width, ntk_options=ntk_options
+    )
+    symmetric = x2 is None
+    n1 = x1.shape[0]
+    n2 = n1 if symmetric else x2.shape[0]
+    meta = dict(
+        format=FORMAT,
+        architecture=arch_meta,
+        kernels=list(gets),
+        shape=[n1, n2],
+        symmetric=symmetric,
+        dtype=str(x1.dtype).removeprefix("torch."),
+        tile=tile,
+        inputs=dict(
+            x1_sha256=_sha256(x1),
+            x1_shape=list(x1.shape),
+            x2_sha256=None if symmetric else _sha256(x2),
+            x2_shape=None if symmetric else list(x2.shape),
+        ),
+        widenet_version=__version__,
+    )
+    if extra_metadata:
+        meta["extra"] = extra_metadata
+    path = str(out)
+    if overwrite and os.path.exists(path):
+        shutil.rmtree(path)
+    if os.path.exists(path):
+        if not resume:
+            raise FileExistsError(
+                f"{path} exists; pass resume=True to complete it or overwrite=True"
+            )
+        _check_same(KernelStore(path), meta)
+        _remove_partials(path)
+    else:
+        _create_store(path, meta, x1.dtype, overwrite=False)
+    store = KernelStore(path)
+    todo = store.pending()
+    if scheduler == "processes" and torch_threads is None and workers:
+        # Share the cores among the processes rather than oversubscribe them.
+        torch_threads = max(1, (os.cpu_count() or 1) // workers)
+    task = _Task(source, path, gets, tile, symmetric, torch_threads)
+    description = f"{'+'.join(gets)} {n1}x{n2} -> {Path(path).name}"
+    with _progress(len(todo), description, progress) as advance:
+        written = _run_tiles(task, todo, scheduler, workers, advance)
+    store.written_tiles = tuple(sorted(written))
+    return store
+
+
+def _run_tiles(task: _Task, todo, scheduler, workers, advance) -> list[tuple[int, int]]:
+    written = []
+    if not todo:
+        return written
+    if scheduler == "threads":
+        workers = 1 if workers is None else check_int(workers, "workers", minimum=1)
+        if workers == 1:
+            # Pipelined: tile k is written by a helper thread while tile k + 1 is computed
+            # (two tiles in memory at most), so the disk hides behind the arithmetic.
+            with cf.ThreadPoolExecutor(1) as writer:
+                pending = None
+                for rows, cols in todo:
+                    blocks = task.compute(rows, cols)
+                    if pending is not None:
+                        written.append(pending.result())
+                        advance(1)
+                    pending = writer.submit(task.store, rows, cols, blocks)
+                written.append(pending.result())
+                advance(1)
+            return written
+        with cf.ThreadPoolExecutor(workers) as pool:
+            for fut in cf.as_completed([pool.submit(task, r, c) for r, c in todo]):
+                written.append(fut.result())
+                advance(1)
+        return written
+    if scheduler == "processes":
+        import cloudpickle
+
+        if workers is None:
+            workers = os.cpu_count() or 1
+        workers = check_int(workers, "workers", minimum=1)
+        ctx = multiprocessing.get_context("spawn")  # fork after torch's thread pools can hang
+        payload = cloudpickle.dumps(task)
+        with cf.ProcessPoolExecutor(
+            workers, mp_context=ctx, initializer=_init_worker, initargs=(payload,)
+        ) as pool:
+            futs = [pool.submit(_worker_tile, r, c) for r, c in todo]
+            for fut in cf.as_completed(futs):
+                written.append(fut.result())
+                advance(1)
+        return written
+    if workers is not None:
+        raise ValueError("workers applies to 'threads' and 'processes'; a Dask cluster has its own")
+    with _client(scheduler) as client:
+        from distributed import as_completed
+
+        remote = client.scatter(task, broadcast=True, hash=False)
+        # pure=False: a rerun after a failure must recompute, never reuse a stale result.
+        futs = [client.submit(_dask_tile, remote, r, c, pure=False, retries=2) for r, c in todo]
+        for fut in as_completed(futs, loop=client.loop):
+            written.append(fut.result())
+            advance(1)
+    return written
+
+
+_WORKER_TASK: _Task | None = None  # set once per worker process by _init_worker
+
+
+def _init_worker(payload: bytes) -> None:
+    import cloudpickle
+
+    global _WORKER_TASK
+    _WORKER_TASK = cloudpickle.loads(payload)
+
+
+def _worker_tile(rows: slice, cols: slice) -> tuple[int, int]:
+    return _WORKER_TASK(rows, cols)
+
+
+def _dask_tile(task: _Task, rows: slice, cols: slice) -> tuple[int, int]:
+    return task(rows, cols)
+
+
+# --------------------------------------------------------------------------------------------
+# Solvers reading the store
+# --------------------------------------------------------------------------------------------
+
+
+def _as_store(store) -> KernelStore:
+    return store if isinstance(store, KernelStore) else KernelStore(store)
+
+
+def _square_store(store, which: str) -> KernelStore:
+    store = _as_store(store)
+    store._check_which(which)
+    if store.shape[0] != store.shape[1] or not store.symmetric:
+        raise ValueError(
+            f"the train kernel must be a symmetric store (x2=None), got {store.path} of shape "
+            f"{store.shape}"
+        )
+    store._require_complete()
+    return store
+
+
+def _targets(y, n: int) -> np.ndarray:
+    y = as_tensor(y, "y", dtype=torch.float64).cpu()
+    if y.ndim == 1:
+        y = y[:, None]
+    if y.ndim != 2 or y.shape[0] != n:
+        raise ValueError(f"y must have shape ({n},) or ({n}, k), got {tuple(y.shape)}")
+    check_finite(y, "y")
+    return y.numpy()
+
+
+@dataclass(frozen=True)
+class RidgeSolution:
+    """alpha (n, k) float64 with (K + ridge I) alpha = y; predictions are K(x, X) alpha.
+
+    ``relative_residual`` (k,) is ||y − (K + ridge I) alpha|| / ||y|| per column (for CG the
+    recurrence's residual, which tracks the true one to rounding); ``iterations`` is 0 for
+    Cholesky.
+    """
+
+    alpha: torch.Tensor
+    method: str
+    iterations: int
+    relative_residual: torch.Tensor
+
+
+def _nystrom_preconditioner(store, which, ridge, rank, seed, progress):
+    """v -> P^{-1} v for P = C W^+ C^T + ridge I, C = K[:, S], W = K[S, S], |S| = rank.
+
+    C W^+ C^T = U U^T with U = C Q_+ S_+^{-1/2} (W = Q S Q^T, eigenvalues above rounding);
+    U = Z diag(d)^{1/2} E^T in thin form (QR then a small eigh), so by Woodbury
+    P^{-1} v = Z (Z^T v) / (d + ridge) + (v − Z Z^T v) / ridge.
+    """
+    n = store.shape[0]
+    rng = np.random.default_rng(seed)
+    idx = np.sort(rng.choice(n, size=min(rank, n), replace=False))
+    c = store.columns(which, idx, progress=progress)
+    s, q = np.linalg.eigh(0.5 * (c[idx] + c[idx].T))
+    keep = s > len(idx) * np.finfo(np.float64).eps * max(s.max(), 0.0)
+    u = c @ (q[:, keep] / np.sqrt(s[keep]))
+    z, r = np.linalg.qr(u)
+    d, e = np.linalg.eigh(r @ r.T)
+    z = z @ e
+    d = np.clip(d, 0.0, None)
+
+    def apply(v):
+        zv = z.T @ v
+        return z @ (zv / (d + ridge)[:, None]) + (v - z @ zv) / ridge
+
+    return apply
+
+
+def _pcg(matvec, b, precond, tol, maxiter, advance):
+    """Preconditioned conjugate gradients for SPD A x = b, columns of b independently."""
+    x = np.zeros_like(b)
+    r = b.copy()
+    z = precond(r)
+    p = z.copy()
+    rz = np.sum(r * z, axis=0)
+    bnorm = np.linalg.norm(b, axis=0)
+    bnorm[bnorm == 0] = 1.0
+    res = np.linalg.norm(r, axis=0) / bnorm
+    it = 0
+    while it < maxiter and np.any(res > tol):
+        it += 1
+        ap = matvec(p)
+        pap = np.sum(p * ap, axis=0)
+        active = (res > tol) & (pap > 0)
+        step = np.where(active, rz / np.where(pap > 0, pap, 1.0), 0.0)
+        x += step * p
+        r -= step * ap
+        res = np.linalg.norm(r, axis=0) / bnorm
+        advance(1)
+        z = precond(r)
+        rz_new = np.sum(r * z, axis=0)
+        beta = np.where(active, rz_new / np.where(rz != 0, rz, 1.0), 0.0)
+        p = z + beta * p
+        rz = rz_new
+    return x, it, res
+
+
+def kernel_ridge(
+    store,
+    y,
+    *,
+    ridge: float,
+    which: str = "ntk",
+    method: str = "auto",
+    memory_limit_bytes: int | None = None,
+    tol: float = 1e-8,
+    maxiter: int | None = None,
+    preconditioner: str | None = "nystrom",
+    rank: int = 500,
+    seed: int = 0,
+    scheduler=None,
+    progress: bool = False,
+) -> RidgeSolution:
+    """Kernel ridge regression on a stored kernel: alpha = (K + ridge I)^{-1} y.
+
+    The predictor at test points x is K(x, X) alpha (``test_store.matmul(solution.alpha)``);
+    ridge = 0 with the NTK is the converged (t = ∞) gradient-flow solution of
+    :func:`widenet.dynamics.gradient_flow_mse`.
+
+    Args:
+        store: a symmetric :class:`KernelStore` (or its path).
+        y: targets (n,) or (n, k).
+        ridge: the regulariser, >= 0 (> 0 for CG: the system must be positive definite).
+        which: "ntk" or "nngp".
+        method: "cholesky" (the float64 matrix in memory, n² × 8 bytes, twice during the
+            factorisation), "cg" (preconditioned conjugate gradients; memory one tile + O(n
+            (k + rank))), or "auto": Cholesky when 2 n² × 8 bytes fit in
+            ``memory_limit_bytes`` (default min(half the available RAM, 4 GiB)), else CG.
+        tol: CG stops when every column's relative residual is <= tol.
+        maxiter: CG iterations (default min(n, 1000)); each is one pass over the upper tiles.
+        preconditioner: "nystrom" (``rank`` random landmark columns, one extra pass over the
+            store; the default), "jacobi" (the diagonal) or None.
+        seed: of the landmark draw.
+        scheduler: None (in process) or a Dask Client / address for the CG mat-vecs.
+        progress: progress bars with ETA (loading, landmark columns, CG iterations).
+
+    Raises:
+        ValueError: the kernel plus ridge is not positive definite (Cholesky fails, or CG meets
+            a direction of non-positive curvature), or CG did not converge in maxiter.
+    """
+    from widenet.empirical import _memory_limit
+
+    store = _square_store(store, which)
+    n = store.shape[0]
+    yv = _targets(y, n)
+    ridge = check_real(ridge, "ridge", minimum=0.0)
+    if method not in ("auto", "cholesky", "cg"):
+        raise ValueError(f"method must be 'auto', 'cholesky' or 'cg', got {method!r}")
+    if method == "auto":
+        limit = _memory_limit(memory_limit_bytes, torch.device("cpu"))
+        method = "cholesky" if 2 * n * n * 8 <= limit else "cg"
+    if method == "cholesky":
+        k = store.load(which, progress=progress)
+        k.diagonal().add_(ridge)
+        chol, info = torch.linalg.cholesky_ex(k)
+        if int(info):
+            raise ValueError(
+                f"{which} + ridge·I is not positive definite (Cholesky failed at column "
+                f"{int(info)}); increase ridge (now {ridge:g})"
+            )
+        yt = torch.from_numpy(yv)
+        alpha = torch.cholesky_solve(yt, chol)
+        res = torch.linalg.norm(yt - (k @ alpha), dim=0) / torch.linalg.norm(yt, dim=0).clamp_min(
+            1e-300
+        )
+        return RidgeSolution(alpha, "cholesky", 0, res)
+
+    if not ridge > 0:
+        raise ValueError("ridge must be > 0 for CG (the kernel alone may be singular)")
+    tol = check_real(tol, "tol", minimum=0.0, strict=True)
+    maxiter = min(n, 1000) if maxiter is None else check_int(maxiter, "maxiter", minimum=1)
+    if preconditioner == "nystrom":
+        rank = check_int(rank, "rank", minimum=1)
+        precond = _nystrom_preconditioner(store, which, ridge, rank, seed, progress)
+    elif preconditioner == "jacobi":
+        inv_diag = 1.0 / (store.diagonal(which).numpy() + ridge)
+        precond = lambda v: v * inv_diag[:, None]  # noqa: E731
+    elif preconditioner is None:
+        precond = lambda v: v  # noqa: E731
+    else:
+        raise ValueError(
+            f"preconditioner must be 'nystrom', 'jacobi' or None, got {preconditioner!r}"
+        )
+    with contextlib.ExitStack() as stack:
+        client = None if scheduler is None else stack.enter_context(_client(scheduler))
+
+        def matvec(p):
+            return store.matmul(p, which, scheduler=client).numpy() + ridge * p
+
+        with _progress(maxiter, f"CG ({which}, n={n})", progress) as advance:
+            alpha, it, res = _pcg(matvec, yv, precond, tol, maxiter, advance)
+    if np.any(res > tol):
+        raise ValueError(
+            f"CG did not converge in {maxiter} iterations (relative residual {res.max():.3g} > "
+            f"tol {tol:g}); raise maxiter or rank, or ridge"
+        )
+    return RidgeSolution(torch.from_numpy(alpha), "cg", it, torch.from_numpy(res))
+
+
+# Where (1 − e^{−u})/√u · √a peaks: 2u = e^u − 1 (u > 0).
+_U_STAR = 1.2564312086261697
+
+
+def _sup_h(a: np.ndarray, lam: float) -> np.ndarray:
+    """sup over 0 < μ <= lam of (1 − e^{−aμ})/√μ, elementwise in a >= 0."""
+    lam = max(lam, 0.0)
+    at = a * lam
+    peak = np.sqrt(a) * (1.0 - math.exp(-_U_STAR)) / math.sqrt(_U_STAR)
+    if lam == 0.0:
+        return np.zeros_like(a)
+    return np.where(at <= _U_STAR, -np.expm1(-at) / math.sqrt(lam), peak)
+
+
+@dataclass(frozen=True)
+class TruncatedFlow:
+    """Gradient-flow outputs from the top ``rank`` eigenpairs, with rigorous error bounds.
+
+    ``train`` (T, n, k), ``test`` (T, m, k) or None; ``train_bound`` (T, k) bounds the
+    Euclidean norm over training points of each output column's error; ``test_bound``
+    (T, m, k) bounds each test output's absolute error (None without ``k_test_diag``).
+    ``eigenvalues`` (rank,) descending; ``residual_norm`` (k,) = ||y − V Vᵀ y||.
+    """
+
+    train: torch.Tensor
+    test: torch.Tensor | None
+    train_bound: torch.Tensor
+    test_bound: torch.Tensor | None
+    eigenvalues: torch.Tensor
+    residual_norm: torch.Tensor
+
+
+def gradient_flow_mse(
+    store,
+    y,
+    t,
+    *,
+    rank: int,
+    which: str = "ntk",
+    k_test_train=None,
+    k_test_diag=None,
+    learning_rate: float = 1.0,
+    loss: str = "mean",
+    tol: float = 0.0,
+    seed: int = 0,
+    scheduler=None,
+    progress: bool = False,
+) -> TruncatedFlow:
+    r"""Gradient-flow predictions at times t from a truncated eigendecomposition of a stored Θ.
+
+    Lee et al. 2019, eqs. 8–11, with f_0 = 0 (the mean of the infinite-width ensemble), c = η/N
+    (N = y.numel() for ``loss="mean"``, 1 for ``"sum"``) and Θ = Σ_i λ_i v_i v_iᵀ:
+
+        f_t(X) = (I − e^{−cΘt}) y,        f_t(x) = Θ(x, X) Θ⁻¹ (I − e^{−cΘt}) y.
+
+    The top ``rank`` = r eigenpairs (λ_1 ≥ … ≥ λ_r) come from ARPACK's implicitly restarted
+    Lanczos (``scipy.sparse.linalg.eigsh``, ``which="LA"``) on a LinearOperator whose mat-vec
+    streams the store (each mat-vec is one pass over its upper tiles). The rest of the spectrum
+    is dropped: with P⊥ = I − V_r V_rᵀ and g(λ) = (1 − e^{−cλt})/λ,
+
+        train error  = Σ_{i>r} (1 − e^{−cλ_i t}) v_i v_iᵀ y,
+        test error   = Θ(x, X) Σ_{i>r} g(λ_i) v_i v_iᵀ y.
+
+    **Error bounds** (for each output column y, exact eigenpairs; λ_{r+1} ≤ λ_r):
+
+        ||train error||_2 ≤ (1 − e^{−c λ_r t}) ||P⊥ y||_2,
+        |test error(x)|   ≤ √Θ(x, x) · sup_{0<μ≤λ_r} (1 − e^{−cμt})/√μ · ||P⊥ y||_2.
+
+    The second follows from Θ(x, X) = φ(x)ᵀΦ with Θ(X, X) = ΦᵀΦ (the joint kernel is PSD) and
+    Cauchy–Schwarz: |φ(x)ᵀΦw| ≤ √Θ(x,x) (wᵀΘw)^{1/2} = √Θ(x,x) (Σ_{i>r} λ_i g(λ_i)² (v_iᵀy)²)^{1/2}.
+    The supremum is (1 − e^{−cλ_r t})/√λ_r when cλ_r t ≤ u* ≈ 1.2564 (the root of 2u = e^u − 1),
+    else √(ct) (1 − e^{−u*})/√u*. Both bounds are computed and returned; they shrink as the
+    dropped spectrum carries less of y (||P⊥ y||) and as λ_r → 0. t = ∞ is refused (Θ⁻¹ needs
+    the whole spectrum: use :func:`kernel_ridge`). ``tol`` is eigsh's (0: machine precision);
+    the bounds assume the eigenpairs it returns are exact to that precision.
+
+    Args:
+        store: symmetric :class:`KernelStore` of Θ(X, X) (or its path).
+        y: targets (n,) or (n, k).
+        t: a time ≥ 0 or a 1-D array of them (finite).
+        rank: r, 1 ≤ r < n.
+        k_test_train: Θ(x, X) as a (m, n) store or tensor; gives ``test``.
+        k_test_diag: Θ(x, x) (m,), for ``test_bound``.
+        scheduler: None or a Dask Client / address for the mat-vecs.
+    """
+    from scipy.sparse.linalg import LinearOperator, eigsh
+
+    from widenet.dynamics import _check_loss, _times
+
+    store = _square_store(store, which)
+    n = store.shape[0]
+    yv = _targets(y, n)
+    times = _times(t, "t", integer=False, allow_inf=False)
+    rank = check_int(rank, "rank", minimum=1)
+    if rank >= n:
+        raise ValueError(
+            f"rank must be < n = {n} for Lanczos; for the full spectrum load the kernel "
+            "(store.load()) and use widenet.dynamics.gradient_flow_mse"
+        )
+    lr = check_real(learning_rate, "learning_rate", minimum=0.0, strict=True)
+    c = lr / (yv.size if _check_loss(loss) == "mean" else 1.0)
+    tol = check_real(tol, "tol", minimum=0.0)
+    ktest = None
+    if k_test_train is not None:
+        if isinstance(k_test_train, (KernelStore, str, os.PathLike)):
+            ktest = _as_store(k_test_train)
+            ktest._check_which(which)
+            m_test = ktest.shape[0]
+            cols = ktest.shape[1]
+        else:
+            ktest = as_tensor(k_test_train, "k_test_train", dtype=torch.float64).cpu()
+            if ktest.ndim != 2:
+                raise ValueError(f"k_test_train must be (m, n), got shape {tuple(ktest.shape)}")
+            check_finite(ktest, "k_test_train")
+            m_test, cols = ktest.shape
+        if cols != n:
+            raise ValueError(f"k_test_train must have {n} columns (training points), got {cols}")
+    if k_test_diag is not None:
+        if ktest is None:
+            raise ValueError("k_test_diag needs k_test_train")
+        kd = as_tensor(k_test_diag, "k_test_diag", dtype=torch.float64).cpu().reshape(-1)
+        if kd.shape[0] != m_test:
+            raise ValueError(f"k_test_diag must have {m_test} entries, got {kd.shape[0]}")
+        check_finite(kd, "k_test_diag")
+        if bool((kd < 0).any()):
+            raise ValueError("k_test_diag must be >= 0 (a kernel's diagonal)")
+
+    ncv = min(n, max(2 * rank + 1, 20))
+    with contextlib.ExitStack() as stack:
+        client = None if scheduler is None else stack.enter_context(_client(scheduler))
+        advance = stack.enter_context(
+            _progress(3 * ncv, f"Lanczos mat-vecs (≈, rank {rank})", progress)
+        )
+
+        def matmat(v):
+            advance(1)
+            return store.matmul(np.asarray(v).reshape(n, -1), which, scheduler=client).numpy()
+
+        op = LinearOperator((n, n), matvec=matmat, matmat=matmat, dtype=np.float64)
+        v0 = np.random.default_rng(seed).standard_normal(n)
+        lam, vec = eigsh(op, k=rank, which="LA", ncv=ncv, tol=tol, v0=v0)
+    order = np.argsort(lam)[::-1]
+    lam, vec = lam[order], vec[:, order]
+    coeff = vec.T @ yv  # (r, k)
+    resid = np.linalg.norm(yv - vec @ coeff, axis=0)  # ||P⊥ y|| per column
+    lam_r = max(float(lam[-1]), 0.0)
+    at = c * times[:, None] * lam[None, :]  # (T, r)
+    one_minus = -np.expm1(-at)
+    train = np.einsum("nr,trk->tnk", vec, one_minus[:, :, None] * coeff[None])
+    train_bound = -np.expm1(-c * times * lam_r)[:, None] * resid[None, :]
+    test = test_bound = None
+    if ktest is not None:
+        kv = (
+            ktest.matmul(vec, which, scheduler=scheduler)
+            if isinstance(ktest, KernelStore)
+            else ktest @ torch.from_numpy(vec)
+        ).numpy()
+        safe = np.where(lam > 0, lam, 1.0)
+        g = np.where(lam[None, :] > 0, one_minus / safe[None, :], c * times[:, None])
+        test = np.einsum("mr,trk->tmk", kv, g[:, :, None] * coeff[None])
+        if k_test_diag is not None:
+            sup = _sup_h(c * times, lam_r)  # (T,)
+            test_bound = (
+                np.sqrt(kd.numpy())[None, :, None] * sup[:, None, None] * resid[None, None, :]
+            )
+    as_t = lambda a: None if a is None else torch.from_numpy(np.ascontiguousarray(a))  # noqa: E731
+    return TruncatedFlow(
+        as_t(train), as_t(test), as_t(train_bound), as_t(test_bound), as_t(lam.copy()), as_t(resid)
+    )
