@@ -822,7 +822,7 @@ def fit_weighted(
         value = weighted_loss(loss_fn(model(xt[idx]), yt[idx]), wt[idx])
         value.backward()
         opt.step()
-        history.append(float(value))
+        history.append(float(value.detach()))
     if not np.isfinite(history[-1]):
         raise FloatingPointError(f"training diverged (loss {history[-1]}); lower lr")
     model.eval()
