@@ -1,6 +1,6 @@
 """widenet: the theory of over-parameterized neural networks, computable in PyTorch."""
 
-from widenet import activations, dynamics, init, signal
+from widenet import activations, dynamics, init, shift, signal
 from widenet._version import __version__
 from widenet.architectures import MLP, mlp
 from widenet.data import load_dataset
@@ -29,4 +29,5 @@ __all__ = [
     "init",
     "signal",
     "signal_propagation",
+    "shift",
 ]
