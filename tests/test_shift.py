@@ -320,6 +320,25 @@ def test_fit_weighted_equals_training_on_duplicated_data(loss):
     assert hc == hd
 
 
+def test_built_in_adam_is_torch_adam():
+    # fit_weighted's own Adam (no torch.optim import) against torch.optim.Adam, with weight
+    # decay: the same float64 trajectory up to rounding.
+    rng = np.random.default_rng(1)
+    x, y = rng.standard_normal((30, 4)), rng.integers(0, 2, 30)
+    w = rng.random(30)
+
+    def net():
+        torch.manual_seed(3)
+        return torch.nn.Sequential(torch.nn.Linear(4, 6), torch.nn.ReLU(), torch.nn.Linear(6, 2))
+
+    a, b = net().double(), net().double()
+    shift.fit_weighted(a, x, y, w, steps=25, lr=0.03, weight_decay=0.01)
+    adam = lambda params: torch.optim.Adam(params, lr=0.03, weight_decay=0.01)  # noqa: E731
+    shift.fit_weighted(b, x, y, w, steps=25, optimizer=adam)
+    for pa, pb in zip(a.parameters(), b.parameters(), strict=True):
+        torch.testing.assert_close(pa, pb, rtol=1e-10, atol=1e-12)
+
+
 def test_fit_weighted_sklearn_equals_duplicated_rows():
     rng = np.random.default_rng(0)
     x = rng.standard_normal((60, 4))

@@ -118,6 +118,7 @@ class DistributionShiftConfig(lab.Config):
     steps: int = pydantic.Field(200, ge=1)
     lr: float = pydantic.Field(0.01, gt=0)
     domain_c: float = pydantic.Field(0.01, gt=0)
+    regularization: float = pydantic.Field(0.0, ge=0)  # ridge of the BBSE solve (0: exact)
     feature: int | Literal["pc1"] = "pc1"
 
     QUICK: ClassVar[dict] = {
@@ -212,7 +213,9 @@ def _label_trial(config, ctx, x, y, k, seed) -> dict:
         target = pool[shift.sample_with_prior(y[pool], q, config.n_target, seed=sub)]
         proba_t = _proba(net, x[target], device)
         pred_t = proba_t.argmax(1)
-        est = shift.bbse(pred_ho, y[ho], pred_t, classes=np.arange(k), regularization=0.0)
+        est = shift.bbse(
+            pred_ho, y[ho], pred_t, classes=np.arange(k), regularization=config.regularization
+        )
         corrected = train(est.sample_weights(y[tr]))
         w = q / p
         yt = y[target]
