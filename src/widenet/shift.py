@@ -159,12 +159,13 @@ def _predictions(pred, name: str, classes: np.ndarray | None, n: int | None = No
     return _labels(pred, name, n)
 
 
-def _sample_weights(weights, name: str, n: int) -> np.ndarray:
+def _sample_weights(weights, name: str, n: int | None) -> np.ndarray:
+    """(n,) finite weights >= 0, not all zero (``n=None``: any length)."""
     if isinstance(weights, torch.Tensor):
         weights = weights.detach().cpu().numpy()
     w = np.asarray(weights, dtype=np.float64)
-    if w.ndim != 1 or len(w) != n:
-        raise ValueError(f"{name} must have shape ({n},), got {w.shape}")
+    if w.ndim != 1 or (n is not None and len(w) != n):
+        raise ValueError(f"{name} must have shape ({'n' if n is None else n},), got {w.shape}")
     if not np.isfinite(w).all():
         raise ValueError(f"{name} contains NaN or infinite values")
     if (w < 0).any():
@@ -181,7 +182,7 @@ def effective_sample_size(weights) -> float:
     sum w_i v_i / sum w_i has variance s^2 / ESS; ESS = n for equal weights, 1 when one weight
     carries everything (Kish 1965).
     """
-    w = _sample_weights(weights, "weights", len(np.asarray(weights).reshape(-1)))
+    w = _sample_weights(weights, "weights", None)
     return float(w.sum() ** 2 / (w**2).sum())
 
 
