@@ -10,7 +10,9 @@ records, for every weighted layer l = 1..L (``nn.Linear``/``nn.Conv*``, input to
 
 with L = sum_x <v_x, f(x)>, v_x ~ N(0, I) independent per input (seeded), unless a loss and
 targets are given. Ratios: forward_ratio[l] = q^{l+1}/q^l, backward_ratio[l] = ||delta_l||^2 /
-||delta_{l+1}||^2 and grad_ratio = grad_norm[first] / grad_norm[last].
+||delta_{l+1}||^2, backprop_ratio = ||delta_first|| / ||delta_last|| (the back-propagated
+gradients of Glorot & Bengio 2010, Fig. 7) and grad_ratio = grad_norm[first] / grad_norm[last]
+(the weight gradients).
 
 The infinite-width prediction (Poole et al. 2016, Schoenholz et al. 2017, Pennington et al.
 2017) for a chain Linear -> phi -> Linear -> ... -> Linear with W_l ~ (0, sigma_{w,l}^2 / fan_in),
@@ -32,13 +34,16 @@ initialized it. T and Tdot are the activation's dual maps at c = q1 = q2
 ``nn.Softplus``, ``nn.Identity``, widenet ``Elementwise``); otherwise ``theory`` is None and
 ``theory_note`` says why.
 
-Verdict. Over L layers the mean-field ratios compound like chi^L, so a ratio far from 1 between
-the first and the last layer is the signature of vanishing/exploding signals. ``verdict`` is
-"exploding" if any value is not finite or grad_ratio > ``threshold`` or q^L/q^1 > ``threshold``,
-"vanishing" if grad_ratio < 1/``threshold`` or q^L/q^1 < 1/``threshold``, else "healthy";
-``reasons`` gives the numbers that decided it. The default threshold 100 (two orders of
-magnitude) leaves room for the constant factors that do not grow with depth, such as
-sqrt(d / width) between the first layer's gradient and the others'.
+Verdict. Over L layers the mean-field ratios compound: backprop_ratio^2 = prod chi_l, so a
+ratio far from 1 between the first and the last layer is the signature of vanishing/exploding
+signals. ``verdict`` is "exploding" if any value is not finite or backprop_ratio > ``threshold``
+or q^L/q^1 > ``threshold``, "vanishing" if either is < 1/``threshold``, else "healthy";
+``reasons`` gives the numbers that decided it. The default threshold 100 is two orders of
+magnitude. The verdict does not use grad_ratio: in a network of positively homogeneous
+activations (relu) rescaling every weight matrix by c rescales every weight gradient by the same
+c^(L-1), so grad_ratio cannot see a vanishing signal there (the forward signal shrinks as fast
+as the backward one: Glorot & Bengio's observation that weight gradients stay comparable across
+layers while back-propagated gradients shrink).
 """
 
 from __future__ import annotations
@@ -74,6 +79,7 @@ class MeanField:
     delta_norm2: list[float]
     grad_norm: list[float]
     grad_ratio: float
+    backprop_ratio: float
 
 
 @dataclass(frozen=True)
@@ -88,6 +94,7 @@ class SignalReport:
     forward_ratio: list[float]
     backward_ratio: list[float]
     grad_ratio: float
+    backprop_ratio: float
     verdict: str
     reasons: list[str]
     threshold: float
@@ -235,7 +242,8 @@ def _theory(linears, acts, x: torch.Tensor, delta_out: torch.Tensor) -> MeanFiel
         chi=[float(c.mean()) for c in chis],
         delta_norm2=[float(v.mean()) for v in delta],
         grad_norm=grad,
-        grad_ratio=grad[0] / grad[-1] if grad[-1] > 0 else math.inf,
+        grad_ratio=_ratio(grad[0], grad[-1]),
+        backprop_ratio=math.sqrt(_ratio(float(delta[0].mean()), float(delta[-1].mean()))),
     )
 
 
@@ -248,18 +256,18 @@ def _ratio(a: float, b: float) -> float:
     return a / b
 
 
-def _verdict(grad_ratio: float, fwd: list[float], delta: list[float], threshold: float):
-    values = [grad_ratio, *fwd, *delta]
+def _verdict(backprop_ratio: float, fwd: list[float], delta: list[float], threshold: float):
+    values = [backprop_ratio, *fwd, *delta]
     q_ratio = _ratio(fwd[-1], fwd[0])
     facts = (
-        f"grad_ratio = ||dL/dW_first|| / ||dL/dW_last|| = {grad_ratio:.3g}",
+        f"backprop_ratio = ||dL/dh_first|| / ||dL/dh_last|| = {backprop_ratio:.3g}",
         f"forward variance last/first layer = {q_ratio:.3g}",
     )
     bounds = f"healthy range [1/{threshold:g}, {threshold:g}]"
     if not all(math.isfinite(v) for v in values):
         return "exploding", [f"non-finite activations or gradients; {facts[0]}; {facts[1]}"]
     found = []
-    for fact, r in zip(facts, (grad_ratio, q_ratio), strict=True):
+    for fact, r in zip(facts, (backprop_ratio, q_ratio), strict=True):
         if not math.isfinite(r) or r > threshold:
             found.append(("exploding", f"{fact} > {threshold:g} (exploding; {bounds})"))
         elif r < 1.0 / threshold:
@@ -360,8 +368,8 @@ def signal_propagation(
             a = inp.detach().double().reshape(-1, inp.shape[-1])
             g = dl.double().reshape(-1, dl.shape[-1]).T @ a
             gnorm.append(float(g.norm()))
-    grad_ratio = _ratio(gnorm[0], gnorm[-1])
-    verdict, reasons = _verdict(grad_ratio, fwd, delta2, threshold)
+    backprop_ratio = math.sqrt(_ratio(delta2[0], delta2[-1]))
+    verdict, reasons = _verdict(backprop_ratio, fwd, delta2, threshold)
     prediction, note = None, "theory=False"
     if theory:
         chain = _chain(model)
@@ -381,7 +389,8 @@ def signal_propagation(
         grad_norm=gnorm,
         forward_ratio=[_ratio(fwd[i + 1], fwd[i]) for i in range(len(fwd) - 1)],
         backward_ratio=[_ratio(delta2[i], delta2[i + 1]) for i in range(len(delta2) - 1)],
-        grad_ratio=grad_ratio,
+        grad_ratio=_ratio(gnorm[0], gnorm[-1]),
+        backprop_ratio=backprop_ratio,
         verdict=verdict,
         reasons=reasons,
         threshold=threshold,
