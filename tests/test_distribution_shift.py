@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 
 from widenet import lab
@@ -128,25 +129,36 @@ def test_bad_overrides(override, key):
 @pytest.mark.slow
 def test_full_size_run(tmp_path):
     # Full size: 10 trials, tweak-one rho in {0.1, ..., 0.9}, Dirichlet alpha in {100, 10, 1,
-    # 0.1}, beta in {0, 0.5, ..., 3}. Measured numbers: module docstring and the report.
+    # 0.1}, beta in {0, 0.5, ..., 3}; 48 s of CPU (5 min wall on a busy 2-core machine).
+    # Measured (seed 0): the table in the module docstring.
     run = lab.run_experiment("distribution-shift", out=tmp_path / "run", seed=0, threads=1)
     m = run.metrics
     label, cov = m["label_shift"], m["covariate_shift"]
     assert len(label) == 9 and len(cov) == 7 and m["trials"] == 10
-    none = _row(label, 0.1, "tweak-one")
-    assert none["detection_rate"] <= 0.2  # level 0.05 over 10 trials
-    for rho in (0.7, 0.9):
-        row = _row(label, rho, "tweak-one")
-        assert row["detection_rate"] == 1.0
-        assert row["accuracy_corrected"] > row["accuracy_uncorrected"] + 0.01
-        assert row["accuracy_posterior"] > row["accuracy_uncorrected"] + 0.01
+    # No shift: rejected in at most 2 of 10 trials at level 0.05 (measured 0); shifts of total
+    # variation >= 0.2 always detected (measured: every trial).
+    assert _row(label, 0.1, "tweak-one")["detection_rate"] <= 0.2
+    for row in label:
+        if row["tv_distance"] >= 0.2:
+            assert row["detection_rate"] == 1.0, row
+    # Corrections help on average over the large tweak-one shifts (rho >= 0.5; measured gains
+    # +0.010 to +0.015 weighted, +0.008 to +0.016 posterior) and on Dirichlet(0.1) (measured
+    # 0.938 -> 0.969 / 0.977); a 10-trial mean of 500-point accuracies has std ~0.003.
+    big = [r for r in label if r["family"] == "tweak-one" and r["shift"] >= 0.5]
+    for key in ("accuracy_corrected", "accuracy_posterior"):
+        assert np.mean([r[key] - r["accuracy_uncorrected"] for r in big]) > 0.005, key
     alpha = _row(label, 0.1, "dirichlet")
-    assert alpha["accuracy_posterior"] >= alpha["accuracy_uncorrected"]
+    assert alpha["accuracy_corrected"] > alpha["accuracy_uncorrected"] + 0.02
+    assert alpha["accuracy_posterior"] > alpha["accuracy_uncorrected"] + 0.02
+    for row in label:
+        assert row["accuracy_oracle"] >= row["accuracy_corrected"] - 0.01, row
     tweak = [r["weight_error"] for r in label if r["family"] == "tweak-one"]
-    assert tweak[-1] > tweak[0]
+    assert tweak[-1] > 2 * tweak[0]  # measured 0.038 -> 0.197
+    # Covariate shift: weights estimated to < 0.8 relative error (measured 0.29-0.57), ESS
+    # falling with beta, and for beta >= 2 the correction gains >= 1 point (measured 1.7-4.1).
     for row in cov:
         assert row["weight_error"] < 0.8
-    for row in cov[-3:]:  # beta >= 2
-        assert row["accuracy_corrected"] > row["accuracy_uncorrected"]
+    for row in cov[-3:]:
+        assert row["accuracy_corrected"] > row["accuracy_uncorrected"] + 0.01
     ess = [r["ess_fraction"] for r in cov]
     assert ess == sorted(ess, reverse=True)
