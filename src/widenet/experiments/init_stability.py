@@ -39,7 +39,8 @@ is slightly chaotic. The weight gradients of a relu network all scale alike when
 rescaled (positive homogeneity), so their first/last ratio stays O(1) whatever the scheme: the
 back-propagated ratio is the one that shows the findings.
 
-Measured (seed 0). Quick size (depths 2, 8, 32; width 64; 128 points; 40 steps; ~20 s):
+Measured (seed 0). Quick size (depths 2, 8, 32; width 64; 128 points; 40 steps; learning
+rates 0.05, 0.01):
 # QUICK-NUMBERS
 Full size (depths 2...64, width 128, 256 points, 100 steps, 3 learning rates):
 # FULL-NUMBERS
@@ -126,7 +127,13 @@ class InitStabilityConfig(lab.Config):
     momentum: float = pydantic.Field(0.9, ge=0, lt=1)
     critical_b_var: float = pydantic.Field(0.0, ge=0)
 
-    QUICK: ClassVar[dict] = {"depths": [2, 8, 32], "width": 64, "n_train": 128, "steps": 40}
+    QUICK: ClassVar[dict] = {
+        "depths": [2, 8, 32],
+        "width": 64,
+        "n_train": 128,
+        "steps": 40,
+        "learning_rates": [0.05, 0.01],
+    }
 
 
 def build(activation: str, depth: int, width: int, in_dim: int = 64, out_dim: int = 10):
@@ -281,7 +288,7 @@ def _plot_heatmaps(ctx, config, keys, out, baseline):
     for col, act in enumerate(config.activations):
         rows = [f"{act}/{s}" for s in config.schemes]
         logs = np.array([_log10(out["grad_ratio"][k]) for k in rows])
-        text = [[("0" if not np.isfinite(v) else f"{v:.0f}") for v in r] for r in logs]
+        text = [[("-inf" if not np.isfinite(v) else f"{v:.1f}") for v in r] for r in logs]
         im = _heatmap(
             axes[0, col],
             np.clip(logs, -8, 8),
@@ -309,7 +316,8 @@ def _plot_heatmaps(ctx, config, keys, out, baseline):
     fig.colorbar(im, ax=list(axes[0]), shrink=0.8)
     fig.colorbar(im2, ax=list(axes[1]), shrink=0.8)
     fig.suptitle(
-        f"Gradient health (top) and trainability after {config.steps} GD steps (bottom); "
+        f"Gradient health (top) and trainability after {config.steps} momentum GD steps "
+        "(bottom, best learning rate); "
         f"width {config.width}",
         fontsize=11,
     )
