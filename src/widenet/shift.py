@@ -29,9 +29,10 @@ mu on unlabelled target data and solves
 
     w_hat = C_hat^{-1} mu_hat,     q_hat(y) = w_hat(y) p_hat(y),
 
-with error O(1/sqrt(n)) when C is invertible (their Theorem 3). :func:`bbse` also offers the
-regularised solve of Azizzadenesheli et al. (2019, RLLS), which shrinks w towards 1 (no shift)
-by a ridge penalty, and refuses a singular C_hat with a clear error otherwise. Under label shift
+with error O(1/sqrt(n)) when C is invertible (their Theorem 3). :func:`bbse` also offers a
+regularised solve in the spirit of Azizzadenesheli et al. (2019, RLLS: estimate theta = w - 1
+with a penalty on its norm; here a ridge penalty lambda ||theta||^2 rather than RLLS's
+data-dependent one), and refuses a singular C_hat with a clear error otherwise. Under label shift
 with C invertible, q(y) = p(y) iff q(f(x)) = p(f(x)), so shift is detected by a two-sample test
 on the predicted labels (Lipton et al. Sec. 5): :func:`label_shift_test`.
 
@@ -508,8 +509,8 @@ def bbse(
     target_pred : the same model's predictions on unlabelled target data: (n_t,) or (n_t, k).
     classes : the class labels (default: every label seen); predictions outside them are an
         error.
-    regularization : lambda >= 0. With lambda > 0, w solves the ridge problem of RLLS
-        (Azizzadenesheli et al. 2019) centred at no shift:
+    regularization : lambda >= 0. With lambda > 0, w solves a ridge problem centred at no
+        shift, as RLLS (Azizzadenesheli et al. 2019) centres its estimate at theta = w - 1:
 
             min_w ||C_hat w - mu_hat||^2 + lambda ||w - 1||^2,
             w = 1 + (C^T C + lambda I)^{-1} C^T (mu_hat - C_hat 1),
