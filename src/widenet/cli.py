@@ -1291,5 +1291,170 @@ def weighted_fit(
     typer.echo(f"Saved: {out.resolve()}")
 
 
+# ---- initialization and signal propagation (issue 8) ----
+
+
+def _init_kwargs(scheme: str, activation: str, b_var: float) -> dict:
+    """The activation-dependent arguments of a wn.init scheme (Kaiming's gain, critical's point)."""
+    if scheme in ("kaiming_normal", "kaiming_uniform"):
+        return {"activation": activation}
+    if scheme == "critical":
+        return {"activation": activation, "b_var": b_var}
+    return {}
+
+
+def _json_ready(value):
+    """Non-finite floats -> None (strict JSON), recursively."""
+    import math
+
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: _json_ready(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_json_ready(v) for v in value]
+    return value
+
+
+@app.command("signal")
+def signal_cmd(
+    model_path: Annotated[
+        Path | None,
+        typer.Option(
+            "--model",
+            help="A model saved with torch.save(model, path) (a pickled nn.Module: load only "
+            "files you trust). Default: build an MLP from --depth/--width/--activation/--init.",
+        ),
+    ] = None,
+    depth: DepthOpt = 10,
+    width: Annotated[int, typer.Option("--width", help="Hidden width of the built MLP.")] = 256,
+    activation: ActivationOpt = "relu",
+    scheme: Annotated[
+        str,
+        typer.Option(
+            "--init",
+            help="wn.init scheme: naive, xavier_normal, xavier_uniform, kaiming_normal, "
+            "kaiming_uniform, lecun_normal, lecun_uniform, orthogonal, ntk, critical.",
+        ),
+    ] = "kaiming_normal",
+    b_var: Annotated[float, typer.Option("--b-var", help="sigma_b^2 of --init critical.")] = 0.0,
+    seed: Annotated[int, typer.Option("--seed", help="Seed of the weights and cotangent.")] = 0,
+    data: DataOpt = "digits",
+    n: Annotated[int | None, typer.Option("--n", help="Number of points.")] = 256,
+    dtype: DtypeOpt = "float64",
+    standardize: StandardizeOpt = None,
+    data_seed: DataSeedOpt = 0,
+    threshold: Annotated[
+        float, typer.Option("--threshold", help="Healthy range [1/T, T] of the ratios.")
+    ] = 100.0,
+    out: Annotated[
+        Path | None, typer.Option("--out", "-o", help="Write the full report as JSON.")
+    ] = None,
+) -> None:
+    """Forward variance and gradient norms per layer at initialization, their mean-field
+    prediction, and a verdict (healthy / vanishing / exploding)."""
+    import json
+
+    import torch
+
+    import widenet as wn
+
+    try:
+        torch_dtype = _torch_dtype(dtype)
+        x = _load_data(data, n, data_seed, standardize, torch_dtype)
+        if model_path is not None:
+            if not model_path.is_file():
+                raise ValueError(f"--model {model_path} does not exist")
+            model = torch.load(model_path, weights_only=False, map_location="cpu")
+            if not isinstance(model, torch.nn.Module):
+                raise TypeError(f"--model must hold a torch.nn.Module, got {type(model).__name__}")
+            model.eval()
+            x = x.to(next(model.parameters()).dtype)
+            what = f"model {model_path.name}"
+        else:
+            arch = wn.mlp(depth=depth, activation=activation)
+            model = arch.network(x.shape[1], width, seed=seed, dtype=torch_dtype)
+            wn.init.initialize(model, scheme, seed=seed, **_init_kwargs(scheme, activation, b_var))
+            what = f"depth-{depth} width-{width} {activation} MLP, {scheme} init"
+        report = wn.signal_propagation(model, x, seed=seed, threshold=threshold)
+        if out is not None:
+            out.parent.mkdir(parents=True, exist_ok=True)
+            out.write_text(json.dumps(_json_ready(report.to_dict()), indent=2) + "\n")
+    except (ValueError, TypeError, OSError, RuntimeError) as err:
+        raise _fail(str(err)) from None
+    console = _out()
+    console.print(f"{what} on {x.shape[0]} points of {data}", soft_wrap=True)
+    th = report.theory
+    table = Table(
+        "layer",
+        "width",
+        "mean h^2",
+        "(theory)",
+        "||dL/dh||^2",
+        "(theory)",
+        "||dL/dW||",
+        "(theory)",
+        box=None,
+        pad_edge=False,
+    )
+    for i, name in enumerate(report.layers):
+        table.add_row(
+            name,
+            str(report.widths[i]),
+            f"{report.forward_variance[i]:.4g}",
+            "" if th is None else f"{th.forward_variance[i]:.4g}",
+            f"{report.delta_norm2[i]:.4g}",
+            "" if th is None else f"{th.delta_norm2[i]:.4g}",
+            f"{report.grad_norm[i]:.4g}",
+            "" if th is None else f"{th.grad_norm[i]:.4g}",
+        )
+    console.print(table)
+    if th is None:
+        console.print(report.theory_note, soft_wrap=True)
+    style = {"healthy": "bold green", "vanishing": "bold yellow", "exploding": "bold red"}
+    console.print(f"verdict: [{style[report.verdict]}]{report.verdict}[/]", soft_wrap=True)
+    for reason in report.reasons:
+        console.print(f"  {reason}", soft_wrap=True, markup=False)
+    if out is not None:
+        typer.echo(f"Saved: {out.resolve()}")
+
+
+@app.command("critical-init")
+def critical_init(
+    activation: ActivationOpt = "tanh",
+    b_var: Annotated[float, typer.Option("--b-var", help="sigma_b^2 (bias variance).")] = 0.0,
+    json_: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
+) -> None:
+    """The edge-of-chaos (sigma_w^2, sigma_b^2) of an activation: chi = 1 at the q-map's fixed
+    point (Poole et al. 2016; Schoenholz et al. 2017)."""
+    import json
+
+    import widenet as wn
+
+    try:
+        point = wn.init.critical_point(activation, b_var)
+    except (ValueError, TypeError) as err:
+        raise _fail(str(err)) from None
+    if json_:
+        typer.echo(json.dumps(_json_ready(point.to_dict())))
+        return
+    table = Table("quantity", "value", box=None, pad_edge=False)
+    q_star = "every q (homogeneous)" if point.q_star is None else f"{point.q_star:.6g}"
+    for key, value in (
+        ("activation", point.activation),
+        ("sigma_w^2", f"{point.w_var:.6g}"),
+        ("sigma_b^2", f"{point.b_var:.6g}"),
+        ("fixed point q*", q_star),
+        ("chi at q*", f"{point.chi:.6g}"),
+        ("dq/dq at q* (< 1: attracting)", f"{point.q_slope:.6g}"),
+    ):
+        table.add_row(key, value)
+    _out().print(table)
+    typer.echo(
+        f"Use: W ~ N(0, {point.w_var:.6g} / fan_in), b ~ N(0, {point.b_var:.6g}); "
+        f"wn.init.critical(model, {activation!r}, b_var={b_var:g})"
+    )
+
+
 if __name__ == "__main__":  # pragma: no cover
     app()

@@ -219,6 +219,8 @@ def _theory(linears, acts, x: torch.Tensor, delta_out: torch.Tensor) -> MeanFiel
         w = w.detach().double()
         w_var = float(w.shape[1] * w.square().mean())
         b_var = 0.0 if b is None else float(b.detach().double().square().mean())
+        if not (math.isfinite(w_var) and math.isfinite(b_var)):
+            raise FloatingPointError(f"layer {i} has non-finite weights or biases")
         w_vars.append(w_var)
         b_vars.append(b_var)
         if i == 0:
@@ -377,10 +379,14 @@ def signal_propagation(
             note = f"no mean-field prediction: {chain}"
         else:
             delta_out = deltas[-1].detach().double().reshape(x.shape[0], -1).square().sum(1)
-            prediction = _theory(*chain, x, delta_out)
-            note = "mean-field prediction for the chain " + " -> ".join(
-                ["Linear"] + [f"{a} -> Linear" for a in prediction.activations]
-            )
+            try:
+                prediction = _theory(*chain, x, delta_out)
+                note = "mean-field prediction for the chain " + " -> ".join(
+                    ["Linear"] + [f"{a} -> Linear" for a in prediction.activations]
+                )
+            except FloatingPointError as err:
+                note = f"no mean-field prediction: {err}"
+
     return SignalReport(
         layers=[name for name, _ in layers],
         widths=widths,
