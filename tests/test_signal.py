@@ -55,6 +55,8 @@ def test_measured_matches_mean_field_in_wide_networks(digits):
         assert np.all(err < 4 * sem + 0.02 * np.abs(theory.mean(0))), (field, err, sem)
 
 
+# torch.func.jvp triggers torch-internal torch.jit.script deprecation warnings.
+@pytest.mark.filterwarnings("ignore:`torch.jit.script` is deprecated:DeprecationWarning")
 def test_chi_equals_jacobian_norms_of_random_deep_networks():
     # chi from the duals (quadrature for tanh) against a Monte Carlo over random networks: the
     # squared norm of the input-output Jacobian applied to a random direction grows as
