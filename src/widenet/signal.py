@@ -209,7 +209,7 @@ def _chain(model: nn.Module) -> tuple[list[nn.Module], list[_act.Activation]] | 
 
 def _theory(linears, acts, x: torch.Tensor, delta_out: torch.Tensor) -> MeanField:
     """The prediction above, per input in float64, then averaged (see the module docstring)."""
-    x = x.detach().to(torch.float64).cpu().flatten(1)
+    x = x.detach().to(torch.float64).flatten(1)
     d = x.shape[1]
     q = (x * x).sum(1) / d  # q^0 per input
     a_norm2 = [(x * x).sum(1)]  # ||a_{l-1}||^2 per input
@@ -232,7 +232,7 @@ def _theory(linears, acts, x: torch.Tensor, delta_out: torch.Tensor) -> MeanFiel
             q = w_var * t + b_var
         qs.append(q)
     chis = [w_vars[i + 1] * dots[i] for i in range(len(dots))]
-    delta = [delta_out.detach().double().cpu()]
+    delta = [delta_out.detach().double()]
     for c in reversed(chis):
         delta.insert(0, c * delta[0])
     grad = [math.sqrt(float((dl * an).sum())) for dl, an in zip(delta, a_norm2, strict=True)]
