@@ -126,18 +126,32 @@ def test_bad_overrides(override, key):
         lab.get("init-stability").resolve(quick=True, overrides=[override])
 
 
-@pytest.mark.slow
-def test_full_size_run(tmp_path):
-    # The full size: depths 2..64, width 128, 256 points, 100 steps at 3 learning rates.
-    run = lab.run_experiment("init-stability", out=tmp_path / "run", seed=0, threads=1)
-    m = run.metrics
+def check_full_size(m):
+    """The issue's claims at full size (also applied to a stored run: see the slow test)."""
     g, loss, base = m["grad_ratio"], m["loss"], m["baseline_loss"]
     assert m["depths"] == [2, 4, 8, 16, 32, 64]
+    # Glorot & Bengio: sigmoid + naive vanishes exponentially (measured 2.7e-55 at depth 64).
     assert g["sigmoid/naive"][-1] < 1e-40 and np.all(np.diff(np.log(g["sigmoid/naive"])) < 0)
-    assert all(0.2 < r < 5 for r in g["relu/kaiming"])
+    # He et al.: relu + Kaiming flat in depth (measured 0.90-1.1), Xavier vanishes (2.6e-10).
+    assert all(0.5 < r < 2 for r in g["relu/kaiming"])
     assert g["relu/xavier"][-1] < 1e-6
     for key, measured in g.items():
         diff = np.abs(np.log10(measured) - np.log10(m["grad_ratio_theory"][key]))
-        assert np.all(diff < 0.6), key
-    assert loss["relu/kaiming"][2] < 0.05 * base  # depth 8
+        # Log-normal finite-width spread, sqrt(depth / width) = 0.7 in log at depth 64, width
+        # 128, i.e. 0.3 in log10: 0.8 is 2.7 sigma (measured max 0.61, sigmoid critical, 64).
+        assert np.all(diff < 0.8), key
+    # Trainability: relu + Kaiming fits at depth 8 and 16 (measured 0.0, 0.003 of the baseline)
+    # where Xavier is at 0.71 at depth 16; naive relu and sigmoid stay at the constant
+    # predictor at depth 64; tanh on the critical line trains at depth 64 (0.014).
+    assert loss["relu/kaiming"][2] < 0.05 * base and loss["relu/kaiming"][3] < 0.05 * base
+    assert loss["relu/xavier"][3] > 10 * loss["relu/kaiming"][3]
     assert loss["sigmoid/naive"][-1] > 0.9 * base and loss["relu/naive"][-1] > 0.9 * base
+    assert loss["tanh/critical"][-1] < 0.1 * base
+
+
+@pytest.mark.slow
+def test_full_size_run(tmp_path):
+    # The full size: depths 2..64, width 128, 256 points, 100 steps at 3 learning rates
+    # (~6 min of CPU; 27 min on a machine shared by six jobs).
+    run = lab.run_experiment("init-stability", out=tmp_path / "run", seed=0, threads=1)
+    check_full_size(run.metrics)
