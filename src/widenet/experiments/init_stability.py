@@ -59,7 +59,7 @@ gap is sigmoid critical at depth 64, 0.21 measured vs 0.86):
     sigmoid critical 0.83 / 0.92 / 1.0 / 0.65 / 0.46 / 0.21
     tanh naive       0.27 / 9e-2 / 1e-2 / 1e-4 / 1.5e-8 / 3e-16
     tanh xavier      0.88 / 0.74 / 0.55 / 0.36 / 0.21 / 0.16
-    tanh kaiming     1.1 / 1.2 / 1.8 / 3.8 / 15 / 380      (chaotic: chi = 1.1 at q*)
+    tanh kaiming     1.1 / 1.2 / 1.8 / 3.8 / 15 / 380      (chaotic: chi = 1.21 at q*)
     relu naive       0.16 / 3e-2 / 7e-4 / 6e-7 / 2e-13 / 1e-25
     relu xavier      0.67 / 0.32 / 8e-2 / 5e-3 / 1e-5 / 3e-10
     relu kaiming     1.1 / 1.1 / 0.90 / 0.95 / 0.91 / 1.1
