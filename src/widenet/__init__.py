@@ -1,6 +1,6 @@
 """widenet: the theory of over-parameterized neural networks, computable in PyTorch."""
 
-from widenet import activations, condensation, dynamics, scale
+from widenet import activations, condensation, dynamics, init, scale, shift, signal
 from widenet._version import __version__
 from widenet.architectures import MLP, mlp
 from widenet.data import load_dataset
@@ -8,6 +8,7 @@ from widenet.empirical import empirical_nngp, empirical_ntk
 from widenet.kernels import Kernel, KernelTile, h_infinity
 from widenet.layers import Dense, Elementwise
 from widenet.linearize import LinearizedModel, linearize
+from widenet.signal import signal_propagation
 
 __all__ = [
     "__version__",
@@ -27,4 +28,8 @@ __all__ = [
     "linearize",
     "load_dataset",
     "mlp",
+    "init",
+    "signal",
+    "signal_propagation",
+    "shift",
 ]

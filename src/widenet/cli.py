@@ -1133,5 +1133,634 @@ def solve(
     typer.echo(f"Saved: {out.resolve()}")
 
 
+# ---- distribution shift (issue 8) ----
+
+
+_SHIFT_DATA_HELP = "A .npy/.csv file (rows = points) or a bundled set: digits, iris, wine, "
+_SHIFT_DATA_HELP += "breast_cancer (then --source and --target name the same set, split in two)."
+_CLASSIFIERS = ("logistic", "gradient-boosting", "random-forest")
+
+
+def _shift_classifier(name: str, c: float, seed: int):
+    """A probabilistic scikit-learn classifier by name (for the domain or the black box)."""
+    from sklearn.ensemble import HistGradientBoostingClassifier, RandomForestClassifier
+    from sklearn.linear_model import LogisticRegression
+
+    if name == "logistic":
+        if not c > 0:
+            raise ValueError(f"--c must be > 0, got {c}")
+        return LogisticRegression(C=c, max_iter=5000)
+    if name == "gradient-boosting":
+        return HistGradientBoostingClassifier(random_state=seed)
+    if name == "random-forest":
+        return RandomForestClassifier(n_estimators=200, min_samples_leaf=5, random_state=seed)
+    raise ValueError(f"--classifier must be one of {', '.join(_CLASSIFIERS)}, got {name!r}")
+
+
+def _shift_features(option: str, path: str):
+    """Features (n, d) float64 from a .npy/.csv file, with the option's name on errors."""
+    try:
+        return _load_data(path, None, 0, False, _f64()).numpy()
+    except ValueError as err:
+        raise ValueError(f"{option}: {err}") from None
+
+
+def _shift_labels(option: str, path: str, n_rows: int):
+    """Integer class labels (n,) from a .npy/.csv file."""
+    from widenet.shift import _labels
+
+    y = _load_targets(path, option, n_rows)
+    if y.ndim == 2 and y.shape[1] == 1:
+        y = y[:, 0]
+    try:
+        return _labels(y, option, n_rows)
+    except ValueError as err:
+        raise ValueError(str(err)) from None
+
+
+def _bundled_pair(source: str, target: str) -> bool:
+    """True for a bundled set named twice, False for two files; anything else is an error."""
+    from widenet.data import SKLEARN_DATASETS
+
+    bundled = [v in SKLEARN_DATASETS and not Path(v).exists() for v in (source, target)]
+    if all(bundled):
+        if source != target:
+            raise ValueError(
+                f"--source and --target must name the same bundled set (it is split in two), "
+                f"got {source!r} and {target!r}"
+            )
+        return True
+    if any(bundled):
+        raise ValueError("--source and --target: give two .npy/.csv files or one bundled set twice")
+    return False
+
+
+def _standardize_pair(xs, xt):
+    """Z-score both with the source's statistics (constant features left at 0)."""
+    import numpy as np
+
+    mean, sd = xs.mean(axis=0), xs.std(axis=0)
+    sd = np.where(sd > 0, sd, 1.0)
+    return (xs - mean) / sd, (xt - mean) / sd
+
+
+def _write_json(out: Path, payload: dict) -> None:
+    import json
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(payload, indent=2) + "\n")
+
+
+def _summary_table(rows) -> Table:
+    table = Table("quantity", "value", box=None, pad_edge=False)
+    for key, value in rows:
+        table.add_row(key, f"{value:.4g}" if isinstance(value, float) else str(value))
+    return table
+
+
+@app.command("covariate-weights")
+def covariate_weights(
+    out: Annotated[
+        Path,
+        typer.Option(
+            "--out",
+            "-o",
+            help="Weights at the source points: .npy, or .npz (weights, "
+            "raw_weights, target_probability[, true_weights]); a summary goes to OUT with .json.",
+        ),
+    ],
+    source: Annotated[str, typer.Option("--source", help="Source inputs. " + _SHIFT_DATA_HELP)],
+    target: Annotated[str, typer.Option("--target", help="Unlabelled target inputs.")],
+    classifier: Annotated[
+        str, typer.Option("--classifier", help="Domain classifier: " + ", ".join(_CLASSIFIERS))
+    ] = "logistic",
+    c: Annotated[float, typer.Option("--c", help="Inverse ridge strength C (logistic).")] = 1.0,
+    clip: Annotated[
+        float | None, typer.Option("--clip", help="Upper bound on the raw weights (reported).")
+    ] = None,
+    normalize: Annotated[
+        bool, typer.Option("--normalize/--no-normalize", help="Rescale the weights to mean 1.")
+    ] = True,
+    folds: Annotated[
+        int | None, typer.Option("--folds", help="Cross-fitting folds (default: in-sample).")
+    ] = None,
+    beta: Annotated[
+        float,
+        typer.Option("--beta", help="Bundled set: strength of the induced selection on --feature."),
+    ] = 1.0,
+    feature: Annotated[
+        str, typer.Option("--feature", help="Bundled set: 'pc1' or a column index.")
+    ] = "pc1",
+    standardize: StandardizeOpt = None,
+    seed: Annotated[int, typer.Option("--seed", help="Seed of folds, classifier and split.")] = 0,
+) -> None:
+    """Importance weights w(x) = p_target(x)/p_source(x) from a domain classifier, and the ESS.
+
+    With one bundled set named twice, a covariate shift is induced (selection by sigmoid(-+beta
+    z) of a feature z, wn.shift.feature_shift) and the true weights are saved and compared.
+    """
+    import numpy as np
+
+    from widenet import shift
+    from widenet.data import load_dataset
+
+    try:
+        if out.suffix.lower() not in (".npy", ".npz"):
+            raise ValueError(f"--out must end in .npy or .npz, got {out.name!r}")
+        true = None
+        if _bundled_pair(source, target):
+            x, _ = load_dataset(source, standardize=standardize is not False, dtype=_f64())
+            feat = int(feature) if feature.isdigit() else feature
+            src, tgt, true = shift.feature_shift(x, beta, feature=feat, seed=seed)
+            xs, xt = x.numpy()[src], x.numpy()[tgt]
+            what = f"{source}: induced shift beta={beta:g} on {feature}"
+        else:
+            xs, xt = _shift_features("--source", source), _shift_features("--target", target)
+            if xs.shape[1] != xt.shape[1]:
+                raise ValueError(
+                    f"--source has {xs.shape[1]} features but --target has {xt.shape[1]}"
+                )
+            if standardize:
+                xs, xt = _standardize_pair(xs, xt)
+            what = f"{source} -> {target}"
+        cw = shift.covariate_shift_weights(
+            xs,
+            xt,
+            _shift_classifier(classifier, c, seed),
+            clip=clip,
+            normalize=normalize,
+            folds=folds,
+            seed=seed,
+        )
+        summary = {"data": what, "classifier": classifier, **cw.summary()}
+        arrays = {
+            "weights": cw.weights,
+            "raw_weights": cw.raw_weights,
+            "target_probability": cw.target_probability,
+        }
+        if true is not None:
+            true = true / true.mean() if normalize else true
+            arrays["true_weights"] = true
+            summary["relative_error"] = float(
+                np.linalg.norm(cw.weights - true) / np.linalg.norm(true)
+            )
+        _save(out, arrays, "weights")
+        _write_json(out.with_suffix(".json"), summary)
+    except (ValueError, TypeError, OSError) as err:
+        raise _fail(str(err)) from None
+    _out().print(f"covariate-shift weights, {what}", soft_wrap=True)
+    _out().print(_summary_table([(k, v) for k, v in summary.items() if k != "data"]))
+    typer.echo(f"Saved: {out.resolve()} and {out.with_suffix('.json').name}")
+
+
+def _parse_induce(tweak_one: str | None, dirichlet: float | None, k: int, seed: int):
+    """The target prior of an induced label shift, or None."""
+    from widenet import shift
+
+    if tweak_one is not None and dirichlet is not None:
+        raise ValueError("give at most one of --tweak-one and --dirichlet")
+    if tweak_one is not None:
+        try:
+            cls, rho = tweak_one.split(":")
+            return shift.tweak_one_prior(k, int(cls), float(rho))
+        except ValueError as err:
+            raise ValueError(f"--tweak-one must be CLASS:RHO (e.g. 3:0.5): {err}") from None
+    if dirichlet is not None:
+        return shift.dirichlet_prior(k, dirichlet, seed=seed)
+    return None
+
+
+@app.command("label-shift")
+def label_shift(
+    out: Annotated[
+        Path,
+        typer.Option("--out", "-o", help="Output .json: weights, q(y), confusion, test."),
+    ],
+    source: Annotated[
+        str | None, typer.Option("--source", help="Source inputs. " + _SHIFT_DATA_HELP)
+    ] = None,
+    target: Annotated[str | None, typer.Option("--target", help="Target inputs.")] = None,
+    source_labels: Annotated[
+        str | None, typer.Option("--source-labels", help="Source labels .npy/.csv (files).")
+    ] = None,
+    source_pred: Annotated[
+        str | None,
+        typer.Option(
+            "--source-pred",
+            help="Black-box mode: your model's predictions on held-out labelled source data, "
+            "(n,) labels or (n, k) probabilities (.npy/.csv); with --source-labels.",
+        ),
+    ] = None,
+    target_pred: Annotated[
+        str | None, typer.Option("--target-pred", help="Black-box mode: predictions on target.")
+    ] = None,
+    holdout: Annotated[
+        float, typer.Option("--holdout", help="Fraction of the source held out for C_hat.")
+    ] = 0.4,
+    classifier: Annotated[
+        str, typer.Option("--classifier", help="Black box fitted on the source: logistic, ...")
+    ] = "logistic",
+    c: Annotated[float, typer.Option("--c", help="Inverse ridge strength C (logistic).")] = 1.0,
+    soft: Annotated[
+        bool, typer.Option("--soft/--hard", help="BBSE on probabilities or predicted labels.")
+    ] = False,
+    regularization: Annotated[
+        float, typer.Option("--regularization", help="Ridge of the solve (0 = exact).")
+    ] = 0.0,
+    test: Annotated[
+        str, typer.Option("--test", help="Two-sample test: chi2, g or permutation.")
+    ] = "chi2",
+    tweak_one: Annotated[
+        str | None,
+        typer.Option("--tweak-one", help="Bundled set: target prior tweak-one CLASS:RHO."),
+    ] = None,
+    dirichlet: Annotated[
+        float | None,
+        typer.Option("--dirichlet", help="Bundled set: target prior ~ Dirichlet(ALPHA)."),
+    ] = None,
+    n_target: Annotated[
+        int, typer.Option("--n-target", help="Bundled set: target points drawn.")
+    ] = 500,
+    seed: Annotated[int, typer.Option("--seed", help="Seed of splits and draws.")] = 0,
+) -> None:
+    """Black-box shift estimation (Lipton et al. 2018): w = q(y)/p(y), q(y), and a shift test.
+
+    Give either your model's predictions (--source-pred, --source-labels, --target-pred), or
+    inputs (--source, --source-labels, --target: a classifier is fitted on part of the source),
+    or one bundled set twice (optionally with an induced --tweak-one or --dirichlet shift).
+    """
+    import numpy as np
+
+    from widenet import shift
+    from widenet.data import load_dataset
+
+    try:
+        if out.suffix.lower() != ".json":
+            raise ValueError(f"--out must end in .json, got {out.name!r}")
+        if not 0 < holdout < 1:
+            raise ValueError(f"--holdout must be in (0, 1), got {holdout}")
+        rng = np.random.default_rng(seed)
+        true_prior = None
+        if source_pred is not None or target_pred is not None:
+            if source_pred is None or target_pred is None or source_labels is None:
+                raise ValueError(
+                    "black-box mode needs --source-pred, --source-labels and --target-pred"
+                )
+            if source is not None or target is not None:
+                raise ValueError("give either predictions (--source-pred ...) or --source/--target")
+            ps = _shift_features("--source-pred", source_pred)
+            pt = _shift_features("--target-pred", target_pred)
+            ps, pt = (ps[:, 0], pt[:, 0]) if ps.shape[1] == 1 == pt.shape[1] else (ps, pt)
+            ys = _shift_labels("--source-labels", source_labels, len(ps))
+            classes = None if ps.ndim == 1 else np.arange(ps.shape[1])
+            what = f"predictions {source_pred} -> {target_pred}"
+        else:
+            if source is None or target is None:
+                raise ValueError("give --source and --target (or the black-box predictions)")
+            if _bundled_pair(source, target):
+                x, y = load_dataset(source, dtype=_f64())
+                x, y = x.numpy(), y.numpy()
+                k = int(y.max()) + 1
+                perm = rng.permutation(len(x))
+                half = len(x) // 2
+                pool_s, pool_t = perm[:half], perm[half:]
+                q = _parse_induce(tweak_one, dirichlet, k, seed)
+                if q is not None:
+                    true_prior = (q, np.bincount(y[pool_s], minlength=k) / half)
+                    pool_t = pool_t[shift.sample_with_prior(y[pool_t], q, n_target, seed=seed)]
+                xs, ys, xt = x[pool_s], y[pool_s], x[pool_t]
+                what = f"{source}: {len(xs)} source / {len(xt)} target points"
+            else:
+                if tweak_one is not None or dirichlet is not None:
+                    raise ValueError("--tweak-one/--dirichlet induce a shift on bundled sets only")
+                if source_labels is None:
+                    raise ValueError("--source is a file: give its labels with --source-labels")
+                xs, xt = _shift_features("--source", source), _shift_features("--target", target)
+                if xs.shape[1] != xt.shape[1]:
+                    raise ValueError(
+                        f"--source has {xs.shape[1]} features but --target has {xt.shape[1]}"
+                    )
+                ys = _shift_labels("--source-labels", source_labels, len(xs))
+                what = f"{source} -> {target}"
+            perm = rng.permutation(len(xs))
+            n_ho = int(round(holdout * len(xs)))
+            if n_ho < 1 or n_ho >= len(xs):
+                raise ValueError(f"--holdout {holdout} leaves no training or held-out points")
+            tr, ho = perm[n_ho:], perm[:n_ho]
+            model = _shift_classifier(classifier, c, seed).fit(xs[tr], ys[tr])
+            classes = model.classes_
+            if soft:
+                ps, pt = model.predict_proba(xs[ho]), model.predict_proba(xt)
+            else:
+                ps, pt = model.predict(xs[ho]), model.predict(xt)
+            ys = ys[ho]
+            if soft and len(classes) != len(np.unique(ys)):
+                raise ValueError("--soft: every class must appear in the held-out source labels")
+        est = shift.bbse(ps, ys, pt, classes=classes, regularization=regularization)
+        hard = [p if p.ndim == 1 else est.classes[p.argmax(1)] for p in (ps, pt)]
+        result = shift.label_shift_test(*hard, classes=est.classes, method=test, seed=seed)
+        payload = {"data": what, **est.summary()}
+        payload["confusion"] = est.confusion.tolist()
+        payload["test"] = {
+            "method": result.method,
+            "statistic": result.statistic,
+            "p_value": result.p_value,
+            "dof": result.dof,
+        }
+        if true_prior is not None:
+            q, p = true_prior
+            payload["true_weights"] = (q / p).tolist()
+            payload["weight_mse"] = float(np.mean((est.weights - q / p) ** 2))
+        _write_json(out, payload)
+    except (ValueError, TypeError, OSError, np.linalg.LinAlgError) as err:
+        raise _fail(str(err)) from None
+    console = _out()
+    console.print(f"BBSE, {what}; cond(C_hat) = {est.condition_number:.3g}", soft_wrap=True)
+    table = Table("class", "p(y) source", "w_hat", "q_hat(y)", box=None, pad_edge=False)
+    for i, cls in enumerate(est.classes):
+        table.add_row(
+            str(cls),
+            f"{est.source_prior[i]:.3f}",
+            f"{est.weights[i]:.3f}",
+            f"{est.target_prior[i]:.3f}",
+        )
+    console.print(table)
+    if est.negative:
+        console.print(f"negative w_hat (set to 0 in q_hat) for classes {est.negative}")
+    if "weight_mse" in payload:
+        console.print(f"induced shift: mean squared error of w_hat {payload['weight_mse']:.4g}")
+    console.print(
+        f"{result.method} test of p(y_hat) = q(y_hat): statistic {result.statistic:.4g}, "
+        f"dof {result.dof}, p-value {result.p_value:.3g}",
+        soft_wrap=True,
+    )
+    typer.echo(f"Saved: {out.resolve()}")
+
+
+@app.command("weighted-fit")
+def weighted_fit(
+    out: Annotated[
+        Path, typer.Option("--out", "-o", help="Predicted labels on --predict: .npy (or .npz).")
+    ],
+    train: Annotated[str, typer.Option("--train", help="Training inputs .npy/.csv.")],
+    labels: Annotated[str, typer.Option("--labels", help="Training labels .npy/.csv.")],
+    predict: Annotated[str, typer.Option("--predict", help="Inputs to predict .npy/.csv.")],
+    weights: Annotated[
+        str | None,
+        typer.Option(
+            "--weights",
+            help="Per-example weights .npy/.csv (e.g. from "
+            "covariate-weights; an .npz: its 'weights'); default: all 1.",
+        ),
+    ] = None,
+    label_weights: Annotated[
+        str | None,
+        typer.Option(
+            "--label-weights", help="A label-shift .json: weights max(w_hat(y_i), 0) per label."
+        ),
+    ] = None,
+    model: Annotated[
+        str, typer.Option("--model", help="logistic (scikit-learn) or mlp (torch).")
+    ] = "logistic",
+    c: Annotated[float, typer.Option("--c", help="Inverse ridge strength C (logistic).")] = 1.0,
+    width: Annotated[int, typer.Option("--width", help="mlp: hidden width.")] = 128,
+    steps: Annotated[int, typer.Option("--steps", help="mlp: Adam steps (full batch).")] = 300,
+    lr: Annotated[float, typer.Option("--lr", help="mlp: Adam learning rate.")] = 0.01,
+    test_labels: Annotated[
+        str | None, typer.Option("--test-labels", help="Labels of --predict: report accuracy.")
+    ] = None,
+    standardize: StandardizeOpt = None,
+    seed: Annotated[int, typer.Option("--seed", help="Seed of the network.")] = 0,
+) -> None:
+    """Weighted empirical risk minimisation: fit with per-example weights, predict new inputs."""
+    import json
+
+    import numpy as np
+    import torch
+
+    import widenet as wn
+    from widenet import shift
+
+    try:
+        if out.suffix.lower() not in (".npy", ".npz"):
+            raise ValueError(f"--out must end in .npy or .npz, got {out.name!r}")
+        if weights is not None and label_weights is not None:
+            raise ValueError("give at most one of --weights and --label-weights")
+        xs, xp = _shift_features("--train", train), _shift_features("--predict", predict)
+        if xs.shape[1] != xp.shape[1]:
+            raise ValueError(f"--train has {xs.shape[1]} features but --predict {xp.shape[1]}")
+        if standardize:
+            xs, xp = _standardize_pair(xs, xp)
+        ys = _shift_labels("--labels", labels, len(xs))
+        if weights is not None:
+            path = Path(weights)
+            if path.suffix.lower() == ".npz":
+                w = np.load(path, allow_pickle=False)["weights"]
+            else:
+                w = _load_targets(weights, "--weights", len(xs))
+                w = w.reshape(len(w), -1)[:, 0] if w.ndim == 2 and w.shape[1] == 1 else w
+        elif label_weights is not None:
+            payload = json.loads(Path(label_weights).read_text())
+            table = dict(zip(payload["classes"], payload["weights"], strict=True))
+            missing = sorted(set(np.unique(ys).tolist()) - set(table))
+            if missing:
+                raise ValueError(f"--label-weights has no weight for labels {missing}")
+            w = np.array([max(table[v], 0.0) for v in ys.tolist()])
+        else:
+            w = np.ones(len(xs))
+        ess = shift.effective_sample_size(np.asarray(w, dtype=np.float64).reshape(-1))
+        if model == "logistic":
+            fitted = shift.fit_weighted_sklearn(_shift_classifier("logistic", c, seed), xs, ys, w)
+            classes, proba = fitted.classes_, fitted.predict_proba(xp)
+        elif model == "mlp":
+            classes = np.unique(ys)
+            idx = np.searchsorted(classes, ys)
+            net = wn.mlp(depth=1, activation="relu", out_dim=len(classes)).network(
+                xs.shape[1], width, seed, dtype=torch.float64
+            )
+            shift.fit_weighted(net, xs, idx, w, steps=steps, lr=lr, seed=seed)
+            with torch.no_grad():
+                proba = torch.softmax(net(torch.as_tensor(xp)), 1).numpy()
+        else:
+            raise ValueError(f"--model must be logistic or mlp, got {model!r}")
+        pred = classes[proba.argmax(1)]
+        _save(out, {"predictions": pred, "probabilities": proba, "classes": classes}, "predictions")
+        accuracy = None
+        if test_labels is not None:
+            accuracy = float(np.mean(pred == _shift_labels("--test-labels", test_labels, len(xp))))
+    except (ValueError, TypeError, OSError, KeyError, FloatingPointError) as err:
+        raise _fail(str(err)) from None
+    rows = [("model", model), ("n_train", len(xs)), ("ESS of the weights", ess)]
+    if accuracy is not None:
+        rows.append(("accuracy on --predict", accuracy))
+    _out().print(_summary_table(rows))
+    typer.echo(f"Saved: {out.resolve()}")
+
+
+# ---- initialization and signal propagation (issue 8) ----
+
+
+def _init_kwargs(scheme: str, activation: str, b_var: float) -> dict:
+    """The activation-dependent arguments of a wn.init scheme (Kaiming's gain, critical's point)."""
+    if scheme in ("kaiming_normal", "kaiming_uniform"):
+        return {"activation": activation}
+    if scheme == "critical":
+        return {"activation": activation, "b_var": b_var}
+    return {}
+
+
+def _json_ready(value):
+    """Non-finite floats -> None (strict JSON), recursively."""
+    import math
+
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: _json_ready(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_json_ready(v) for v in value]
+    return value
+
+
+@app.command("signal")
+def signal_cmd(
+    model_path: Annotated[
+        Path | None,
+        typer.Option(
+            "--model",
+            help="A model saved with torch.save(model, path) (a pickled nn.Module: load only "
+            "files you trust). Default: build an MLP from --depth/--width/--activation/--init.",
+        ),
+    ] = None,
+    depth: DepthOpt = 10,
+    width: Annotated[int, typer.Option("--width", help="Hidden width of the built MLP.")] = 256,
+    activation: ActivationOpt = "relu",
+    scheme: Annotated[
+        str,
+        typer.Option(
+            "--init",
+            help="wn.init scheme: naive, xavier_normal, xavier_uniform, kaiming_normal, "
+            "kaiming_uniform, lecun_normal, lecun_uniform, orthogonal, ntk, critical.",
+        ),
+    ] = "kaiming_normal",
+    b_var: Annotated[float, typer.Option("--b-var", help="sigma_b^2 of --init critical.")] = 0.0,
+    seed: Annotated[int, typer.Option("--seed", help="Seed of the weights and cotangent.")] = 0,
+    data: DataOpt = "digits",
+    n: Annotated[int | None, typer.Option("--n", help="Number of points.")] = 256,
+    dtype: DtypeOpt = "float64",
+    standardize: StandardizeOpt = None,
+    data_seed: DataSeedOpt = 0,
+    threshold: Annotated[
+        float, typer.Option("--threshold", help="Healthy range [1/T, T] of the ratios.")
+    ] = 100.0,
+    out: Annotated[
+        Path | None, typer.Option("--out", "-o", help="Write the full report as JSON.")
+    ] = None,
+) -> None:
+    """Forward variance and gradient norms per layer at initialization, their mean-field
+    prediction, and a verdict (healthy / vanishing / exploding)."""
+    import json
+
+    import torch
+
+    import widenet as wn
+
+    try:
+        torch_dtype = _torch_dtype(dtype)
+        x = _load_data(data, n, data_seed, standardize, torch_dtype)
+        if model_path is not None:
+            if not model_path.is_file():
+                raise ValueError(f"--model {model_path} does not exist")
+            model = torch.load(model_path, weights_only=False, map_location="cpu")
+            if not isinstance(model, torch.nn.Module):
+                raise TypeError(f"--model must hold a torch.nn.Module, got {type(model).__name__}")
+            model.eval()
+            x = x.to(next(model.parameters()).dtype)
+            what = f"model {model_path.name}"
+        else:
+            arch = wn.mlp(depth=depth, activation=activation)
+            model = arch.network(x.shape[1], width, seed=seed, dtype=torch_dtype)
+            wn.init.initialize(model, scheme, seed=seed, **_init_kwargs(scheme, activation, b_var))
+            what = f"depth-{depth} width-{width} {activation} MLP, {scheme} init"
+        report = wn.signal_propagation(model, x, seed=seed, threshold=threshold)
+        if out is not None:
+            out.parent.mkdir(parents=True, exist_ok=True)
+            out.write_text(json.dumps(_json_ready(report.to_dict()), indent=2) + "\n")
+    except (ValueError, TypeError, OSError, RuntimeError) as err:
+        raise _fail(str(err)) from None
+    console = _out()
+    console.print(f"{what} on {x.shape[0]} points of {data}", soft_wrap=True)
+    th = report.theory
+    table = Table(
+        "layer",
+        "width",
+        "mean h^2",
+        "(theory)",
+        "||dL/dh||^2",
+        "(theory)",
+        "||dL/dW||",
+        "(theory)",
+        box=None,
+        pad_edge=False,
+    )
+    for i, name in enumerate(report.layers):
+        table.add_row(
+            name,
+            str(report.widths[i]),
+            f"{report.forward_variance[i]:.4g}",
+            "" if th is None else f"{th.forward_variance[i]:.4g}",
+            f"{report.delta_norm2[i]:.4g}",
+            "" if th is None else f"{th.delta_norm2[i]:.4g}",
+            f"{report.grad_norm[i]:.4g}",
+            "" if th is None else f"{th.grad_norm[i]:.4g}",
+        )
+    console.print(table)
+    if th is None:
+        console.print(report.theory_note, soft_wrap=True)
+    style = {"healthy": "bold green", "vanishing": "bold yellow", "exploding": "bold red"}
+    console.print(f"verdict: [{style[report.verdict]}]{report.verdict}[/]", soft_wrap=True)
+    for reason in report.reasons:
+        console.print(f"  {reason}", soft_wrap=True, markup=False)
+    if out is not None:
+        typer.echo(f"Saved: {out.resolve()}")
+
+
+@app.command("critical-init")
+def critical_init(
+    activation: ActivationOpt = "tanh",
+    b_var: Annotated[float, typer.Option("--b-var", help="sigma_b^2 (bias variance).")] = 0.0,
+    json_: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
+) -> None:
+    """The edge-of-chaos (sigma_w^2, sigma_b^2) of an activation: chi = 1 at the q-map's fixed
+    point (Poole et al. 2016; Schoenholz et al. 2017)."""
+    import json
+
+    import widenet as wn
+
+    try:
+        point = wn.init.critical_point(activation, b_var)
+    except (ValueError, TypeError) as err:
+        raise _fail(str(err)) from None
+    if json_:
+        typer.echo(json.dumps(_json_ready(point.to_dict())))
+        return
+    table = Table("quantity", "value", box=None, pad_edge=False)
+    q_star = "every q (homogeneous)" if point.q_star is None else f"{point.q_star:.6g}"
+    for key, value in (
+        ("activation", point.activation),
+        ("sigma_w^2", f"{point.w_var:.6g}"),
+        ("sigma_b^2", f"{point.b_var:.6g}"),
+        ("fixed point q*", q_star),
+        ("chi at q*", f"{point.chi:.6g}"),
+        ("dq/dq at q* (< 1: attracting)", f"{point.q_slope:.6g}"),
+    ):
+        table.add_row(key, value)
+    _out().print(table)
+    typer.echo(
+        f"Use: W ~ N(0, {point.w_var:.6g} / fan_in), b ~ N(0, {point.b_var:.6g}); "
+        f"wn.init.critical(model, {activation!r}, b_var={b_var:g})"
+    )
+
+
 if __name__ == "__main__":  # pragma: no cover
     app()
