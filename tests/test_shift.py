@@ -320,9 +320,9 @@ def test_fit_weighted_equals_training_on_duplicated_data(loss):
     assert hc == hd
 
 
-def test_built_in_adam_is_torch_adam():
-    # fit_weighted's own Adam (no torch.optim import) against torch.optim.Adam, with weight
-    # decay: the same float64 trajectory up to rounding.
+def test_default_optimizer_is_adam_with_lr_and_weight_decay():
+    # The default optimizer against an explicit torch.optim.Adam: lr and weight_decay must be
+    # passed through (the same float64 trajectory up to rounding).
     rng = np.random.default_rng(1)
     x, y = rng.standard_normal((30, 4)), rng.integers(0, 2, 30)
     w = rng.random(30)

@@ -769,7 +769,7 @@ def fit_weighted(
         for ``"mse"`` (0.5 * squared error summed over outputs).
     weights : (n,) per-example weights >= 0 (None: all 1, i.e. plain ERM).
     loss : "cross_entropy", "mse", or a callable ``(output, y) -> (n,) per-example losses``.
-    steps : optimizer steps; lr, weight_decay : Adam's (the update of torch.optim.Adam);
+    steps : optimizer steps; lr, weight_decay : those of the default torch.optim.Adam;
         batch_size : None = full batch, else minibatches drawn without replacement with ``seed``.
     optimizer : ``params -> torch.optim.Optimizer`` (anything with zero_grad and step) to
         replace Adam.
@@ -807,7 +807,10 @@ def fit_weighted(
     gen = torch.Generator().manual_seed(check_int(seed, "seed", minimum=0))
     params = [p for p in model.parameters() if p.requires_grad]
     weight_decay = check_real(weight_decay, "weight_decay", minimum=0.0)
-    opt = _Adam(params, lr, weight_decay) if optimizer is None else optimizer(params)
+    if optimizer is None:
+        opt = torch.optim.Adam(params, lr=lr, weight_decay=weight_decay)
+    else:
+        opt = optimizer(params)
     history = []
     order, pos = torch.randperm(n, generator=gen), 0
     model.train()
@@ -828,36 +831,6 @@ def fit_weighted(
         raise FloatingPointError(f"training diverged (loss {history[-1]}); lower lr")
     model.eval()
     return history
-
-
-class _Adam:
-    """Adam (Kingma & Ba 2015) with L2 weight decay added to the gradient, as torch.optim.Adam.
-
-    Written out because importing torch.optim pulls in torch._dynamo (seconds per process).
-    """
-
-    def __init__(self, params, lr, weight_decay, betas=(0.9, 0.999), eps=1e-8):
-        self.params, self.lr, self.weight_decay = params, lr, weight_decay
-        self.betas, self.eps, self.t = betas, eps, 0
-        self.m = [torch.zeros_like(p) for p in params]
-        self.v = [torch.zeros_like(p) for p in params]
-
-    def zero_grad(self):
-        for p in self.params:
-            p.grad = None
-
-    @torch.no_grad()
-    def step(self):
-        self.t += 1
-        b1, b2 = self.betas
-        c1, c2 = 1 - b1**self.t, 1 - b2**self.t
-        for p, m, v in zip(self.params, self.m, self.v, strict=True):
-            if p.grad is None:
-                continue
-            g = p.grad if self.weight_decay == 0 else p.grad + self.weight_decay * p
-            m.mul_(b1).add_(g, alpha=1 - b1)
-            v.mul_(b2).addcmul_(g, g, value=1 - b2)
-            p.addcdiv_(m, v.sqrt() / c2**0.5 + self.eps, value=-self.lr / c1)
 
 
 def fit_weighted_sklearn(estimator, x, y, weights, *, clone: bool = True):
