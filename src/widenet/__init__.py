@@ -1,6 +1,6 @@
 """widenet: the theory of over-parameterized neural networks, computable in PyTorch."""
 
-from widenet import activations, condensation, dynamics
+from widenet import activations, condensation, dynamics, embedding, landscape
 from widenet._version import __version__
 from widenet.architectures import MLP, mlp
 from widenet.data import load_dataset
@@ -14,6 +14,8 @@ __all__ = [
     "activations",
     "condensation",
     "dynamics",
+    "embedding",
+    "landscape",
     "Dense",
     "Elementwise",
     "empirical_nngp",
