@@ -59,9 +59,13 @@ from widenet.layers import Dense, Elementwise
 __all__ = [
     "FCNet",
     "Null",
+    "EmbeddingFamily",
     "Split",
     "as_fcnet",
+    "compatible_embedding",
     "compose",
+    "embedding_family",
+    "splitting_matrix",
     "null_embedding",
     "split_neuron",
 ]
@@ -141,6 +145,12 @@ class FCNet:
     @property
     def num_parameters(self) -> int:
         return sum(w.numel() + (0 if b is None else b.numel()) for w, b in self.layers())
+
+    def flat(self) -> torch.Tensor:
+        """All parameters as one vector, in ``to_module().parameters()`` order (W_1, b_1, …)."""
+        return torch.cat(
+            [t.reshape(-1) for w, b in self.layers() for t in ((w,) if b is None else (w, b))]
+        )
 
     def layers(self) -> list[tuple[torch.Tensor, torch.Tensor | None]]:
         return list(zip(self.weights, self.biases, strict=True))
@@ -347,3 +357,234 @@ def compose(net, steps: Sequence[Callable[[FCNet], FCNet]]) -> FCNet:
     for step in steps:
         out = step(out)
     return out
+
+
+# -- general compatible embedding ----------------------------------------------------------------
+def _check_maps(net: FCNet, index_maps, alphas, null_incoming):
+    widths = net.widths
+    if len(index_maps) != len(widths):
+        raise ValueError(
+            f"index_maps must have one map per hidden layer ({len(widths)}), got {len(index_maps)}"
+        )
+    maps, alphas_out = [], []
+    for l, (m, pi) in enumerate(zip(widths, index_maps, strict=True)):
+        pi = [
+            None if k is None else check_int(k, f"index_maps[{l}][{i}]") for i, k in enumerate(pi)
+        ]
+        bad = [k for k in pi if k is not None and not 0 <= k < m]
+        if bad:
+            raise ValueError(
+                f"index_maps[{l}] must map onto neurons 0..{m - 1} of hidden layer {l} (or None "
+                f"for a null neuron), got {bad}"
+            )
+        missing = sorted(set(range(m)) - {k for k in pi if k is not None})
+        if missing:
+            raise ValueError(
+                f"index_maps[{l}] is not onto: neurons {missing} of hidden layer {l} have no copy "
+                "(an embedding must keep every neuron of the narrow network)"
+            )
+        counts = torch.bincount(torch.tensor([k for k in pi if k is not None]), minlength=m)
+        if alphas is None:
+            a = [0.0 if k is None else 1.0 / int(counts[k]) for k in pi]
+        else:
+            a = list(alphas[l])
+            if len(a) != len(pi):
+                raise ValueError(
+                    f"alphas[{l}] must have one entry per wide neuron ({len(pi)}), got {len(a)}"
+                )
+            a = [
+                0.0 if k is None else check_real(v, f"alphas[{l}][{i}]")
+                for i, (k, v) in enumerate(zip(pi, a, strict=True))
+            ]
+            sums = [0.0] * m
+            for k, v in zip(pi, a, strict=True):
+                if k is not None:
+                    sums[k] += v
+            off = [(j, s) for j, s in enumerate(sums) if abs(s - 1.0) > 1e-9]
+            if off:
+                j, s = off[0]
+                raise ValueError(
+                    f"alphas[{l}]: the splitting factors of the copies of neuron {j} must sum to 1 "
+                    f"(compatibility condition of the embedding), got {s!r}"
+                    + (f" ({len(off)} neurons violate it)" if len(off) > 1 else "")
+                )
+        maps.append(pi)
+        alphas_out.append(a)
+    nulls = [[i for i, k in enumerate(pi) if k is None] for pi in maps]
+    incoming = []
+    for l in range(len(maps)):
+        fan_in = net.in_dim if l == 0 else len(maps[l - 1])
+        given = None if null_incoming is None else null_incoming[l]
+        n_null = len(nulls[l])
+        if given is None:
+            w = torch.zeros(n_null, fan_in, dtype=net.dtype, device=net.device)
+        else:
+            w = as_tensor(given, f"null_incoming[{l}]", dtype=net.dtype, device=net.device)
+            if w.shape != (n_null, fan_in):
+                raise ValueError(
+                    f"null_incoming[{l}] must be (n_null={n_null}, wide fan_in={fan_in}), got "
+                    f"{tuple(w.shape)}"
+                )
+            check_finite(w, f"null_incoming[{l}]")
+            if l and n_null and bool(w[:, nulls[l - 1]].ne(0).any()):
+                raise ValueError(
+                    f"null_incoming[{l}] must be 0 on the columns of the null neurons "
+                    f"{nulls[l - 1]} of layer {l - 1} (their outgoing weights are zero)"
+                )
+        incoming.append(w)
+    return maps, alphas_out, incoming
+
+
+def compatible_embedding(net, index_maps, alphas=None, null_incoming=None) -> FCNet:
+    """The general compatible embedding of Zhang et al. (2021, §4; 2022, §5).
+
+    ``index_maps[l]`` lists, for every neuron ``k`` of the wide hidden layer ``l``, the narrow
+    neuron ``π_l(k)`` it copies, or None for a *null* neuron. ``alphas[l][k]`` is the share of
+    ``π_l(k)``'s outgoing weights that copy ``k`` carries (default: equal shares ``1/#copies``).
+    The wide network is
+
+        W'_l[k, k'] = α_{l-1}[k'] · W_l[π_l(k), π_{l-1}(k')],   b'_l[k] = b_l[π_l(k)],
+
+    with ``α_0 ≡ 1`` and identity maps at the input and output; the columns of null neurons are
+    zero and their rows are ``null_incoming[l]`` (``(n_null, m'_{l-1})``, default 0; their bias is
+    0). Compatibility conditions, checked with an error naming the violation: every ``π_l`` is
+    onto ``[m_l]`` and the shares of each neuron's copies sum to one,
+    ``Σ_{k: π_l(k) = j} α_l[k] = 1``. Equivalent to a composition of :func:`split_neuron` and
+    :func:`null_embedding` steps followed by a permutation of neurons; critical whenever its null
+    neurons are (see :func:`null_embedding`).
+    """
+    net = as_fcnet(net)
+    if len(net.weights) == 1:
+        raise ValueError("the network has no hidden layer to embed into")
+    maps, alphas, incoming = _check_maps(net, index_maps, alphas, null_incoming)
+    opts = {"dtype": net.dtype, "device": net.device}
+    weights, biases = [], []
+    n_layers = len(net.weights)
+    for l, (w, b) in enumerate(net.layers()):
+        rows = maps[l] if l < n_layers - 1 else list(range(net.out_dim))
+        cols = maps[l - 1] if l else list(range(net.in_dim))
+        scale = torch.tensor(alphas[l - 1], **opts) if l else torch.ones(len(cols), **opts)
+        real_r = [i for i, k in enumerate(rows) if k is not None]
+        real_c = [i for i, k in enumerate(cols) if k is not None]
+        new_w = torch.zeros(len(rows), len(cols), **opts)
+        block = w[[rows[i] for i in real_r]][:, [cols[i] for i in real_c]] * scale[real_c]
+        new_w[torch.tensor(real_r, dtype=torch.long)[:, None], torch.tensor(real_c)] = block
+        null_r = [i for i, k in enumerate(rows) if k is None]
+        if null_r:
+            new_w[null_r] = incoming[l]
+        weights.append(new_w)
+        if b is None:
+            biases.append(None)
+        else:
+            new_b = torch.zeros(len(rows), **opts)
+            new_b[real_r] = b[[rows[i] for i in real_r]]
+            biases.append(new_b)
+    return net.replace(weights, biases)
+
+
+@dataclass(frozen=True)
+class EmbeddingFamily:
+    """The affine family ``{T_α θ}`` of compatible embeddings of one narrow point with a fixed
+    index map: the splitting shares range over ``Σ_{π(k)=j} α_k = 1`` (:func:`embedding_family`).
+
+    ``point(z)`` is the wide network at free coordinates ``z`` (``dimension`` numbers: for each
+    narrow neuron with ``c`` copies, the shares of its first ``c − 1`` copies, offset from the
+    base shares; the last copy takes the rest); ``basis()`` the ``(P', dimension)`` matrix of the
+    family's directions in :meth:`FCNet.flat` order (exact: ``θ'`` is affine in the shares).
+    """
+
+    net: FCNet
+    index_maps: list
+    alphas: list
+    null_incoming: list
+    free: list  # (layer, copy index, last copy index) per free coordinate
+
+    @property
+    def dimension(self) -> int:
+        """Σ_l (m'_l − m_l − #null_l): the number of free splitting shares (the count of Zhang et
+        al. 2021 for the critical affine subspace; it is the rank of :meth:`basis` unless a narrow
+        neuron's outgoing weights vanish)."""
+        return len(self.free)
+
+    def point(self, z=None) -> FCNet:
+        alphas = [list(a) for a in self.alphas]
+        if z is not None:
+            z = as_tensor(z, "z", dtype=torch.float64).reshape(-1)
+            if z.numel() != self.dimension:
+                raise ValueError(f"z must have {self.dimension} entries, got {z.numel()}")
+            for (l, k, last), t in zip(self.free, z.tolist(), strict=True):
+                alphas[l][k] += t
+                alphas[l][last] -= t
+        return compatible_embedding(self.net, self.index_maps, alphas, self.null_incoming)
+
+    def basis(self) -> torch.Tensor:
+        base = self.point().flat()
+        eye = torch.eye(self.dimension, dtype=torch.float64)
+        cols = [self.point(e).flat() - base for e in eye]
+        return torch.stack(cols, dim=1) if cols else base.new_zeros(base.numel(), 0)
+
+
+def embedding_family(net, index_maps, alphas=None, null_incoming=None) -> EmbeddingFamily:
+    """The embedded critical manifold through :func:`compatible_embedding` ``(net, …)``.
+
+    Every member computes the same function as ``net``; if ``net`` is a critical point (and the
+    null neurons are critical, e.g. zero incoming weights), every member is a critical point of
+    the wide loss with the same loss value — an affine subspace of critical points of dimension
+    ``Σ_l (m'_l − m_l − #null_l)`` (Zhang et al. 2021, §4: each extra copy adds one free share).
+    """
+    net = as_fcnet(net)
+    maps, alphas, incoming = _check_maps(net, index_maps, alphas, null_incoming)
+    free = []
+    for l, pi in enumerate(maps):
+        groups: dict[int, list[int]] = {}
+        for k, j in enumerate(pi):
+            if j is not None:
+                groups.setdefault(j, []).append(k)
+        for copies in groups.values():
+            free += [(l, k, copies[-1]) for k in copies[:-1]]
+    return EmbeddingFamily(net, maps, alphas, incoming, free)
+
+
+# -- Hessian of a split neuron -------------------------------------------------------------------
+def splitting_matrix(net, x, y, layer: int, neuron: int) -> torch.Tensor:
+    """``S = (1/n) Σ_i g_i σ''(z_i) h̃_i h̃_iᵀ`` for neuron ``s`` of hidden ``layer``.
+
+    ``z_i`` is the neuron's pre-activation on sample ``i``, ``h̃_i`` its input (with a trailing 1
+    when the layer has a bias) and ``g_i = ∂(½‖f(x_i) − y_i‖²)/∂σ(z_i)`` the back-propagated
+    residual. After the split ``T^α_{l,s}``, the loss Hessian along the incoming-weight difference
+    ``(w_1, w_2) = (w + (1 − α)δ, w − αδ)`` is ``α(1 − α) δᵀSδ`` (the "splitting matrix" of
+    Liu et al. 2019; Zhang et al. 2022 §6). For a one-hidden-layer, single-output network at a
+    critical point with ``a_s ≠ 0`` this block, one zero (the share direction) and the narrow
+    Hessian are congruent to the wide Hessian, so by Sylvester's law of inertia
+
+        inertia(wide) = inertia(narrow) + (0, 1, 0) + inertia(α(1 − α) S).
+    """
+    net = as_fcnet(net)
+    layer = _check_layer(net, layer)
+    neuron = check_int(neuron, "neuron", minimum=0)
+    if neuron >= net.widths[layer]:
+        raise ValueError(f"neuron must be < width {net.widths[layer]}, got {neuron}")
+    x = as_tensor(x, "x", dtype=net.dtype, device=net.device)
+    y = as_tensor(y, "y", dtype=net.dtype, device=net.device)
+    if y.ndim == 1:
+        y = y[:, None]
+    h = x
+    for w, b in net.layers()[:layer]:
+        h = net.activation(F.linear(h, w, b))
+    w, b = net.layers()[layer]
+    z = F.linear(h, w, b).detach().requires_grad_(True)
+    post = net.activation(z)
+    rest = net.replace(net.weights[layer + 1 :], net.biases[layer + 1 :])
+    if len(rest.weights) == 1:
+        out = F.linear(post, rest.weights[0], rest.biases[0])
+    else:
+        out = rest(post)
+    if out.shape != y.shape:
+        raise ValueError(f"y must have shape {tuple(out.shape)}, got {tuple(y.shape)}")
+    (g,) = torch.autograd.grad(0.5 * (out - y).square().sum(), post)
+    zs = z[:, neuron].detach().requires_grad_(True)
+    (d1,) = torch.autograd.grad(net.activation(zs).sum(), zs, create_graph=True)
+    (d2,) = torch.autograd.grad(d1.sum(), zs)
+    ht = h.detach() if b is None else torch.cat([h.detach(), h.new_ones(h.shape[0], 1)], dim=1)
+    weight = g[:, neuron] * d2 / x.shape[0]
+    return (ht * weight[:, None]).T @ ht
