@@ -63,6 +63,7 @@ __all__ = [
     "Split",
     "as_fcnet",
     "compatible_embedding",
+    "load_state_dict",
     "compose",
     "embedding_family",
     "splitting_matrix",
@@ -237,6 +238,104 @@ class FCNet:
             if i < last:
                 layers.append(copy.deepcopy(act))
         return nn.Sequential(*layers)
+
+    @classmethod
+    def from_state_dict(
+        cls,
+        state: dict,
+        activation="relu",
+        *,
+        parameterization: str = "standard",
+        w_std: float = 1.0,
+        b_std: float = 1.0,
+        layers: Sequence[int] | None = None,
+    ) -> FCNet:
+        """Read the state dict of a ``Linear, act, …, Linear`` ``nn.Sequential``.
+
+        Layers are the 2-D ``<prefix>.weight`` entries in numeric prefix order (``0.weight``,
+        ``2.weight``, …) with their ``<prefix>.bias``; ``activation`` is a name for
+        :func:`widenet.activations.get`. With ``parameterization="ntk"`` the stored parameters
+        are widenet's NTK-parameterized ones (``wn.mlp(..., w_std, b_std).network``) and are
+        scaled to effective weights ``w_std/sqrt(fan_in)·W``, ``b_std·b``. ``layers`` (``[in,
+        hidden…, out]``), when given, must match the stored shapes.
+        """
+        from widenet import activations
+        from widenet.layers import PARAMETERIZATIONS
+
+        if parameterization not in PARAMETERIZATIONS:
+            raise ValueError(
+                f"parameterization must be one of {PARAMETERIZATIONS}, got {parameterization!r}"
+            )
+        if not isinstance(state, dict) or not all(
+            isinstance(v, torch.Tensor) for v in state.values()
+        ):
+            raise TypeError("state must be a dict of tensors (a state dict)")
+        prefixes = [k[: -len(".weight")] for k, v in state.items() if k.endswith(".weight")]
+        if not prefixes:
+            raise ValueError(f"state has no '<layer>.weight' entries; keys: {sorted(state)}")
+
+        def order(prefix):
+            parts = prefix.split(".")
+            return [int(p) if p.isdigit() else p for p in parts]
+
+        prefixes.sort(key=order)
+        unknown = set(state) - {f"{p}.{n}" for p in prefixes for n in ("weight", "bias")}
+        if unknown:
+            raise ValueError(f"state has entries that are not Linear parameters: {sorted(unknown)}")
+        weights, biases = [], []
+        for p in prefixes:
+            w = as_tensor(state[f"{p}.weight"], f"{p}.weight")
+            if w.ndim != 2:
+                raise ValueError(f"{p}.weight must be 2-D (out, in), got {tuple(w.shape)}")
+            b = state.get(f"{p}.bias")
+            if parameterization == "ntk":
+                w = w * (check_real(w_std, "w_std") / w.shape[1] ** 0.5)
+                b = None if b is None else b * check_real(b_std, "b_std")
+            weights.append(w)
+            biases.append(b)
+        if layers is not None:
+            stored = [weights[0].shape[1], *(w.shape[0] for w in weights)]
+            if list(layers) != stored:
+                raise ValueError(f"layers {list(layers)} do not match the stored sizes {stored}")
+        act = activations.get(activation)
+        return cls(weights, biases, act.fn, Elementwise(act.fn, act.name))
+
+    def save(self, path) -> None:
+        """Write :meth:`to_module`'s state dict (standard parameterization) to ``path``:
+        safetensors for a ``.safetensors`` suffix, else ``torch.save``."""
+        from pathlib import Path
+
+        path = Path(path)
+        state = {k: v.detach().contiguous().cpu() for k, v in self.to_module().state_dict().items()}
+        if path.suffix == ".safetensors":
+            from safetensors.torch import save_file
+
+            save_file(state, str(path))
+        else:
+            torch.save(state, path)
+
+
+def load_state_dict(path) -> dict:
+    """A state dict from a ``.safetensors`` file or a ``torch.save`` file, the latter read with
+    ``weights_only=True`` (no pickled code is executed)."""
+    from pathlib import Path
+
+    path = Path(path)
+    if not path.is_file():
+        raise ValueError(f"model file {path} does not exist")
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        return load_file(str(path))
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # torch raises UnpicklingError, RuntimeError, EOFError, ...
+        raise ValueError(
+            f"{path} is not a torch.save state dict loadable with weights_only=True: {err}"
+        ) from None
+    if isinstance(state, nn.Module) or not isinstance(state, dict):
+        raise ValueError(f"{path} must hold a state dict (dict of tensors), got {type(state)}")
+    return state
 
 
 def _flatten(model: nn.Module):
