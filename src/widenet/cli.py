@@ -827,5 +827,308 @@ def predict(
     typer.echo(f"Saved: {out.resolve()} and {out.with_suffix('.json').name}")
 
 
+# ---- embedding principle: embed and hessian (issue 5) ----
+_MODEL_HELP = "Model file: .safetensors, or a torch.save state dict (read with weights_only=True)"
+_MODEL_HELP += " of an nn.Sequential of Linear + activation layers."
+ModelArg = Annotated[Path, typer.Argument(help=_MODEL_HELP, show_default=False)]
+LayersOpt = Annotated[
+    str | None,
+    typer.Option("--layers", help="Layer sizes 'in,hidden,...,out', checked against the file."),
+]
+ParamOpt = Annotated[
+    str,
+    typer.Option(
+        "--parameterization",
+        help="standard (nn.Linear) or ntk (widenet's mlp networks: W scaled by w_std/sqrt(fan_in),"
+        " b by b_std).",
+    ),
+]
+RunDirOpt = Annotated[Path, typer.Option("--out", "-o", help="Run folder (new or empty).")]
+
+
+def _load_fcnet(model: Path, activation, parameterization, w_std, b_std, layers):
+    """The saved model as a widenet.embedding.FCNet in float64."""
+    import torch
+
+    from widenet.embedding import FCNet, load_state_dict
+
+    sizes = None
+    if layers is not None:
+        try:
+            sizes = [int(v) for v in layers.split(",")]
+        except ValueError:
+            raise ValueError(f"--layers must be integers like '1,5,1', got {layers!r}") from None
+    state = load_state_dict(model)
+    net = FCNet.from_state_dict(
+        state,
+        activation,
+        parameterization=parameterization,
+        w_std=w_std,
+        b_std=b_std,
+        layers=sizes,
+    )
+    return net.to(torch.float64)
+
+
+def _run_folder(out: Path) -> Path:
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise ValueError(f"--out {out} exists and is not an empty folder")
+    out.mkdir(parents=True, exist_ok=True)
+    return out
+
+
+def _parse_steps(steps: list[str], to_widths: str | None, alpha: float, widths: list[int]):
+    from widenet.embedding import Null, Split
+
+    parsed = []
+    for raw in steps:
+        parts = raw.split(":")
+        try:
+            if parts[0] == "split" and len(parts) in (3, 4):
+                share = float(parts[3]) if len(parts) == 4 else alpha
+                parsed.append(Split(int(parts[1]), int(parts[2]), share))
+            elif parts[0] == "null" and len(parts) == 2:
+                parsed.append(Null(int(parts[1])))
+            else:
+                raise ValueError
+        except ValueError:
+            raise ValueError(
+                f"--step must be 'split:LAYER:NEURON[:ALPHA]' or 'null:LAYER', got {raw!r}"
+            ) from None
+    if to_widths is not None:
+        try:
+            targets = [int(v) for v in to_widths.split(",")]
+        except ValueError:
+            raise ValueError("--to-widths must be integers like '5' or '5,4'") from None
+        if len(targets) != len(widths) or any(t < m for t, m in zip(targets, widths, strict=True)):
+            raise ValueError(
+                f"--to-widths must give one width >= the current one per hidden layer "
+                f"(current {widths}), got {targets}"
+            )
+        for layer, (m, target) in enumerate(zip(widths, targets, strict=True)):
+            parsed += [Split(layer, k % m, alpha) for k in range(target - m)]
+    if not parsed:
+        raise ValueError("give --to-widths or at least one --step")
+    return parsed
+
+
+def _data_targets(data, n, data_seed, standardize, targets):
+    import numpy as np
+    import torch
+
+    x = _load_data(data, n, data_seed, standardize, torch.float64)
+    y = _load_targets(targets, "--targets", len(x))
+    y = np.asarray(y, dtype=np.float64)
+    return x, torch.as_tensor(y[:, None] if y.ndim == 1 else y)
+
+
+@app.command()
+def embed(
+    model: ModelArg,
+    out: RunDirOpt,
+    activation: ActivationOpt = "relu",
+    layers: LayersOpt = None,
+    parameterization: ParamOpt = "standard",
+    w_std: WStdOpt = 1.0,
+    b_std: BStdOpt = 1.0,
+    to_widths: Annotated[
+        str | None,
+        typer.Option(
+            "--to-widths",
+            help="Target hidden widths (comma list): split neurons "
+            "0, 1, ... in turn with share --alpha.",
+        ),
+    ] = None,
+    step: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--step",
+            help="A one-step embedding, applied in order (repeatable): "
+            "'split:LAYER:NEURON[:ALPHA]' or 'null:LAYER' (0-based hidden layers).",
+        ),
+    ] = None,
+    alpha: Annotated[float, typer.Option("--alpha", help="Default splitting share.")] = 0.5,
+    data: Annotated[
+        str | None, typer.Option("--data", help="Optional inputs to check the outputs on.")
+    ] = None,
+    n: NOpt = None,
+    data_seed: DataSeedOpt = 0,
+    standardize: StandardizeOpt = None,
+) -> None:
+    """Embed a saved network into a wider one (splitting / null embeddings, Zhang et al. 2021).
+
+    Writes OUT/model.safetensors (the wide network, standard parameterization, float64) and
+    OUT/embedding.json (widths, steps, the dimension of the embedded affine family and, with
+    --data, the largest output difference).
+    """
+    import json
+
+    import torch
+
+    from widenet.embedding import Split, compose
+
+    try:
+        net = _load_fcnet(model, activation, parameterization, w_std, b_std, layers)
+        steps = _parse_steps(step or [], to_widths, alpha, net.widths)
+        wide = compose(net, steps)
+        summary = {
+            "model": str(model),
+            "activation": activation,
+            "widths_before": net.widths,
+            "widths_after": wide.widths,
+            "parameters_before": net.num_parameters,
+            "parameters_after": wide.num_parameters,
+            "steps": [
+                {"kind": "split", "layer": s.layer, "neuron": s.neuron, "alpha": s.alpha}
+                if isinstance(s, Split)
+                else {"kind": "null", "layer": s.layer}
+                for s in steps
+            ],
+            "splits_per_layer": [
+                sum(isinstance(s, Split) and s.layer == l for s in steps)
+                for l in range(len(net.widths))
+            ],
+        }
+        if data is not None:
+            x = _load_data(data, n, data_seed, standardize, torch.float64)
+            diff = float((wide(x) - net(x)).abs().max())
+            summary.update(n_points=len(x), max_output_difference=diff)
+        folder = _run_folder(out)
+        wide.save(folder / "model.safetensors")
+        (folder / "embedding.json").write_text(json.dumps(summary, indent=2) + "\n")
+    except (ValueError, TypeError, OSError) as err:
+        raise _fail(str(err)) from None
+    console = _out()
+    console.print(
+        f"embedded widths {net.widths} -> {wide.widths} ({len(steps)} steps, "
+        f"{net.num_parameters} -> {wide.num_parameters} parameters)"
+        + (
+            f"; max |f_wide - f| on {summary['n_points']} points: "
+            f"{summary['max_output_difference']:.2e}"
+            if data is not None
+            else ""
+        ),
+        soft_wrap=True,
+    )
+    typer.echo(f"Saved: {(out / 'model.safetensors').resolve()} and embedding.json")
+
+
+@app.command()
+def hessian(
+    model: ModelArg,
+    out: RunDirOpt,
+    data: DataOpt = "digits",
+    targets: Annotated[
+        str, typer.Option("--targets", help="Targets file (.npy/.csv), one row per point.")
+    ] = "",
+    activation: ActivationOpt = "relu",
+    layers: LayersOpt = None,
+    parameterization: ParamOpt = "standard",
+    w_std: WStdOpt = 1.0,
+    b_std: BStdOpt = 1.0,
+    n: NOpt = None,
+    data_seed: DataSeedOpt = 0,
+    standardize: StandardizeOpt = None,
+    critical: Annotated[
+        str | None,
+        typer.Option(
+            "--critical",
+            help="First move to a critical point: newton, lbfgs or gradient_norm (saddles too).",
+        ),
+    ] = None,
+    tol: Annotated[
+        float, typer.Option("--tol", help="Critical-point tolerance on |grad L|.")
+    ] = 1e-10,
+    lanczos: Annotated[
+        int | None,
+        typer.Option(
+            "--lanczos",
+            help="Only the K largest and K smallest eigenvalues, by "
+            "Lanczos on Hessian-vector products (large models).",
+        ),
+    ] = None,
+    inertia_tol: Annotated[
+        float | None,
+        typer.Option(
+            "--inertia-tol",
+            help="|eigenvalue| <= this counts as zero (default sqrt(eps) * max |eigenvalue|).",
+        ),
+    ] = None,
+) -> None:
+    """Loss Hessian of a saved network on data: spectrum, inertia, optional critical point.
+
+    The loss is L = 1/(2n) sum_i |f(x_i) - y_i|^2 in float64. Writes OUT/hessian.json (loss,
+    |grad L|, inertia or extreme eigenvalues), OUT/eigenvalues.npy and, with --critical,
+    OUT/critical.safetensors (the critical point).
+    """
+    import json
+
+    import numpy as np
+    import torch
+
+    from widenet import landscape
+    from widenet.embedding import FCNet
+
+    try:
+        if not targets:
+            raise ValueError("--targets is required (a .npy/.csv file with one row per point)")
+        net = _load_fcnet(model, activation, parameterization, w_std, b_std, layers)
+        x, y = _data_targets(data, n, data_seed, standardize, targets)
+        module = net.to_module()
+        summary = {"model": str(model), "activation": activation, "widths": net.widths}
+        if critical is not None:
+            cp = landscape.find_critical_point(module, x, y, method=critical, tol=tol)
+            module = cp.model
+            summary["critical"] = {
+                "method": critical,
+                "converged": cp.converged,
+                "iterations": cp.iterations,
+                "tol": tol,
+            }
+        loss, theta = landscape.loss_function(module, x, y)
+        summary.update(
+            n_points=len(x),
+            num_parameters=theta.numel(),
+            loss=float(loss(theta)),
+            grad_norm=float(landscape.gradient(module, x, y).norm()),
+        )
+        if lanczos is None:
+            lam = torch.linalg.eigvalsh(landscape.hessian(module, x, y))
+            inert = landscape.inertia(lam, tol=inertia_tol)
+            summary["inertia"] = {
+                "negative": inert.negative,
+                "zero": inert.zero,
+                "positive": inert.positive,
+                "tol": inert.tol,
+                "gap": list(inert.gap),
+            }
+            eig = lam.cpu().numpy()
+        else:
+            ext = landscape.hessian_extreme_eigenvalues(module, x, y, k=lanczos)
+            summary["largest"] = ext.largest.tolist()
+            summary["smallest"] = ext.smallest.tolist()
+            eig = np.concatenate([ext.smallest.cpu().numpy(), ext.largest.cpu().numpy()])
+        folder = _run_folder(out)
+        np.save(folder / "eigenvalues.npy", eig)
+        if critical is not None:
+            FCNet.from_module(module).save(folder / "critical.safetensors")
+        (folder / "hessian.json").write_text(json.dumps(summary, indent=2) + "\n")
+    except (ValueError, TypeError, OSError) as err:
+        raise _fail(str(err)) from None
+    console = _out()
+    line = f"L = {summary['loss']:.6g}, |grad L| = {summary['grad_norm']:.2e}, "
+    line += f"P = {summary['num_parameters']}"
+    if "inertia" in summary:
+        i = summary["inertia"]
+        line += f"; inertia (neg/zero/pos) {i['negative']}/{i['zero']}/{i['positive']}"
+        line += f" at tol {i['tol']:.1e}"
+    else:
+        line += f"; smallest {summary['smallest'][0]:.4g}, largest {summary['largest'][-1]:.4g}"
+    if critical is not None and not summary["critical"]["converged"]:
+        line += f" (critical point NOT reached: |grad L| > {tol:g})"
+    console.print(line, soft_wrap=True)
+    typer.echo(f"Saved: {(out / 'hessian.json').resolve()}")
+
+
 if __name__ == "__main__":  # pragma: no cover
     app()
