@@ -1051,7 +1051,7 @@ def hessian(
         float | None,
         typer.Option(
             "--inertia-tol",
-            help="|eigenvalue| <= this counts as zero (default sqrt(eps) * max |eigenvalue|).",
+            help="|eigenvalue| <= this counts as zero (default eps^(2/3) * max |eigenvalue|).",
         ),
     ] = None,
 ) -> None:

@@ -10,7 +10,7 @@ found: ``‖∇L‖ ≤ 1e-10`` and all ``P = 7`` Hessian eigenvalues positive. 
 embedded step by step into widths 3, 4, 5 by one-step splittings ``T^α_{1,s}`` (neurons
 ``split_neurons``, share ``alpha``); at every width we compute the dense Hessian of
 ``L = 1/(2n) Σ_i (f(x_i) − y_i)²`` and its inertia (``wn.landscape.inertia``, default tolerance
-``sqrt(eps)·max|λ|``) and ‖∇L‖.
+``eps^(2/3)·max|λ|``) and ‖∇L‖.
 
 Theory
 ------
@@ -74,7 +74,7 @@ METRICS = {
     "predicted_positive": "previous positive count + #pos(alpha(1-alpha) S_s)",
     "loss": "L = 1/(2n) sum (f - y)^2 at each width (unchanged by the embedding)",
     "num_parameters": "number of parameters P at each width",
-    "tol": "inertia tolerance used at each width (sqrt(eps) * max |eigenvalue|)",
+    "tol": "inertia tolerance used at each width (eps^(2/3) * max |eigenvalue|)",
     "zero_gap": "[largest |eigenvalue| counted as zero, smallest |eigenvalue| counted as "
     "nonzero] at each width",
     "splitting_eigenvalues": "eigenvalues of the splitting matrix S_s of the neuron split at "
