@@ -201,18 +201,21 @@ def merge_neurons(
     """Merge each group of a layer's neurons into one: the inverse of the splitting embedding.
 
     Neuron k has input weights ``θ_k = (w_k, b_k)`` (row k of ``weight``, entry k of ``bias``)
-    and output weights ``a_k`` (column k of ``out_weight``, ``(n_out, n_neurons)``). Group G
-    becomes one neuron with, with amplitudes ``ρ_k = ‖a_k‖ ‖θ_k‖`` (uniform weights if all are
-    zero),
+    and output weights ``a_k`` (column k of ``out_weight``, ``(n_out, n_neurons)``). Group G,
+    with total output ``A = Σ_G a_k``, becomes one neuron with
 
-    * input weights ``θ_G = Σ_G ρ_k θ_k / Σ_G ρ_k`` (the amplitude-weighted mean);
-    * output weights ``a_G = Σ_G a_k`` in general, and ``a_G = Σ_G a_k ‖θ_k‖ / ‖θ_G‖`` for a
+    * input weights ``θ_G = Σ_G c_k θ_k``, the *output-weighted mean* ``c_k = a_k·A / ‖A‖²``
+      (``a_k / A`` for one output) when every ``c_k ≥ 0`` (the members' outputs point the same
+      way, as in a condensed layer); it makes the first-order term of
+      ``Σ a_k σ(θ_k·x̃) − A σ(θ_G·x̃)`` in the spread ``θ_k − θ_G`` vanish. Otherwise (outputs
+      of mixed sign or cancelling) the amplitude-weighted mean, ``c_k ∝ ρ_k = ‖a_k‖ ‖θ_k‖``
+      (uniform if all ρ_k are zero);
+    * output weights ``a_G = A`` in general, and ``a_G = Σ_G a_k ‖θ_k‖ / ‖θ_G‖`` for a
       positively homogeneous σ (``homogeneous=True``), which uses ``a σ(r u·x̃) = a r σ(u·x̃)``.
 
     Both are exact when the members have identical input weights (splitting embedding, Zhang
     et al. 2021, Sec. 3: copies of θ whose output weights sum to a); the homogeneous form is
-    also exact for positive multiples ``θ_k = r_k u``. Otherwise the merged neuron approximates
-    the group to first order in the spread of its directions. ``signs`` (±1 per neuron, from
+    also exact for positive multiples ``θ_k = r_k u``. ``signs`` (±1 per neuron, from
     :func:`group_neurons_up_to_sign`) first replaces ``(θ_k, a_k)`` by ``(s_k θ_k, s_k a_k)``,
     exact for an odd σ. Returns ``(weight, bias or None, out_weight)`` of the merged layer.
     """
@@ -237,22 +240,30 @@ def merge_neurons(
             raise ValueError(f"signs must be ({w.shape[0]},) entries of +1 or -1")
         theta, a = theta * s[:, None], a * s[None, :]
     r = torch.linalg.vector_norm(theta, dim=1)
-    rho = torch.linalg.vector_norm(a, dim=0) * r
     one_hot = torch.nn.functional.one_hot(labels.long(), n_groups).to(w.dtype)  # (n, G)
+    total = a @ one_hot  # A per group, (n_out, G)
+    # Output weights: c_k = a_k·A / ‖A‖² (sums to 1 over the group).
+    proj = (a * total[:, labels]).sum(0)
+    norm2 = (total**2).sum(0)
+    same_way = (one_hot.T @ (proj < 0).to(w.dtype) == 0) & (
+        norm2 > (1e-12 * (one_hot.T @ torch.linalg.vector_norm(a, dim=0))) ** 2
+    )
+    rho = torch.linalg.vector_norm(a, dim=0) * r
     mass = one_hot.T @ rho
-    # Groups of zero amplitude (all output weights or all input weights zero): plain mean.
-    weights = (
+    # Amplitude weights; groups of zero amplitude (outputs or inputs all zero): plain mean.
+    amplitude = (
         torch.where(mass[labels] > 0, rho, 1.0)
         / torch.where(mass > 0, mass, one_hot.sum(0))[labels]
     )
+    weights = torch.where(same_way[labels], proj / norm2[labels].clamp_min(1e-300), amplitude)
     theta_g = one_hot.T @ (weights[:, None] * theta)  # (G, fan_in [+1])
     if homogeneous:
         norm_g = torch.linalg.vector_norm(theta_g, dim=1)
         scaled = a * r[None, :] @ one_hot  # Σ a_k ‖θ_k‖
         # A zero θ_G (a zero-neuron group) computes σ(0) = 0: its output weight is irrelevant.
-        a_g = torch.where(norm_g > 0, scaled / norm_g.clamp_min(1e-300), a @ one_hot)
+        a_g = torch.where(norm_g > 0, scaled / norm_g.clamp_min(1e-300), total)
     else:
-        a_g = a @ one_hot
+        a_g = total
     if bias is None:
         return theta_g, None, a_g
     return theta_g[:, :-1], theta_g[:, -1], a_g
