@@ -5,6 +5,7 @@ importing it below.
 """
 
 import widenet.experiments.embedding_hessian  # noqa: F401  (registers embedding-hessian)
+import widenet.experiments.embedding_plateaus  # noqa: F401  (registers embedding-plateaus)
 import widenet.experiments.gp_vs_ensemble  # noqa: F401  (registers gp-vs-ensemble)
 import widenet.experiments.linear_vs_network  # noqa: F401  (registers linear-vs-network)
 from widenet.experiments import kernel_convergence
