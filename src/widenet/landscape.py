@@ -316,17 +316,21 @@ class CriticalPoint:
     method: str
 
 
-def _newton(loss, theta, tol: float, max_iter: int) -> tuple[torch.Tensor, int]:
+def _newton(
+    loss, theta, tol: float, max_iter: int, damping: float = 0.0
+) -> tuple[torch.Tensor, int]:
     """Newton on ``∇L = 0`` with Levenberg–Marquardt damping and a ``‖∇L‖`` merit function.
 
     The step ``d = −Σ_j λ_j/(λ_j² + μ) (u_jᵀg) u_j`` (eigenpairs of H) is Gauss–Newton for
     ``min ½‖∇L‖²`` (whose Jacobian is H): at ``μ = 0`` it is the pseudo-inverse Newton step, which
     converges quadratically to critical points of any index, also on the degenerate critical
     manifolds of embedded points; ``μ`` grows until ``‖∇L‖`` decreases (trust-region logic).
+    ``damping`` is the initial ``μ / max λ²``: large values start as gradient descent on
+    ``½‖∇L‖²`` (direction ``−H∇L``), 0 as pure Newton.
     """
     g_fn = grad(loss)
     h_fn = torch.func.hessian(loss)
-    mu = 0.0
+    mu = None
     g = g_fn(theta)
     g_norm = float(torch.linalg.vector_norm(g))
     for it in range(max_iter):
@@ -336,6 +340,8 @@ def _newton(loss, theta, tol: float, max_iter: int) -> tuple[torch.Tensor, int]:
         ug = u.T @ g
         scale = float(lam.abs().max()) ** 2
         floor = torch.finfo(theta.dtype).eps * scale  # pseudo-inverse cut for μ = 0
+        if mu is None:
+            mu = damping * scale
         for _ in range(40):
             denom = lam.square() + mu
             coef = torch.where(denom > floor, lam / denom.clamp_min(floor), 0.0)
@@ -400,23 +406,28 @@ def find_critical_point(
     * ``"newton"``: damped (Levenberg–Marquardt) pseudo-inverse Newton on ``∇L = 0`` with the
       dense Hessian; converges to the nearby critical point of any index (default 100 steps).
     * ``"lbfgs"``: L-BFGS (strong Wolfe) on ``L``; finds minima (default 5000 iterations).
-    * ``"gradient_norm"``: L-BFGS on ``½‖∇L‖²`` (gradient ``H∇L`` by double backward, no dense
-      Hessian), whose zeros are all critical points, saddles included (default 5000).
+    * ``"gradient_norm"``: minimise ``½‖∇L‖²``, whose zeros are all critical points, saddles
+      included: Levenberg–Marquardt (Gauss–Newton with the Jacobian H of ∇L, starting heavily
+      damped, i.e. as gradient descent along ``−H∇L``; default 200 steps) for models with at
+      most ``MAX_DENSE_PARAMETERS`` parameters, else L-BFGS with gradient ``H∇L`` by double
+      backward (default 5000 iterations; ill-conditioned: κ(H)²).
 
-    With ``polish`` (default) the L-BFGS methods finish with Newton steps when the model has at
-    most ``MAX_DENSE_PARAMETERS`` parameters, to reach tolerances L-BFGS alone stalls above.
+    With ``polish`` (default) L-BFGS finishes with Newton steps when the model has at most
+    ``MAX_DENSE_PARAMETERS`` parameters, to reach tolerances L-BFGS alone stalls above.
     The result certifies ``grad_norm = ‖∇L‖`` (Euclidean) evaluated at the returned point;
     ``converged`` is ``grad_norm ≤ tol`` and is False (never an exception) otherwise.
     """
     if method not in METHODS:
         raise ValueError(f"method must be one of {METHODS}, got {method!r}")
     tol = check_real(tol, "tol", minimum=0.0, strict=True)
-    defaults = {"newton": 100, "lbfgs": 5000, "gradient_norm": 5000}
-    max_iter = defaults[method] if max_iter is None else check_int(max_iter, "max_iter", minimum=1)
     model64 = copy.deepcopy(_as_module(model)).to(torch.float64)
     loss, theta = loss_function(model64, x, y)
     small = theta.numel() <= MAX_DENSE_PARAMETERS
-    if method == "newton":
+    defaults = {"newton": 100, "lbfgs": 5000, "gradient_norm": 200 if small else 5000}
+    max_iter = defaults[method] if max_iter is None else check_int(max_iter, "max_iter", minimum=1)
+    if method == "gradient_norm" and small:
+        theta, iters = _newton(loss, theta, tol, max_iter, damping=1.0)
+    elif method == "newton":
         if not small:
             raise ValueError(
                 f"method='newton' needs a dense Hessian; the model has {theta.numel()} > "
@@ -425,8 +436,10 @@ def find_critical_point(
         theta, iters = _newton(loss, theta, tol, max_iter)
     else:
         objective = loss if method == "lbfgs" else _grad_norm_sq(loss)
-        # L-BFGS stops on max |∂objective|; for ½‖∇L‖² that gradient is H∇L, so ask for less.
-        theta, iters = _lbfgs(objective, theta, max_iter, tolerance_grad=tol * 1e-3)
+        # L-BFGS stops on max |∂objective|: max |∂L| ≤ tol/sqrt(P) implies ‖∇L‖ ≤ tol; for
+        # ½‖∇L‖² that gradient is H∇L, which says little about ‖∇L‖, so ask for much less.
+        stop = tol / theta.numel() ** 0.5 if method == "lbfgs" else tol * 1e-3
+        theta, iters = _lbfgs(objective, theta, max_iter, tolerance_grad=stop)
         g_norm = float(torch.linalg.vector_norm(grad(loss)(theta)))
         if polish and small and g_norm > tol:
             theta, more = _newton(loss, theta, tol, 50)
@@ -485,7 +498,13 @@ def filter_normalized_direction(
 
 def _direction(model, theta0: torch.Tensor, d, name: str) -> torch.Tensor:
     if isinstance(d, nn.Module) or type(d).__name__ == "FCNet":
-        d = parameter_vector(d).to(theta0) - theta0  # a point: the direction towards it
+        other = parameter_vector(d).to(theta0)
+        if other.shape != theta0.shape:
+            raise ValueError(
+                f"{name}: the other model has {other.numel()} parameters, expected a flat "
+                f"direction of shape {tuple(theta0.shape)} or a model with the same parameters"
+            )
+        d = other - theta0  # a point: the direction towards it
     d = as_tensor(d, name, dtype=theta0.dtype, device=theta0.device)
     if d.shape != theta0.shape:
         raise ValueError(
