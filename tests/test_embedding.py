@@ -300,67 +300,36 @@ def test_cli_embed_and_hessian(tmp_path, sin_minimum):
     np.save(tmp_path / "x.npy", x.numpy())
     np.save(tmp_path / "y.npy", y.numpy())
     runner = CliRunner()
-    common = ["--activation", "tanh"]
-    res = runner.invoke(
-        app,
-        [
-            "embed",
-            str(tmp_path / "min.safetensors"),
-            *common,
-            "--to-widths",
-            "4",
-            "--alpha",
-            "0.3",
-            "--data",
-            str(tmp_path / "x.npy"),
-            "--out",
-            str(tmp_path / "emb"),
-        ],
+
+    def cli(line: str):
+        return runner.invoke(app, line.split())  # tmp_path has no spaces
+
+    model, xs, ys = tmp_path / "min.safetensors", tmp_path / "x.npy", tmp_path / "y.npy"
+    res = cli(
+        f"embed {model} --activation tanh --to-widths 4 --alpha 0.3 --data {xs} "
+        f"--out {tmp_path / 'emb'}"
     )
     assert res.exit_code == 0, res.output
     info = json.loads((tmp_path / "emb" / "embedding.json").read_text())
     assert info["widths_after"] == [4] and info["max_output_difference"] <= 1e-14
-    res = runner.invoke(
-        app,
-        [
-            "hessian",
-            str(tmp_path / "emb" / "model.safetensors"),
-            *common,
-            "--data",
-            str(tmp_path / "x.npy"),
-            "--targets",
-            str(tmp_path / "y.npy"),
-            "--out",
-            str(tmp_path / "hes"),
-        ],
+    res = cli(
+        f"hessian {tmp_path / 'emb' / 'model.safetensors'} --activation tanh --data {xs} "
+        f"--targets {ys} --out {tmp_path / 'hes'}"
     )
     assert res.exit_code == 0, res.output
     h = json.loads((tmp_path / "hes" / "hessian.json").read_text())
+    # width 2 -> 4 with two splits: two zeros and (S indefinite) two negative eigenvalues
     assert (h["inertia"]["negative"], h["inertia"]["zero"]) == (2, 2) and h["grad_norm"] < 1e-10
     assert np.load(tmp_path / "hes" / "eigenvalues.npy").shape == (13,)
-    # bad input: a clear message, exit code 2, nothing written
-    res = runner.invoke(
-        app,
-        [
-            "embed",
-            str(tmp_path / "min.safetensors"),
-            *common,
-            "--step",
-            "split:3:0",
-            "--out",
-            str(tmp_path / "bad"),
-        ],
+    res = cli(
+        f"hessian {model} --activation tanh --data {xs} --targets {ys} --lanczos 2 "
+        f"--out {tmp_path / 'lanczos'}"
     )
+    assert res.exit_code == 0, res.output
+    ext = json.loads((tmp_path / "lanczos" / "hessian.json").read_text())
+    assert len(ext["largest"]) == 2 and ext["smallest"][0] > 0  # the strict minimum
+    # bad input: a clear message, exit code 2
+    res = cli(f"embed {model} --step split:3:0 --out {tmp_path / 'bad'}")
     assert res.exit_code == 2 and "layer must index a hidden layer" in res.output
-    res = runner.invoke(
-        app,
-        [
-            "embed",
-            str(tmp_path / "min.safetensors"),
-            "--out",
-            str(tmp_path / "emb"),
-            "--to-widths",
-            "3",
-        ],
-    )
+    res = cli(f"embed {model} --out {tmp_path / 'emb'} --to-widths 3")
     assert res.exit_code == 2 and "not an empty folder" in res.output

@@ -217,8 +217,9 @@ def _figure(ctx, rows, spectra):
     ax.set_title("Hessian spectra of the embedded minimum")
     ax.legend()
     widths = [r[0] for r in rows]
-    for key, marker in (("negative", "v"), ("zero", "o"), ("positive", "^")):
-        bx.plot(widths, [getattr(r[1], key) for r in rows], marker + "-", label=key)
+    # negative and zero counts coincide here: dashes keep both visible
+    for key, style in (("negative", "v-"), ("zero", "o--"), ("positive", "^-")):
+        bx.plot(widths, [getattr(r[1], key) for r in rows], style, ms=7, label=key)
     bx.set_xticks(widths)
     bx.set_xlabel("hidden width")
     bx.set_ylabel("number of eigenvalues")
