@@ -195,3 +195,28 @@ def test_loss_slices_and_filter_normalised_directions(sin_data):
         L.loss_slice_1d(a, x, y, torch.ones(3))
     with pytest.raises(ValueError, match="same parameters"):
         L.loss_slice_1d(a, x, y, nn.Sequential(nn.Linear(1, 2), nn.Tanh(), nn.Linear(2, 1)))
+
+
+@pytest.mark.cuda
+def test_cuda_matches_cpu(sin_data, sin_minimum):
+    x, y = sin_data
+    narrow = E.FCNet.from_module(sin_minimum.model)
+    wide = E.compose(narrow, [E.Split(0, 0, 0.3), E.Null(0)])
+    gpu = wide.to("cuda")
+    h_cpu = L.hessian(wide.to_module(), x, y)
+    h_gpu = L.hessian(gpu.to_module(), x.cuda(), y.cuda())
+    assert h_gpu.is_cuda
+    # same float64 arithmetic up to reduction order: 1e-12 of the largest entry
+    assert float((h_gpu.cpu() - h_cpu).abs().max()) <= 1e-12 * float(h_cpu.abs().max())
+    cp = L.find_critical_point(gpu.to_module(), x.cuda(), y.cuda(), method="newton")
+    assert cp.converged and next(cp.model.parameters()).is_cuda
+    ext = L.hessian_extreme_eigenvalues(gpu.to_module(), x.cuda(), y.cuda(), k=2)
+    assert ext.largest.is_cuda
+    s = L.loss_slice_1d(
+        gpu.to_module(),
+        x.cuda(),
+        y.cuda(),
+        L.filter_normalized_direction(gpu.to_module(), seed=0),
+        t=[0.0, 1.0],
+    )
+    assert s.loss.is_cuda
