@@ -4,6 +4,7 @@ Add an experiment by writing a module here that calls :func:`widenet.lab.registe
 importing it below.
 """
 
+import widenet.experiments.condensation_pruning  # noqa: F401  (registers condensation-pruning)
 import widenet.experiments.embedding_hessian  # noqa: F401  (registers embedding-hessian)
 import widenet.experiments.embedding_plateaus  # noqa: F401  (registers embedding-plateaus)
 import widenet.experiments.gp_vs_ensemble  # noqa: F401  (registers gp-vs-ensemble)
