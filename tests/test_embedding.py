@@ -314,13 +314,15 @@ def test_cli_embed_and_hessian(tmp_path, sin_minimum):
     assert info["widths_after"] == [4] and info["max_output_difference"] <= 1e-14
     res = cli(
         f"hessian {tmp_path / 'emb' / 'model.safetensors'} --activation tanh --data {xs} "
-        f"--targets {ys} --out {tmp_path / 'hes'}"
+        f"--targets {ys} --slice 3 --out {tmp_path / 'hes'}"
     )
     assert res.exit_code == 0, res.output
     h = json.loads((tmp_path / "hes" / "hessian.json").read_text())
     # width 2 -> 4 with two splits: two zeros and (S indefinite) two negative eigenvalues
     assert (h["inertia"]["negative"], h["inertia"]["zero"]) == (2, 2) and h["grad_norm"] < 1e-10
     assert np.load(tmp_path / "hes" / "eigenvalues.npy").shape == (13,)
+    plane = np.load(tmp_path / "hes" / "slice_2d.npz")
+    assert plane["loss"].shape == (3, 3) and plane["loss"][1, 1] == pytest.approx(h["loss"])
     res = cli(
         f"hessian {model} --activation tanh --data {xs} --targets {ys} --lanczos 2 "
         f"--out {tmp_path / 'lanczos'}"
@@ -331,5 +333,10 @@ def test_cli_embed_and_hessian(tmp_path, sin_minimum):
     # bad input: a clear message, exit code 2
     res = cli(f"embed {model} --step split:3:0 --out {tmp_path / 'bad'}")
     assert res.exit_code == 2 and "layer must index a hidden layer" in res.output
+    res = cli(
+        f"hessian {model} --activation tanh --data {xs} --targets {ys} --toward "
+        f"{tmp_path / 'emb' / 'model.safetensors'} --out {tmp_path / 'bad2'}"
+    )
+    assert res.exit_code == 2 and "other layer sizes" in res.output
     res = cli(f"embed {model} --out {tmp_path / 'emb'} --to-widths 3")
     assert res.exit_code == 2 and "not an empty folder" in res.output

@@ -1013,6 +1013,24 @@ def embed(
     typer.echo(f"Saved: {(out / 'model.safetensors').resolve()} and embedding.json")
 
 
+def _slices(folder: Path, module, x, y, points: int, seed: int, other) -> None:
+    """--slice (2-D, filter-normalised random directions) and --toward (1-D, to ``other``)."""
+    import numpy as np
+    import torch
+
+    from widenet import landscape
+
+    if points:
+        d1 = landscape.filter_normalized_direction(module, seed=seed)
+        d2 = landscape.filter_normalized_direction(module, seed=seed + 1)
+        grid = torch.linspace(-1.0, 1.0, points, dtype=torch.float64)
+        plane = landscape.loss_slice_2d(module, x, y, d1, d2, grid, grid)
+        np.savez(folder / "slice_2d.npz", a=grid.numpy(), b=grid.numpy(), loss=plane.loss.numpy())
+    if other is not None:
+        line = landscape.loss_slice_1d(module, x, y, other.to_module())
+        np.savez(folder / "slice_1d.npz", t=line.coords[0].numpy(), loss=line.loss.numpy())
+
+
 @app.command()
 def hessian(
     model: ModelArg,
@@ -1054,12 +1072,26 @@ def hessian(
             help="|eigenvalue| <= this counts as zero (default eps^(2/3) * max |eigenvalue|).",
         ),
     ] = None,
+    slice_points: Annotated[
+        int,
+        typer.Option(
+            "--slice",
+            help="Also a 2-D loss slice on N x N points of [-1, 1]^2 along two filter-normalised "
+            "random directions (Li et al. 2018); 0: none.",
+        ),
+    ] = 0,
+    toward: Annotated[
+        Path | None,
+        typer.Option("--toward", help="Also the 1-D loss slice from the model to this one."),
+    ] = None,
+    slice_seed: Annotated[int, typer.Option("--slice-seed", help="Seed of the directions.")] = 0,
 ) -> None:
     """Loss Hessian of a saved network on data: spectrum, inertia, optional critical point.
 
     The loss is L = 1/(2n) sum_i |f(x_i) - y_i|^2 in float64. Writes OUT/hessian.json (loss,
-    |grad L|, inertia or extreme eigenvalues), OUT/eigenvalues.npy and, with --critical,
-    OUT/critical.safetensors (the critical point).
+    |grad L|, inertia or extreme eigenvalues), OUT/eigenvalues.npy, with --critical
+    OUT/critical.safetensors (the critical point), with --slice OUT/slice_2d.npz (a, b, loss)
+    and with --toward OUT/slice_1d.npz (t, loss; t = 0 the model, t = 1 the other one).
     """
     import json
 
@@ -1073,6 +1105,13 @@ def hessian(
         if not targets:
             raise ValueError("--targets is required (a .npy/.csv file with one row per point)")
         net = _load_fcnet(model, activation, parameterization, w_std, b_std, layers)
+        if slice_points < 0 or slice_points == 1:
+            raise ValueError(f"--slice must be 0 (none) or >= 2 points, got {slice_points}")
+        other = None
+        if toward is not None:
+            other = _load_fcnet(toward, activation, parameterization, w_std, b_std, None)
+            if [w.shape for w in other.weights] != [w.shape for w in net.weights]:
+                raise ValueError(f"--toward {toward} has other layer sizes than {model}")
         x, y = _data_targets(data, n, data_seed, standardize, targets)
         module = net.to_module()
         summary = {"model": str(model), "activation": activation, "widths": net.widths}
@@ -1110,6 +1149,7 @@ def hessian(
             eig = np.concatenate([ext.smallest.cpu().numpy(), ext.largest.cpu().numpy()])
         folder = _run_folder(out)
         np.save(folder / "eigenvalues.npy", eig)
+        _slices(folder, module, x, y, slice_points, slice_seed, other)
         if critical is not None:
             FCNet.from_module(module).save(folder / "critical.safetensors")
         (folder / "hessian.json").write_text(json.dumps(summary, indent=2) + "\n")
