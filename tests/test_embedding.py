@@ -312,6 +312,7 @@ def test_cli_embed_and_hessian(tmp_path, sin_minimum):
     assert res.exit_code == 0, res.output
     info = json.loads((tmp_path / "emb" / "embedding.json").read_text())
     assert info["widths_after"] == [4] and info["max_output_difference"] <= 1e-14
+    assert info["family_dimension"] == 2
     res = cli(
         f"hessian {tmp_path / 'emb' / 'model.safetensors'} --activation tanh --data {xs} "
         f"--targets {ys} --slice 3 --out {tmp_path / 'hes'}"

@@ -988,6 +988,8 @@ def embed(
                 sum(isinstance(s, Split) and s.layer == l for s in steps)
                 for l in range(len(net.widths))
             ],
+            # Σ_l (m'_l − m_l − #null_l): one free splitting share per split (embedding_family)
+            "family_dimension": sum(isinstance(s, Split) for s in steps),
         }
         if data is not None:
             x = _load_data(data, n, data_seed, standardize, torch.float64)
