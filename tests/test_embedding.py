@@ -341,3 +341,17 @@ def test_cli_embed_and_hessian(tmp_path, sin_minimum):
     assert res.exit_code == 2 and "other layer sizes" in res.output
     res = cli(f"embed {model} --out {tmp_path / 'emb'} --to-widths 3")
     assert res.exit_code == 2 and "not an empty folder" in res.output
+
+
+def test_null_embedding_of_a_critical_point_keeps_the_inertia_order(sin_minimum):
+    net, x, y = sin_minimum
+    before = L.inertia(L.hessian(net.to_module(), x, y))
+    wide = E.null_embedding(net, 0)  # zero in and out weights: critical (tanh(0) = 0)
+    after = L.inertia(L.hessian(wide.to_module(), x, y))
+    assert float(L.gradient(wide.to_module(), x, y).norm()) <= 1e-10
+    # Theorem 6.2 holds for every critical embedding: no count decreases. Here the new
+    # neuron's (a, w, b) block is [[0, g], [g, 0]] with g = (1/n) Σ r_i tanh'(0) x̃_i ≠ 0:
+    # it adds 1 negative and 1 positive eigenvalue, and the residual direction a zero.
+    assert after.negative >= before.negative + 1
+    assert after.zero >= before.zero and after.positive >= before.positive
+    assert after.negative + after.zero + after.positive == before.eigenvalues.numel() + 3
