@@ -369,3 +369,77 @@ def test_merge_and_condense_bad_input():
         condensation.function_agreement(torch.randn(5, 2), torch.randn(5, 3))
     with pytest.raises(TypeError, match="activation must map"):
         condensation.activation_symmetries(lambda z: z.sum())
+
+
+# --------------------------------------------------------------------------------------------
+# widenet condense
+
+
+def _state_dict(weights, biases):
+    state = {}
+    for i, (w, b) in enumerate(zip(weights, biases, strict=True)):
+        state[f"{2 * i}.weight"] = w
+        if b is not None:
+            state[f"{2 * i}.bias"] = b
+    return state
+
+
+def test_cli_condense_merges_a_split_network_back(tmp_path):
+    import json
+
+    from safetensors.torch import load_file, save_file
+    from typer.testing import CliRunner
+
+    from widenet.cli import app
+
+    weights, biases = _narrow([3], d=2, k=1)
+    wide = _split(weights, biases, 0, 0, 0.3, sign=-1.0)
+    wide = _split(*wide, 0, 2, 0.6)
+    x = torch.randn(30, 2, generator=torch.Generator().manual_seed(11), dtype=F64)
+    np.save(tmp_path / "x.npy", x.numpy())
+    save_file(_state_dict(*wide), str(tmp_path / "wide.safetensors"))
+    torch.save(_state_dict(*wide), tmp_path / "wide.pt")
+    runner = CliRunner()
+    for name in ("wide.safetensors", "wide.pt"):
+        out = tmp_path / f"run-{name}"
+        args = ["condense", str(tmp_path / name), "--out", str(out), "--activation", "tanh"]
+        args += ["--data", str(tmp_path / "x.npy"), "--threshold", "0.99"]
+        result = runner.invoke(app, args)
+        assert result.exit_code == 0, result.output
+        assert "[5] -> effective widths [3]" in result.output
+        report = json.loads((out / "condensation.json").read_text())
+        assert report["odd"] and not report["homogeneous"]
+        assert report["labels"] == [[0, 1, 2, 0, 2]] and report["signs"] == [[1, 1, 1, -1, 1]]
+        assert report["max_abs_difference"] < 1e-13 and report["prediction_agreement"] == 1.0
+        merged = load_file(str(out / "model.safetensors"))
+        for key, value in _state_dict(weights, biases).items():
+            torch.testing.assert_close(merged[key], value, rtol=0, atol=1e-13)
+
+
+def test_cli_condense_bad_input(tmp_path):
+    from typer.testing import CliRunner
+
+    from widenet.cli import app
+
+    runner = CliRunner()
+    torch.save(_state_dict(*_narrow([3])), tmp_path / "m.pt")
+    torch.save(torch.nn.Linear(2, 2), tmp_path / "module.pt")  # pickled code: refused
+    (tmp_path / "full").mkdir()
+    (tmp_path / "full" / "f").write_text("")
+    cases = [
+        (["condense", str(tmp_path / "nope.pt"), "-o", str(tmp_path / "a")], "does not exist"),
+        (["condense", str(tmp_path / "module.pt"), "-o", str(tmp_path / "b")], "weights_only"),
+        (["condense", str(tmp_path / "m.pt"), "-o", str(tmp_path / "full")], "not an empty"),
+        (
+            ["condense", str(tmp_path / "m.pt"), "-o", str(tmp_path / "c"), "--threshold", "2"],
+            "threshold",
+        ),
+        (
+            ["condense", str(tmp_path / "m.pt"), "-o", str(tmp_path / "d"), "--data", "iris"],
+            "x must be",
+        ),
+    ]
+    for args, message in cases:
+        result = runner.invoke(app, args)
+        assert result.exit_code == 2, (args, result.output)
+        assert message in result.output and "Traceback" not in result.output

@@ -1172,5 +1172,93 @@ def hessian(
     typer.echo(f"Saved: {(out / 'hessian.json').resolve()}")
 
 
+# ---- condensation (issue 5) ----
+
+
+@app.command()
+def condense(
+    model: ModelArg,
+    out: RunDirOpt,
+    activation: ActivationOpt = "relu",
+    layers: LayersOpt = None,
+    parameterization: ParamOpt = "standard",
+    w_std: WStdOpt = 1.0,
+    b_std: BStdOpt = 1.0,
+    threshold: Annotated[
+        float,
+        typer.Option("--threshold", help="Cosine similarity (bias included) to share a group."),
+    ] = 0.9,
+    data: Annotated[
+        str | None,
+        typer.Option("--data", help="Inputs to measure the merged network's agreement on."),
+    ] = None,
+    n: NOpt = None,
+    data_seed: DataSeedOpt = 0,
+    standardize: StandardizeOpt = None,
+    odd: Annotated[
+        bool | None,
+        typer.Option("--odd/--no-odd", help="Merge sign-flipped neurons (default: if σ is odd)."),
+    ] = None,
+    homogeneous: Annotated[
+        bool | None,
+        typer.Option(
+            "--homogeneous/--no-homogeneous",
+            help="Use σ(r z) = r σ(z), r > 0 (default: if σ is, e.g. relu).",
+        ),
+    ] = None,
+) -> None:
+    """Merge each hidden layer's condensed neurons into one: the effective width (Zhang et al.).
+
+    Writes OUT/model.safetensors (the merged network, standard parameterization, float64) and
+    OUT/condensation.json (widths, effective widths, group label and sign of every neuron and,
+    with --data, the agreement of the merged network with the saved one).
+    """
+    import json
+
+    import torch
+
+    from widenet import condensation
+
+    try:
+        net = _load_fcnet(model, activation, parameterization, w_std, b_std, layers)
+        x = None if data is None else _load_data(data, n, data_seed, standardize, torch.float64)
+        result = condensation.condense(
+            net, x, threshold=threshold, homogeneous=homogeneous, odd=odd
+        )
+        summary = {
+            "model": str(model),
+            "activation": activation,
+            "threshold": result.threshold,
+            "homogeneous": result.homogeneous,
+            "odd": result.odd,
+            "widths": list(result.widths),
+            "effective_widths": list(result.effective_widths),
+            "parameters_before": net.num_parameters,
+            "parameters_after": result.model.num_parameters,
+            "labels": [t.tolist() for t in result.labels],
+            "signs": [t.tolist() for t in result.signs],
+        }
+        if result.agreement is not None:
+            summary["n_points"] = result.agreement.n_points
+            summary["max_abs_difference"] = result.agreement.max_abs_difference
+            summary["relative_difference"] = result.agreement.relative_difference
+            summary["prediction_agreement"] = result.agreement.prediction_agreement
+        folder = _run_folder(out)
+        result.model.save(folder / "model.safetensors")
+        (folder / "condensation.json").write_text(json.dumps(summary, indent=2) + "\n")
+    except (ValueError, TypeError, OSError) as err:
+        raise _fail(str(err)) from None
+    line = f"widths {summary['widths']} -> effective widths {summary['effective_widths']} "
+    line += f"(cosine >= {threshold:g})"
+    if result.agreement is not None:
+        a = result.agreement
+        line += f"; on {a.n_points} points: max |f - f_merged| {a.max_abs_difference:.3g}, "
+        line += (
+            f"relative {a.relative_difference:.3g}, predictions agree {a.prediction_agreement:.4f}"
+        )
+    _out().print(line, soft_wrap=True)
+    typer.echo(f"Saved: {(out / 'model.safetensors').resolve()} and condensation.json")
+
+
 if __name__ == "__main__":  # pragma: no cover
     app()
