@@ -1,0 +1,124 @@
+"""embedding-plateaus: the wide tanh net's loss plateaus sit at narrow networks' critical losses."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from widenet import lab
+from widenet.experiments.embedding_plateaus import (
+    METRICS,
+    EmbeddingPlateausConfig,
+    detect_plateaus,
+    target,
+)
+
+
+@pytest.fixture(scope="module")
+def quick_run(tmp_path_factory):
+    # One quick run for the module (width 100, 10 000 GD steps, 8 Newton starts per family).
+    out = tmp_path_factory.mktemp("ep") / "run"
+    return lab.run_experiment("embedding-plateaus", quick=True, out=out, seed=0, threads=1)
+
+
+def _staircase(t):
+    # Loss 0.3 -> 0.1 -> 0.01 -> t^-2 decay: drops are logistic in log t, sharp (width 0.05).
+    s = np.log(t)
+    drop = lambda at: 1 / (1 + np.exp(-(s - np.log(at)) / 0.05))  # noqa: E731
+    log_l = np.log(0.3) + np.log(1 / 3) * drop(10) + np.log(0.1) * drop(300)
+    return np.exp(log_l - 2 * np.log(np.maximum(t / 5000, 1)))
+
+
+def test_detect_plateaus_on_a_known_staircase():
+    t = np.unique(np.round(np.geomspace(1, 1e5, 300)).astype(int))
+    loss = _staircase(t)
+    found = detect_plateaus(t, loss, ceiling=0.99 * loss[0])
+    # Two plateaus: 0.1 between the drops at t=10 and t=300, 0.01 from 300 to 5000 (after
+    # that the slope is -2); the initial one at 0.3 is above the ceiling.
+    assert len(found) == 2
+    (a0, f0, b0), (a1, f1, b1) = found
+    assert loss[f0] == pytest.approx(0.1, rel=1e-3) and loss[f1] == pytest.approx(0.01, rel=1e-3)
+    assert 10 < t[a0] < 20 and 200 < t[b0] < 300 and 300 < t[a1] < 450 and 4000 < t[b1] <= 5100
+    # Without the ceiling the initial plateau is reported first.
+    assert len(detect_plateaus(t, loss)) == 3
+    # Multiplicative noise of 0.1% per point does not break a plateau into pieces.
+    rng = np.random.default_rng(0)
+    noisy = loss * (1 + 1e-3 * rng.standard_normal(len(t)))
+    assert len(detect_plateaus(t, noisy, ceiling=0.99 * loss[0])) == 2
+    # A steady power law L ~ t^-0.5 has no plateau at threshold 0.1.
+    assert detect_plateaus(t, t**-0.5) == []
+
+
+def test_detect_plateaus_bad_input():
+    with pytest.raises(ValueError, match="same length"):
+        detect_plateaus([1, 2, 3], [1.0, 2.0])
+    with pytest.raises(ValueError, match="increasing"):
+        detect_plateaus([1, 3, 2], [1.0, 1.0, 1.0])
+    with pytest.raises(ValueError, match="positive"):
+        detect_plateaus([1, 2, 3], [1.0, 0.0, 1.0])
+
+
+def test_sizes():
+    full, quick = EmbeddingPlateausConfig(), EmbeddingPlateausConfig.quick()
+    assert (full.width, full.steps, full.init_variance_exponent) == (500, 100_000, 3.0)
+    assert (quick.width, quick.steps) == (100, 10_000)
+
+
+def test_metrics_keys(quick_run):
+    m = quick_run.metrics
+    assert set(m) == set(METRICS)
+    assert json.loads((quick_run.out / "metrics.json").read_text()) == m
+    assert set(m["critical_losses"]) == {"1", "2", "3"}
+    n = len(m["plateau_losses"])
+    for key in ("plateau_matches", "effective_width_at_plateau", "plateau_function_gap"):
+        assert len(m[key]) == n, key
+    assert [p.name for p in quick_run.figures] == ["plateaus.png"]
+    assert m["init_std"] == pytest.approx(100**-1.5)
+
+
+def test_linear_limit_critical_loss_is_the_least_squares_line(quick_run):
+    # Independent computation: the width-1 critical point at infinity is the affine fit.
+    x = torch.linspace(-1, 1, 20, dtype=torch.float64)[:, None]
+    a = torch.cat([x, torch.ones_like(x)], 1)
+    y = target(x)
+    resid = y - a @ torch.linalg.lstsq(a, y).solution
+    line = float(0.5 * (resid**2).mean())
+    width1 = [c for c in quick_run.metrics["critical_points"] if c["width"] == 1]
+    assert any(
+        c["kind"] == "linear_limit" and c["loss"] == pytest.approx(line, rel=1e-10) for c in width1
+    )
+
+
+def test_embedded_critical_points_are_more_degenerate(quick_run):
+    # The same loss reappears at every wider width (embedding principle) with at least as many
+    # zero and negative Hessian eigenvalues (Zhang et al. 2022, Thm. on irreversibility).
+    points = quick_run.metrics["critical_points"]
+    line = min(points, key=lambda c: (c["width"], c["kind"] != "linear_limit"))
+    same = sorted(
+        (c for c in points if c["loss"] == pytest.approx(line["loss"], rel=1e-6)),
+        key=lambda c: c["width"],
+    )
+    assert [c["width"] for c in same] == [1, 2, 3]
+    for narrow, wide in zip(same, same[1:], strict=False):
+        assert wide["zero"] > narrow["zero"] and wide["negative"] >= narrow["negative"]
+
+
+def test_plateaus_sit_at_narrow_critical_losses(quick_run):
+    m = quick_run.metrics
+    # At least the linear-fit plateau and the one-saturated-neuron plateau (measured: 0.1320
+    # and 0.0070), in order of time, each lower than the one before.
+    losses = m["plateau_losses"]
+    assert len(losses) >= 2 and all(np.diff(losses) < 0)
+    assert m["plateau_matches"][0] == 1
+    # First plateau within 0.1% of the width-1 critical loss (measured 0.04%): the wide net's
+    # neurons are small there (|theta| ~ 1/sqrt(width)), so tanh is linear to O(|theta|^2).
+    assert m["plateau_relative_gap"][0] < 1e-3
+    # The condensed network reproduces the wide one (measured 0.3%) and the narrow critical
+    # function (measured 0.4%) on the data.
+    assert m["merge_relative_difference"][0] < 0.02
+    assert m["plateau_function_gap"][0] < 0.02
+    assert m["effective_width_at_plateau"][0] < 10  # of 100 neurons
+    assert m["final_loss"] < 1e-3 < m["initial_loss"]
