@@ -221,3 +221,13 @@ def test_cuda_matches_cpu(sin_data, sin_minimum):
         t=[0.0, 1.0],
     )
     assert s.loss.is_cuda
+
+
+@pytest.mark.slow
+def test_lanczos_on_a_few_thousand_parameters():
+    net, x, y = _problem(depth=2, width=60, n=60, d=10, seed=4)  # 4381 parameters
+    lam = torch.linalg.eigvalsh(L.hessian(net, x, y))
+    ext = L.hessian_extreme_eigenvalues(net, x, y, k=4)
+    scale = float(lam.abs().max())
+    assert torch.allclose(ext.largest, lam[-4:], rtol=0, atol=1e-8 * scale)
+    assert torch.allclose(ext.smallest, lam[:4], rtol=0, atol=1e-8 * scale)
