@@ -416,11 +416,13 @@ def find_critical_point(
     ``MAX_DENSE_PARAMETERS`` parameters, to reach tolerances L-BFGS alone stalls above.
     The result certifies ``grad_norm = ‖∇L‖`` (Euclidean) evaluated at the returned point;
     ``converged`` is ``grad_norm ≤ tol`` and is False (never an exception) otherwise. Expect
-    False from a fair share of random starts of tanh networks: besides critical points, their
-    landscapes have "channels to infinity" where the loss keeps decreasing ever more slowly as
-    two neurons merge and their output weights diverge (Martinelli, van Meegen, Şimşek,
-    Gerstner, Brea 2025, arXiv:2506.14951); no finite critical point lies there. (Measured on
-    ``sin(πx)``, 20 points, 6 seeds: width 1 converges 6/6 with lbfgs and gradient_norm, widths 2
+    False from a fair share of random starts of tanh networks: their landscapes have valleys
+    to infinity where the loss keeps decreasing ever more slowly and no finite critical point
+    lies — e.g. a neuron whose incoming weights shrink while its output weight diverges (it
+    tends to a linear unit; seen here on ``sin(πx)``: output weight 210 → 2700 between 200 and
+    1000 L-BFGS iterations, ``‖∇L‖`` 9e-2 → 4e-2), or two merging neurons with diverging output
+    weights (Martinelli, van Meegen, Şimşek, Gerstner, Brea 2025, arXiv:2506.14951). (Measured
+    on ``sin(πx)``, 20 points, 6 seeds: width 1 converges 6/6 with lbfgs and gradient_norm, widths 2
     and 3 in 2–3 of 6, newton 1–3 of 6.)
     """
     if method not in METHODS:
