@@ -8,11 +8,8 @@ import pytest
 import torch
 
 from widenet import lab
-from widenet.experiments.condensation_pruning import (
-    METRICS,
-    CondensationPruningConfig,
-    amplitude_cover,
-)
+from widenet.condensation import amplitude_cover
+from widenet.experiments.condensation_pruning import METRICS, CondensationPruningConfig
 
 REQUIRED = {"width", "effective_width", "agreement", "accuracy_wide", "accuracy_merged"}
 
@@ -66,6 +63,10 @@ def test_amplitude_cover_brute_force():
         k = next(i + 1 for i in range(30) if sum(amp[: i + 1]) >= fraction * sum(amp) * (1 - 1e-9))
         assert amplitude_cover(a, w, b, fraction) == k
     assert amplitude_cover(torch.zeros(3, 30), w, b) == 0
+    with pytest.raises(ValueError, match="fraction"):
+        amplitude_cover(a, w, b, 1.5)
+    with pytest.raises(ValueError, match="out_weight"):
+        amplitude_cover(a[:, :5], w, b)
 
 
 @pytest.mark.parametrize(

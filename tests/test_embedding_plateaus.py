@@ -108,17 +108,30 @@ def test_embedded_critical_points_are_more_degenerate(quick_run):
 
 def test_plateaus_sit_at_narrow_critical_losses(quick_run):
     m = quick_run.metrics
-    # At least the linear-fit plateau and the one-saturated-neuron plateau (measured: 0.1320
-    # and 0.0070), in order of time, each lower than the one before.
-    losses = m["plateau_losses"]
-    assert len(losses) >= 2 and all(np.diff(losses) < 0)
-    assert m["plateau_matches"][0] == 1
-    # First plateau within 0.1% of the width-1 critical loss (measured 0.04%): the wide net's
-    # neurons are small there (|theta| ~ 1/sqrt(width)), so tanh is linear to O(|theta|^2).
-    assert m["plateau_relative_gap"][0] < 1e-3
-    # The condensed network reproduces the wide one (measured 0.3%) and the narrow critical
-    # function (measured 0.4%) on the data.
-    assert m["merge_relative_difference"][0] < 0.02
-    assert m["plateau_function_gap"][0] < 0.02
-    assert m["effective_width_at_plateau"][0] < 10  # of 100 neurons
+    # Two plateaus, in order of time (measured 0.13198 and 0.00699): the least-squares line
+    # (width-1 critical point at infinity) and one saturated neuron plus a line (width 2).
+    assert len(m["plateau_losses"]) == 2
+    assert m["plateau_matches"] == [1, 2]
+    # Within 0.1% of the width-1 critical loss (measured 0.04%): the wide net's neurons are
+    # small there (|theta| ~ 1/sqrt(width)), so tanh is linear up to O(|theta|^2). The second
+    # plateau is shorter and still drifting: measured 2.7%, under the 5% match tolerance.
+    gaps = m["plateau_relative_gap"]
+    assert gaps[0] < 1e-3 and gaps[1] < 0.05
+    # The condensed network reproduces the wide one (measured 0.3%, 2.2%) and the matched
+    # narrow critical function (measured 0.4%, 2.4%) on the data.
+    assert max(m["merge_relative_difference"]) < 0.05
+    assert max(m["plateau_function_gap"]) < 0.05
+    # Of 100 neurons: 3 direction groups at each plateau (measured), of which the first
+    # plateau's function is carried by 1 and the second's by 2 (99% of the amplitude).
+    assert max(m["effective_width_at_plateau"]) <= 5
+    assert m["dominant_width_at_plateau"] == [1, 2]
     assert m["final_loss"] < 1e-3 < m["initial_loss"]
+
+
+def test_narrow_minima_found(quick_run):
+    crit = quick_run.metrics["critical_losses"]
+    # The target is exactly two tanh steps plus a line: width 3 with one linear-limit neuron
+    # fits it (loss ~1e-18 measured); width 2 has a tanh minimum near 1e-4 (the wide net's
+    # shoulder after the second plateau).
+    assert min(crit["3"]) < 1e-12
+    assert min(crit["2"]) < 1e-3

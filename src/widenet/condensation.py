@@ -36,6 +36,7 @@ from widenet._checks import as_tensor, check_finite, check_inputs, check_real
 
 __all__ = [
     "Agreement",
+    "amplitude_cover",
     "Condensed",
     "activation_symmetries",
     "condense",
@@ -271,6 +272,28 @@ def merge_neurons(
 
 # --------------------------------------------------------------------------------------------
 # The condensed network and its agreement with the wide one
+
+
+def amplitude_cover(out_weight, weight, bias=None, fraction: float = 0.99) -> int:
+    """Fewest neurons whose amplitudes ``‖a_k‖ ‖(w_k, b_k)‖`` sum to ``fraction`` of the total.
+
+    On a merged layer: how many groups carry the function. Neurons that never grew from a
+    small initialisation keep random directions and form groups of their own that
+    :func:`effective_width` counts; this count leaves out the smallest ones. 0 if all are zero.
+    """
+    fraction = check_real(fraction, "fraction")
+    if not 0 < fraction <= 1:
+        raise ValueError(f"fraction must be in (0, 1], got {fraction}")
+    theta = _augmented(weight, bias)
+    a = as_tensor(out_weight, "out_weight", dtype=theta.dtype, device=theta.device)
+    if a.ndim != 2 or a.shape[1] != theta.shape[0]:
+        raise ValueError(f"out_weight must be (n_out, {theta.shape[0]}), got {tuple(a.shape)}")
+    amp = torch.linalg.vector_norm(a, dim=0) * torch.linalg.vector_norm(theta, dim=1)
+    amp = np.sort(amp.detach().cpu().double().numpy())[::-1]
+    total = amp.sum()
+    if total == 0:
+        return 0
+    return int(np.searchsorted(np.cumsum(amp), fraction * total * (1 - 1e-12)) + 1)
 
 
 @dataclass(frozen=True)

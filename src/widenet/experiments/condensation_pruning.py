@@ -83,17 +83,6 @@ class CondensationPruningConfig(lab.Config):
     QUICK: ClassVar[dict] = {"width": 200, "steps": 200}
 
 
-def amplitude_cover(out_weight: torch.Tensor, weight, bias, fraction: float = 0.99) -> int:
-    """Fewest neurons whose amplitudes ``‖a_k‖ ‖(w_k, b_k)‖`` sum to ``fraction`` of the total."""
-    theta = torch.cat([weight, bias[:, None]], 1)
-    amp = torch.linalg.vector_norm(out_weight, dim=0) * torch.linalg.vector_norm(theta, dim=1)
-    amp = np.sort(amp.detach().cpu().double().numpy())[::-1]
-    total = amp.sum()
-    if total == 0:
-        return 0
-    return int(np.searchsorted(np.cumsum(amp), fraction * total * (1 - 1e-12)) + 1)
-
-
 @lab.register(
     "condensation-pruning",
     summary="A width-400 ReLU net trained on digits from small init, merged into its effective "
@@ -132,7 +121,7 @@ def run(config: CondensationPruningConfig, ctx: lab.RunContext) -> dict:
     with torch.no_grad():
         wide_pred, merged_pred = net(x_test).argmax(1), merged(x_test).argmax(1)
     sizes = torch.bincount(cond.labels[0]).sort(descending=True).values.tolist()
-    cover = amplitude_cover(merged.weights[1], merged.weights[0], merged.biases[0])
+    cover = condensation.amplitude_cover(merged.weights[1], merged.weights[0], merged.biases[0])
     _plot(ctx, net, cond)
     return {
         "width": m,

@@ -19,8 +19,9 @@ that narrow networks of widths 1, 2, 3 fit it increasingly well). Loss
   L(0)). A plateau's loss is the loss at its flattest recorded step. In log time a plateau
   is a stretch of constant loss however late it comes, while a drop has slope ≫ 1.
 * **Narrow critical points**, independently: for widths 1, 2, 3, ``n_seeds`` starts
-  N(0, 1.5²) of :func:`widenet.landscape.find_critical_point` (``method="newton"``, which
-  converges to saddles as well as minima, certified ``‖∇L‖ ≤ 1e-9``), for two families:
+  N(0, 1.5²) of :func:`widenet.landscape.find_critical_point` with ``method="newton"``
+  (converges to saddles as well as minima) and ``n_seeds`` with ``method="lbfgs"`` (minima),
+  each certified ``‖∇L‖ ≤ 1e-9``, for two families:
   the tanh network itself, and its *linear limit* — one neuron taken to ``θ → 0, a → ∞``
   with ``a θ`` fixed, where ``a tanh(θ·x̃) → (aθ)·x̃`` and ``∇L → 0``: a critical point at
   infinity, i.e. ``w − 1`` tanh neurons plus an affine unit (width 1: the least-squares line).
@@ -81,6 +82,8 @@ METRICS = {
     "match_tolerance, or null",
     "effective_width_at_plateau": "per plateau: effective width of the wide network's hidden "
     "layer (condensation at cosine >= threshold, up to sign)",
+    "dominant_width_at_plateau": "per plateau: fewest merged groups holding 99% of the summed "
+    "amplitude ||a_G|| ||theta_G|| (leaves out neurons that never grew)",
     "plateau_steps": "per plateau: [first, flattest, last] recorded step",
     "plateau_relative_gap": "per plateau: |plateau loss - matched critical loss| / critical "
     "loss (null if unmatched)",
@@ -95,6 +98,8 @@ METRICS = {
     "lr": "learning rate",
     "width": "hidden width of the wide network",
     "init_std": "standard deviation of every initial parameter (width ** -1.5)",
+    "curve_steps": "recorded steps (log-spaced)",
+    "curve_losses": "loss at each recorded step",
 }
 
 
@@ -107,14 +112,14 @@ class EmbeddingPlateausConfig(lab.Config):
     lr: float = pydantic.Field(0.5, gt=0)
     init_variance_exponent: float = pydantic.Field(3.0, gt=0)
     narrow_widths: list[int] = pydantic.Field([1, 2, 3], min_length=1)
-    n_seeds: int = pydantic.Field(24, ge=1)
+    n_seeds: int = pydantic.Field(12, ge=1)
     grid_points: int = pydantic.Field(300, ge=20)
     slope_threshold: float = pydantic.Field(0.1, gt=0)
     min_duration: float = pydantic.Field(2.0, gt=1)
     match_tolerance: float = pydantic.Field(0.05, gt=0)
     threshold: float = pydantic.Field(0.9, gt=0.5, le=1.0)
 
-    QUICK: ClassVar[dict] = {"width": 100, "steps": 10_000, "n_seeds": 8, "grid_points": 200}
+    QUICK: ClassVar[dict] = {"width": 100, "steps": 10_000, "n_seeds": 4, "grid_points": 200}
 
 
 def target(x: torch.Tensor) -> torch.Tensor:
@@ -195,10 +200,16 @@ def _init(model: nn.Module, std: float, gen: torch.Generator) -> nn.Module:
     return model
 
 
+# Newton from a random start converges in ~5-40 steps or not at all; L-BFGS (then Newton
+# polishing) needs a few hundred iterations to reach a minimum of these 3-9 parameter nets.
+_ITERS = {"newton": 60, "lbfgs": 300}
+
+
 def narrow_critical_points(x, y, widths, n_seeds: int, seed: int, progress=iter) -> list[dict]:
     """Distinct critical points of the narrow tanh networks and their linear limits.
 
-    For each width and family, ``n_seeds`` Newton runs from N(0, 1.5²) starts; converged
+    For each width and family, ``n_seeds`` Newton runs (saddles and minima) and ``n_seeds``
+    L-BFGS runs (minima) from N(0, 1.5²) starts; converged
     points (‖∇L‖ ≤ 1e-9) are grouped by loss (relative gap ≤ 1e-6) and the inertia of the
     Hessian is taken at the one with the smallest gradient.
     """
@@ -209,13 +220,14 @@ def narrow_critical_points(x, y, widths, n_seeds: int, seed: int, progress=iter)
     found: list[dict] = []
     for width, kind in progress(jobs):
         points = []
-        for _ in range(n_seeds):
-            model = tanh_network(width) if kind == "tanh" else _TanhPlusAffine(width)
-            cp = landscape.find_critical_point(
-                _init(model, 1.5, gen), x, y, method="newton", tol=1e-9, max_iter=60
-            )
-            if cp.converged:
-                points.append(cp)
+        for method in ("newton", "lbfgs"):
+            for _ in range(n_seeds):
+                model = tanh_network(width) if kind == "tanh" else _TanhPlusAffine(width)
+                cp = landscape.find_critical_point(
+                    _init(model, 1.5, gen), x, y, method=method, tol=1e-9, max_iter=_ITERS[method]
+                )
+                if cp.converged:
+                    points.append(cp)
         points.sort(key=lambda cp: cp.loss)
         clusters: list[list] = []
         for cp in points:
@@ -319,6 +331,9 @@ def run(config: EmbeddingPlateausConfig, ctx: lab.RunContext) -> dict:
                 "loss": losses[flat],
                 "match": match,
                 "effective_width": cond.effective_widths[0],
+                "dominant": condensation.amplitude_cover(
+                    cond.model.weights[1], cond.model.weights[0], cond.model.biases[0]
+                ),
                 "merge": cond.agreement.relative_difference,
                 "gap": gap,
                 "merged": cond.model,
@@ -333,6 +348,7 @@ def run(config: EmbeddingPlateausConfig, ctx: lab.RunContext) -> dict:
         "critical_losses": by_width,
         "plateau_matches": [None if r["match"] is None else r["match"]["width"] for r in rows],
         "effective_width_at_plateau": [r["effective_width"] for r in rows],
+        "dominant_width_at_plateau": [r["dominant"] for r in rows],
         "plateau_steps": [r["steps"] for r in rows],
         "plateau_relative_gap": [
             None if r["match"] is None else abs(r["loss"] - r["match"]["loss"]) / r["match"]["loss"]
@@ -350,6 +366,8 @@ def run(config: EmbeddingPlateausConfig, ctx: lab.RunContext) -> dict:
         "lr": config.lr,
         "width": m,
         "init_std": std,
+        "curve_steps": grid.tolist(),
+        "curve_losses": losses,
     }
 
 
