@@ -17,8 +17,21 @@ embedding of Zhang et al. 2021, see :mod:`widenet.embedding`).
 Neurons whose input weights are all (numerically) zero have no direction; each computes the
 constant σ(0), so they are put together in one group of their own.
 
+**Merging** (:func:`merge_neurons`, :func:`condense`) replaces each group by one neuron: the
+inverse of the splitting embedding ``T^α`` of Zhang et al. (2021), which copies a neuron's
+input weights and splits its output weights ``α a, (1 − α) a``. The merged neuron sums the
+output weights; its input weights are the output-weighted mean of the members', which is
+exact for identical copies, exact for positive multiples when σ is positively homogeneous
+(ReLU, leaky ReLU: ``a σ(r u·x̃) = a r σ(u·x̃)``), and otherwise leaves an error of second
+order in the spread of the group. For odd σ (tanh, erf) a neuron and its negation are the same
+neuron up to the sign of its output weights, so groups are formed up to sign. The merged
+network's agreement with the wide one (:class:`Agreement`: max and relative output
+difference, and the fraction of equal predicted classes) says how much the merge changed.
+
 References
 ----------
+Zhang, Li, Zhang, Luo, Xu (2022). Embedding Principle: a hierarchical structure of loss
+landscape of deep neural networks. J. Mach. Learn. 1(1). arXiv:2111.15527.
 Luo, Xu, Ma, Zhang (2021). Phase diagram for two-layer ReLU neural networks at infinite-width
 limit. JMLR 22(71). arXiv:2007.07497.
 Zhang, Zhang, Luo, Xu (2021). Embedding Principle of Loss Landscape of Deep Neural Networks.
