@@ -25,7 +25,15 @@ Neurons that never grew keep their random directions and form groups of their ow
 carry almost no output, which ``groups_for_99pct`` (the fewest groups holding 99% of the
 summed amplitude ``‖a_G‖ ‖θ_G‖``) makes visible.
 
-Measured (seed 0): see the module's tests (quick) and the issue report (full size).
+Measured (seed 0). Quick (width 200, 200 steps): 200 → 75 groups (60 hold 99% of the
+amplitude), predictions agree on 99.7% of 597 test points, accuracy 0.920 wide and merged,
+relative output difference 2.5%. Full (width 400, 500 steps, ~1 min on a busy 2-core
+machine): 400 → 160 groups (140 hold 99%), agreement 99.8%, accuracy 0.931 wide and 0.930
+merged, relative output difference 2.0%. A smaller initialisation (``init_exponent=3``)
+gave 144 groups, agreement 99.5%. So the merge is nearly lossless, as in their MNIST
+result, but the compression is 2.5× here against their 7× (400 → 58): we did not reproduce
+that ratio on digits with full-batch gradient descent (their optimiser and data differ; we
+did not try Adam, whose per-coordinate scaling works against condensation).
 
 References
 ----------
