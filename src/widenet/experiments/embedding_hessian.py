@@ -35,7 +35,8 @@ each step adds one zero, one negative and one positive eigenvalue, exactly the S
 prediction (every ``S_s`` here is indefinite, e.g. eigenvalues -5.2e-4 and 1.9e-5 at the first
 full-size split). ‖∇L‖ stays at the minimum's certificate (quick 4.8e-11 → 6.7e-11, full
 1.3e-11 → 1.7e-11) and the loss is unchanged to 1e-17. The eigenvalues counted as zero are
-≤ 1.2e-16, the others ≥ 1.8e-6, around a tolerance ≈ 1e-10 (``zero_gap``, ``tol``).
+≤ 1.3e-16, the others ≥ 1.9e-7 (quick) and ≥ 1.8e-6 (full), around a tolerance ≈ 1e-10
+(``zero_gap``, ``tol``).
 
 Metrics (``metrics.json``)
 --------------------------
