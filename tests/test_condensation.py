@@ -443,3 +443,16 @@ def test_cli_condense_bad_input(tmp_path):
         result = runner.invoke(app, args)
         assert result.exit_code == 2, (args, result.output)
         assert message in result.output and "Traceback" not in result.output
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_condense_on_cuda():
+    weights, biases = _narrow([4])
+    wide = _split(weights, biases, 0, 1, 0.3, sign=-1.0)
+    dev = torch.device("cuda")
+    net = _fcnet([w.to(dev) for w in wide[0]], [b.to(dev) for b in wide[1]], torch.tanh)
+    x = torch.randn(20, 3, dtype=F64, device=dev)
+    out = condensation.condense(net, x, threshold=0.99)
+    assert out.model.weights[0].device.type == "cuda" and out.labels[0].device.type == "cuda"
+    _assert_same_params(out.model.to("cpu"), weights, biases)
+    assert out.agreement.max_abs_difference < 1e-13
