@@ -50,9 +50,23 @@ saturated neuron plus the linear part: the width-2 critical point at infinity. T
 the linear-limit family is searched. The final stage approaches (and passes, since the wide
 network can use more than 3 directions) the width-3 minimum.
 
-Measured (seed 0). Quick (width 100, 10 000 steps, lr 0.5): see the module test; full
-(width 500, 100 000 steps): see ``tests/test_embedding_plateaus.py::test_full_size_run``.
-Numbers are in the final report of the issue and the test comments.
+Measured (seed 0). Narrow critical losses found (``critical_losses``): width 1: 0.0768
+(minimum), 0.1212 (minimum), 0.13203 (linear limit = least-squares line), 0.3512 (saddle,
+1 zero eigenvalue); width 2 adds 1.1e-4 (tanh minimum), 0.00241 and 0.00718 (linear limit)
+and re-finds the width-1 losses with more zero and negative eigenvalues (e.g. 0.0768:
+inertia (0, 0, 3) → (1, 1, 4) → (2, 2, 5) at widths 1, 2, 3 — their "degeneracy" grows by
+one per width, the structure of their Fig. 4); width 3 reaches ~1e-19 (the target is two
+tanh steps plus a line: exactly a width-3 linear limit) and a tanh minimum 8.6e-5.
+Quick (width 100, 10 000 steps of 0.5, ~25 s CPU): two plateaus, 0.13198 (matches width 1,
+gap 0.04%) and 0.00699 (matches width 2, 0.00718, gap 2.7%); effective width 3 at both, of
+which 1 and 2 groups hold 99% of the amplitude; merged vs wide 0.3% / 2.2%, merged vs the
+narrow critical function 0.4% / 2.4%; final loss 5e-5. Full (width 500, 100 000 steps of
+0.5, 8 min on a busy 2-core machine): one plateau, 0.13202 (width 1, gap 7e-5; merged vs
+wide 0.06%, vs narrow critical function 0.08%); the loss then slows (slope −0.45 between
+drops of slope −4) at 0.0073, 1.3% above the width-2 critical loss, without a plateau by
+the detector's threshold, slows again near the width-2/3 minima (~1e-4) and ends at 6e-9.
+Their numbers (width-1 0.11 with degeneracy 2, width-2 0.07 with degeneracy 1, width-3
+minimum 1e-5) are on their data; ours share the staircase, not the values.
 
 References
 ----------
