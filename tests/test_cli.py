@@ -51,6 +51,8 @@ def test_help_lists_every_command():
         assert command in result.output
     for command in ("covariate-weights", "label-shift", "weighted-fit", "signal", "critical-init"):
         assert command in result.output
+    for command in ("embed", "hessian", "condense"):
+        assert command in result.output
     for command in ("run", "demo", "kernel", "ntk", "list", "h-infinity", "predict", "solve"):
         assert invoke(command, "--help").exit_code == 0
 

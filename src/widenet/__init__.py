@@ -1,6 +1,16 @@
 """widenet: the theory of over-parameterized neural networks, computable in PyTorch."""
 
-from widenet import activations, condensation, dynamics, init, scale, shift, signal
+from widenet import (
+    activations,
+    condensation,
+    dynamics,
+    embedding,
+    init,
+    landscape,
+    scale,
+    shift,
+    signal,
+)
 from widenet._version import __version__
 from widenet.architectures import MLP, mlp
 from widenet.data import load_dataset
@@ -16,6 +26,8 @@ __all__ = [
     "condensation",
     "dynamics",
     "scale",
+    "embedding",
+    "landscape",
     "Dense",
     "Elementwise",
     "empirical_nngp",
