@@ -1,6 +1,6 @@
 """widenet: the theory of over-parameterized neural networks, computable in PyTorch."""
 
-from widenet import activations, dynamics
+from widenet import activations, convergence, dynamics
 from widenet._version import __version__
 from widenet.architectures import MLP, mlp
 from widenet.data import load_dataset
@@ -12,6 +12,7 @@ from widenet.linearize import LinearizedModel, linearize
 __all__ = [
     "__version__",
     "activations",
+    "convergence",
     "dynamics",
     "Dense",
     "Elementwise",
