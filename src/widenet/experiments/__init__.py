@@ -5,6 +5,7 @@ importing it below.
 """
 
 import widenet.experiments.du_convergence  # noqa: F401  (registers du-convergence)
+import widenet.experiments.du_theory  # noqa: F401  (registers du-theory-vs-practice)
 import widenet.experiments.gp_vs_ensemble  # noqa: F401  (registers gp-vs-ensemble)
 import widenet.experiments.linear_vs_network  # noqa: F401  (registers linear-vs-network)
 from widenet.experiments import kernel_convergence

@@ -1,4 +1,4 @@
-"""du-convergence: Du et al. (2018) Section 5 — wider two-layer ReLU nets converge faster and move less.
+"""du-convergence: Du et al. (2018) Sec. 5 — wider two-layer ReLU nets converge faster, move less.
 
 What it measures
 ----------------
@@ -80,7 +80,8 @@ METRICS = {
     "initialisation, at the last epoch",
     "max_distance": "per width: max_r ||w_r(K) - w_r(0)|| at the last epoch",
     "measured_rate": "per width: exp(slope of ln L per epoch) fitted over the second half",
-    "predicted_rate": "per width: Theorem 4.1's bound 1 - eta*lambda0/2 on the loss ratio per epoch",
+    "predicted_rate": "per width: Theorem 4.1's bound 1 - eta*lambda0/2 on the loss ratio per "
+    "epoch",
     "kernel_rate_h0": "per width: (1 - eta*lambda_min(H(0)))^2, the slowest mode's loss ratio per "
     "epoch in the kernel regime",
     "kernel_rate_hinf": "(1 - eta*lambda0)^2, the same for the infinite-width kernel",
