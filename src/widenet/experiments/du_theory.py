@@ -2,10 +2,11 @@
 
 What it measures
 ----------------
-For each (n, m) in ``pairs``: n points uniform on the unit sphere in ``d`` dimensions, labels
-y ~ N(0, 1), a two-layer ReLU network of width m (``wn.convergence.TwoLayerReLU``) trained by
-``epochs`` full-batch GD steps on L = ½Σ(f(x_i) − y_i)² with η = ``step_size_scale`` × the
-critical rate 2/(λ0 + λ_max(H∞)) (as in ``du-convergence``). Reported per pair:
+For each (n, m) in ``pairs``: n points uniform on the unit sphere in ``d`` dimensions and
+labels y ~ N(0, 1) (one draw per distinct n, shared by its widths), a two-layer ReLU network
+of width m (``wn.convergence.TwoLayerReLU``) trained by ``epochs`` full-batch GD steps on
+L = ½Σ(f(x_i) − y_i)² with η = ``step_size_scale`` × the critical rate 2/(λ0 + λ_max(H∞)) (as
+in ``du-convergence``). Reported per pair:
 
 * λ0 = λ_min(H∞) and the theorem's width bound C n⁶/(λ0⁴δ³) (``wn.convergence.width_bound``,
   δ = ``delta``, our explicit C), with m / bound;
@@ -130,11 +131,9 @@ def _seed(ctx) -> int:
     return int(ctx.rng.integers(2**31))
 
 
-def _pair_run(config, ctx, n: int, m: int) -> dict:
+def _pair_run(config, ctx, n: int, m: int, problem) -> dict:
     dtype = getattr(torch, config.dtype)
-    x, y = sphere_problem(n, config.d, ctx.rng)
-    h_inf = cv.gram_infinity(x)
-    lam0 = cv.lambda0(x, h_inf=h_inf)
+    x, y, h_inf, lam0 = problem
     eta = step_size_from_kernel(h_inf, config.step_size_scale)
     net = cv.TwoLayerReLU(config.d, m, seed=_seed(ctx), dtype=dtype, device=ctx.device)
     xd, yd = x.to(ctx.device, dtype), y.to(ctx.device, dtype)
@@ -234,7 +233,13 @@ def _random_labels(config, ctx) -> tuple[dict, float, dict]:
     metrics=METRICS,
 )
 def run(config: DuTheoryConfig, ctx: lab.RunContext) -> dict:
-    runs = [_pair_run(config, ctx, n, m) for n, m in config.pairs]
+    # One data set per distinct n, shared by its widths (so they differ only in the network).
+    problems = {}
+    for n in sorted({n for n, _ in config.pairs}):
+        x, y = sphere_problem(n, config.d, ctx.rng)
+        h_inf = cv.gram_infinity(x)
+        problems[n] = (x, y, h_inf, cv.lambda0(x, h_inf=h_inf))
+    runs = [_pair_run(config, ctx, n, m, problems[n]) for n, m in config.pairs]
     finals, rl_eta, rl_curves = _random_labels(config, ctx)
     metrics: dict = {"pairs": [list(p) for p in config.pairs]}
     for key in runs[0]["row"]:
