@@ -106,7 +106,6 @@ METRICS = {
     "log10_error_curve": "per width: log10 L at every epoch",
     "pattern_change_curve": "per width: pattern change at every epoch",
     "max_distance_curve": "per width: max distance at every epoch",
-    "seconds": "per width: wall time of training",
 }
 
 
@@ -233,7 +232,6 @@ def _metrics(config, results, lam0, lmax, eta) -> dict:
         "log10_error_curve": [np.log10(r.loss).tolist() for r in results],
         "pattern_change_curve": [r.pattern_change.tolist() for r in results],
         "max_distance_curve": [r.max_distance.tolist() for r in results],
-        "seconds": [r.seconds for r in results],
     }
 
 
