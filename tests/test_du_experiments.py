@@ -6,8 +6,12 @@ import json
 
 import numpy as np
 import pytest
+import torch
+from typer.testing import CliRunner
 
+from widenet import convergence as cv
 from widenet import lab
+from widenet.cli import app
 from widenet.experiments import du_convergence, du_theory
 
 CONVERGENCE_KEYS = {
@@ -137,6 +141,105 @@ def test_same_seed_reproduces(tmp_path):
     a = lab.run_experiment("du-convergence", out=tmp_path / "a", overrides=overrides)
     b = lab.run_experiment("du-convergence", out=tmp_path / "b", overrides=overrides)
     assert a.metrics == b.metrics
+
+
+# --------------------------------------------------------------------------------------------
+# The command line
+
+
+def invoke(*args):
+    result = CliRunner().invoke(app, [str(a) for a in args])
+    assert "Traceback" not in result.output
+    return result
+
+
+def test_cli_help_lists_the_commands():
+    result = invoke("--help")
+    for command in ("du-bounds", "du-train"):
+        assert command in result.output
+        assert invoke(command, "--help").exit_code == 0
+
+
+def test_cli_du_bounds(tmp_path):
+    out = tmp_path / "b.json"
+    result = invoke(
+        "du-bounds", "--data", "sphere", "--n", 40, "--dim", 30, "--width", 200, "--out", out
+    )
+    assert result.exit_code == 0, result.output
+    got = json.loads(out.read_text())
+    # The same numbers from the library, independently of the command's plumbing.
+    from widenet.data import load_dataset
+
+    x, _ = load_dataset("sphere", n=40, seed=0, dim=30, dtype=torch.float64)
+    lam0 = cv.lambda0(x)
+    assert got["lambda0"] == pytest.approx(lam0, rel=1e-12)
+    assert got["theorem_step_size"] == pytest.approx(lam0 / (4 * 40**2), rel=1e-12)
+    assert got["width_bound"] >= got["width_bound_lemma_3_1"]
+    net = cv.TwoLayerReLU(30, 200, seed=0, dtype=torch.float64)
+    h0 = cv.gram(net, x)
+    assert got["lambda_min_h0"] == pytest.approx(float(torch.linalg.eigvalsh(h0)[0]), rel=1e-10)
+    assert got["drift_bound_gd"] == pytest.approx(4 * got["drift_bound_flow"])
+
+
+def test_cli_du_train(tmp_path):
+    out = tmp_path / "r.npz"
+    args = ["du-train", "--data", "digits", "--n", 60, "--labels", "shuffled", "--width", 500]
+    result = invoke(*args, "--epochs", 30, "--gram-every", 10, "--dtype", "float64", "--out", out)
+    assert result.exit_code == 0, result.output
+    assert "not unit-norm" in result.output  # digits rows are normalised with a warning
+    rec = np.load(out)
+    summary = json.loads(out.with_suffix(".json").read_text())
+    assert rec["loss"].shape == (31,) and rec["gram_steps"].tolist() == [0, 10, 20, 30]
+    assert rec["outputs"].shape == rec["kernel_hinf"].shape == (31, 60)
+    assert summary["final_loss"] == pytest.approx(float(rec["loss"][-1]))
+    assert summary["final_relative_error"] < 0.5  # shuffled labels are being fitted
+    # The labels are a permutation of the digits' parities.
+    assert sorted(np.unique(rec["labels"]).tolist()) == [-1.0, 1.0]
+
+
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        (["--non-unit", "error", "--data", "digits"], "not unit-norm"),
+        (["--step-size", "100", "--data", "sphere"], "exceeds 2/lambda_max"),
+        (["--labels", "true", "--data", "sphere"], None),
+        (["--width", "1", "--data", "sphere", "--dim", "2"], "exceed the m"),
+        (["--out", "r.npy", "--data", "sphere"], "must end in .npz"),
+    ],
+)
+def test_cli_du_train_bad_input(tmp_path, extra, message):
+    base = ["du-train", "--n", 20, "--dim", 5, "--width", 30, "--epochs", 2]
+    if "--out" not in extra:
+        base += ["--out", tmp_path / "r.npz"]
+    result = invoke(*base, *extra)
+    if message is None:  # sphere 'labels' are its first coordinate: allowed, standardized
+        assert result.exit_code == 0, result.output
+        return
+    assert result.exit_code == 2
+    assert message in result.output
+
+
+def test_cli_nan_labels_and_parallel_inputs(tmp_path):
+    x = np.random.default_rng(0).standard_normal((10, 4))
+    x[7] = x[2] * 3.0  # parallel to row 2
+    np.save(tmp_path / "x.npy", x)
+    result = invoke("du-bounds", "--data", tmp_path / "x.npy")
+    assert result.exit_code == 2 and "inputs 2 and 7 are parallel" in result.output
+    y = np.ones(10)
+    y[4] = np.nan
+    np.save(tmp_path / "y.npy", y)
+    x[7] = -x[2] + 0.5
+    np.save(tmp_path / "x.npy", x)
+    result = invoke(
+        "du-train",
+        "--data",
+        tmp_path / "x.npy",
+        "--labels",
+        tmp_path / "y.npy",
+        "--out",
+        tmp_path / "r.npz",
+    )
+    assert result.exit_code == 2 and "finite" in result.output
 
 
 @pytest.mark.slow

@@ -600,7 +600,7 @@ def track(
                 f"step_size = {eta:.6g} exceeds 2/lambda_max(H(0)) = {limit:.6g}: gradient "
                 "descent diverges in the top eigendirection of H(0); lower it (the critical "
                 f"rate 2/(lambda_min+lambda_max) is {2 / (lmin0 + lmax0):.6g}) or pass "
-                "allow_divergent=True"
+                "allow_divergent=True (CLI: --allow-divergent)"
             )
         losses = np.empty(steps + 1)
         flips = np.empty(steps + 1)
