@@ -49,7 +49,7 @@ Networks. ICLR 2019. arXiv:1810.02054 (Section 5, Fig. 1).
 from __future__ import annotations
 
 import math
-from typing import ClassVar, Literal
+from typing import ClassVar, Literal, NamedTuple
 
 import numpy as np
 import pydantic
@@ -125,12 +125,22 @@ class DuConvergenceConfig(lab.Config):
     QUICK: ClassVar[dict] = {"n": 200, "d": 200, "widths": [250, 1000, 4000], "epochs": 50}
 
 
-def sphere_problem(n: int, d: int, rng: np.random.Generator) -> tuple[torch.Tensor, torch.Tensor]:
-    """n points uniform on the unit sphere in R^d and labels y ~ N(0, 1), float64."""
+class SphereProblem(NamedTuple):
+    """Inputs x (n, d) on the unit sphere, labels y ~ N(0, 1), their H∞ and λ0 (float64)."""
+
+    x: torch.Tensor
+    y: torch.Tensor
+    h_inf: torch.Tensor
+    lambda0: float
+
+
+def sphere_problem(n: int, d: int, rng: np.random.Generator) -> SphereProblem:
+    """n points uniform on the unit sphere in R^d, labels y ~ N(0, 1), H∞ and λ0."""
     seed = int(rng.integers(2**31))
     x, _ = load_dataset("sphere", n=n, seed=seed, dim=d, dtype=torch.float64)
     y = cv.random_labels(n, generator=torch.Generator().manual_seed(seed + 1))
-    return x, y
+    h_inf = cv.gram_infinity(x)
+    return SphereProblem(x, y, h_inf, cv.lambda0(x, h_inf=h_inf))
 
 
 def step_size_from_kernel(h_inf: torch.Tensor, scale: float) -> float:
@@ -151,9 +161,7 @@ def _monotone_decreasing(values) -> bool:
 )
 def run(config: DuConvergenceConfig, ctx: lab.RunContext) -> dict:
     dtype = getattr(torch, config.dtype)
-    x, y = sphere_problem(config.n, config.d, ctx.rng)
-    h_inf = cv.gram_infinity(x)
-    lam0 = cv.lambda0(x, h_inf=h_inf)
+    x, y, h_inf, lam0 = sphere_problem(config.n, config.d, ctx.rng)
     lmax = float(torch.linalg.eigvalsh(h_inf)[-1])
     eta = step_size_from_kernel(h_inf, config.step_size_scale)
     ctx.log(f"lambda0 = {lam0:.4f}, lambda_max = {lmax:.4f}, step size = {eta:.4f}")

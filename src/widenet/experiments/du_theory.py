@@ -234,11 +234,9 @@ def _random_labels(config, ctx) -> tuple[dict, float, dict]:
 )
 def run(config: DuTheoryConfig, ctx: lab.RunContext) -> dict:
     # One data set per distinct n, shared by its widths (so they differ only in the network).
-    problems = {}
-    for n in sorted({n for n, _ in config.pairs}):
-        x, y = sphere_problem(n, config.d, ctx.rng)
-        h_inf = cv.gram_infinity(x)
-        problems[n] = (x, y, h_inf, cv.lambda0(x, h_inf=h_inf))
+    problems = {
+        n: sphere_problem(n, config.d, ctx.rng) for n in sorted({n for n, _ in config.pairs})
+    }
     runs = [_pair_run(config, ctx, n, m, problems[n]) for n, m in config.pairs]
     finals, rl_eta, rl_curves = _random_labels(config, ctx)
     metrics: dict = {"pairs": [list(p) for p in config.pairs]}
