@@ -295,8 +295,8 @@ def _weight(model_or_weight) -> torch.Tensor:
 
 
 def _gram_from_pattern(s: torch.Tensor, xx: torch.Tensor) -> torch.Tensor:
-    # S Sᵀ counts co-active neurons: integers ≤ m, exact in float32 up to 2^24 neurons.
-    sf = s.to(xx.dtype if xx.dtype == _F64 or s.shape[1] > 2**24 else torch.float32)
+    # S Sᵀ counts co-active neurons: integers ≤ m, exact in (twice faster) float32 up to 2^24.
+    sf = s.to(torch.float32 if s.shape[1] <= 2**24 else _F64)
     return xx * (sf @ sf.T).to(xx.dtype) / s.shape[1]
 
 
