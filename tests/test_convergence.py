@@ -154,6 +154,11 @@ def test_theorem_constants_by_hand():
     r_prime = cv.drift_bound(resid, n, math.ceil(wb.drift_width), lam, discrete=True)
     assert r_prime == pytest.approx(cv.radius(lam, n, delta / 3), rel=1e-6)
     assert cv.width_bound(n, lam, delta, discrete=False).constant == pytest.approx(c / 16)
+    # Antisymmetric init: ||y - u(0)||^2 = ||y||^2 = n exactly, delta/2 for each lemma.
+    anti = cv.width_bound(n, lam, delta, antisymmetric=True)
+    r_prime = cv.drift_bound(math.sqrt(n), n, math.ceil(anti.drift_width), lam, discrete=True)
+    assert r_prime == pytest.approx(cv.radius(lam, n, delta / 2), rel=1e-6)
+    assert anti.delta_power == 2 and wb.delta_power == 3
     k = np.arange(5)
     np.testing.assert_allclose(cv.loss_envelope(k, 0.5, lam, 2.0), 2.0 * 0.95**k)
     np.testing.assert_allclose(cv.flow_envelope([0, 1, 2], lam, 2.0), 2 * np.exp([0, -0.2, -0.4]))

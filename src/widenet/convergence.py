@@ -385,17 +385,20 @@ def flow_envelope(t, lambda0: float, initial: float) -> np.ndarray:
 class WidthBound:
     """The width that Du et al.'s argument needs, with every constant explicit.
 
-    ``width = max(gram_width, drift_width)``; ``drift_width = constant · n⁶/(λ0⁴ δ³)``.
+    ``width = max(gram_width, drift_width)``; ``drift_width = constant · n⁶/(λ0⁴ δ^delta_power)``
+    (``delta_power`` is 3, or 2 with the antisymmetric initialisation, where u(0) = 0 needs no
+    Markov bound on ||y − u(0)||).
     """
 
     n: int
     lambda0: float
     delta: float
-    constant: float  # C in C n⁶ / (λ0⁴ δ³)
-    gram_width: float  # Lemma 3.1: 32 n² ln(2n²/(δ/3)) / λ0²
-    drift_width: float  # C n⁶ / (λ0⁴ δ³)
+    constant: float  # C in C n⁶ / (λ0⁴ δ^delta_power)
+    gram_width: float  # Lemma 3.1: 32 n² ln(2n²/(δ/3)) / λ0² (twice that if antisymmetric)
+    drift_width: float  # C n⁶ / (λ0⁴ δ^delta_power)
     width: float  # the maximum of the two (a float: it overflows int for tiny λ0)
     discrete: bool
+    delta_power: int = 3
 
 
 def width_bound(
@@ -411,7 +414,9 @@ def width_bound(
 
     ``label_power`` is ||y||²/n (1 for y ~ N(0, 1)). The derivation (module docstring) spends
     δ/3 on each of Lemma 3.1, Lemma 3.2 and Markov's bound ||y − u(0)||² ≤ (||y||² + n/2)/(δ/3)
-    (``antisymmetric=True``: u(0) = 0, so ||y − u(0)||² = ||y||² and δ/2 each for the lemmas).
+    (``antisymmetric=True``: u(0) = 0, so ||y − u(0)||² = ||y||², δ/2 each for the lemmas, the
+    bound scales as δ⁻², and Lemma 3.1 needs twice the width: H(0) averages m/2 independent
+    neurons).
     """
     n = check_int(n, "n", minimum=1)
     lam = _positive(lambda0, "lambda0")
@@ -420,13 +425,14 @@ def width_bound(
     factor = GD_DRIFT_FACTOR**2 if discrete else 1.0
     if antisymmetric:
         # R'² = factor n ||y||²/(m λ0²) ≤ R² = 2π (δ/2)² λ0²/(256 n⁴)
-        d1, c = delta / 2, factor * 256 * 4 * p / (2 * math.pi)
+        d1, c, power, pairs = delta / 2, factor * 256 * 4 * p / (2 * math.pi), 2, 2
     else:
         # R'² ≤ factor n (n p + n/2) 3/δ / (m λ0²) ≤ R² = 2π (δ/3)² λ0²/(256 n⁴)
-        d1, c = delta / 3, factor * 256 * 27 * (p + 0.5) / (2 * math.pi)
-    gram_w = 32 * n**2 * math.log(2 * n**2 / d1) / lam**2
-    drift_w = c * n**6 / (lam**4 * delta**3)
-    return WidthBound(n, lam, delta, c, gram_w, drift_w, max(gram_w, drift_w), discrete)
+        d1, c, power, pairs = delta / 3, factor * 256 * 27 * (p + 0.5) / (2 * math.pi), 3, 1
+    gram_w = pairs * 32 * n**2 * math.log(2 * n**2 / d1) / lam**2
+    drift_w = c * n**6 / (lam**4 * delta**power)
+    width = max(gram_w, drift_w)
+    return WidthBound(n, lam, delta, c, gram_w, drift_w, width, discrete, power)
 
 
 # --------------------------------------------------------------------------------------------
