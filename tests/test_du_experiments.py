@@ -268,6 +268,8 @@ def test_full_size_du_convergence(tmp_path):
 
 @pytest.mark.slow
 def test_full_size_du_theory(tmp_path):
+    # d = 100, (n, m) up to (300, 30000), 300 steps; random labels 3000 steps (~12-20 min on a
+    # busy 2-core machine). Measured numbers: see the module docstring.
     run = lab.run_experiment("du-theory-vs-practice", out=tmp_path / "run", seed=0, threads=1)
     m = run.metrics
     assert all(m["envelope_holds"])

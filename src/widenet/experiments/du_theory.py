@@ -33,7 +33,31 @@ proof needs at these widths, yet λ_min(H(k)) stays near λ0 and the rate matche
 
 Measured
 --------
-(filled in below from the runs)
+Full size, seed 0 (d = 100, 300 steps, δ = 0.1; 20 min on a 2-core machine shared with other
+jobs):
+
+    n    m       λ0      m/bound   rate (kernel; thm)       drift (bound)   gap H∞ / H(0)
+    100  1000    0.2320  1e-19     0.8421 (0.8440; 0.959)   0.69 (63)       0.018 / 0.0076
+    100  10000   0.2320  1e-18     0.8397 (0.8428; 0.959)   0.24 (19)       0.0048 / 0.0028
+    300  3000    0.1902  2e-22     0.9140 (0.9171; 0.979)   0.81 (150)      0.011 / 0.0086
+    300  30000   0.1902  2e-21     0.9117 (0.9166; 0.979)   0.26 (44)       0.0036 / 0.0029
+
+(rate: measured loss ratio per step, the kernel rate (1 − ηλ_min(H(0)))² and Theorem 4.1's
+1 − ηλ0/2; gap: max_k ||u(k) − u_kernel(k)|| / ||y − u(0)||). The widths are 1e-18 … 1e-21 of
+the theorem's sufficient width, the drift is 60–170× below its bound yet ~10⁶–10⁷× above the
+radius R = 4e-7 … 3e-8 that the proof needs, and still every conclusion holds: the envelope at
+every step, λ_min(H(k)) ≥ 0.987 λ0 (the proof needs λ0/2), ||H(k) − H(0)||₂ ≤ 0.04, and the
+network follows the closed-form H∞ dynamics to 0.4–1.8 % of the initial residual, closer as m
+grows (10× wider: 3.7× and 3.0× closer, about √10). Our η is the same 1/4 of the critical rate
+as in ``du-convergence``, 10⁵× the theorem's λ0/(4n²).
+Random labels (digits, n = 300, width 2000, η = 0.133, 3000 steps): L/L(0) = 1.4e-19 (true
+parities), 9.6e-11 (shuffled), 1.4e-11 (Gaussian); after 1000 steps they were 3.3e-9, 2.9e-5
+and 1.3e-5: random labels are fitted too, only more slowly, as their weight on H∞'s small
+eigenvalues predicts (Arora et al. 2019).
+Quick size, seed 0 (d = 50, 100 steps; ~9 s CPU): λ0 = 0.224/0.224/0.191, measured rates
+0.848/0.840/0.886 against kernel rates 0.848/0.850/0.896, drift 0.76/0.23/0.56 against bounds
+44/14/57, gaps to H∞ 0.024/0.0065/0.013; random labels (n = 100, width 1000, 400 steps):
+L/L(0) = 1e-12 (true), 7e-7 (shuffled), 2e-10 (Gaussian).
 
 References
 ----------
@@ -114,7 +138,7 @@ class DuTheoryConfig(lab.Config):
     dtype: Literal["float32", "float64"] = "float64"
     rl_n: int = pydantic.Field(300, ge=2)
     rl_width: int = pydantic.Field(2000, ge=1)
-    rl_epochs: int = pydantic.Field(1000, ge=2)
+    rl_epochs: int = pydantic.Field(3000, ge=2)
     rl_step_size_scale: float = pydantic.Field(0.8, gt=0, le=1.0)
 
     QUICK: ClassVar[dict] = {
