@@ -6,6 +6,8 @@ importing it below.
 
 import widenet.experiments.condensation_pruning  # noqa: F401  (registers condensation-pruning)
 import widenet.experiments.distribution_shift  # noqa: F401  (registers distribution-shift)
+import widenet.experiments.du_convergence  # noqa: F401  (registers du-convergence)
+import widenet.experiments.du_theory  # noqa: F401  (registers du-theory-vs-practice)
 import widenet.experiments.embedding_hessian  # noqa: F401  (registers embedding-hessian)
 import widenet.experiments.embedding_plateaus  # noqa: F401  (registers embedding-plateaus)
 import widenet.experiments.gp_vs_ensemble  # noqa: F401  (registers gp-vs-ensemble)
