@@ -1,6 +1,7 @@
 """widenet: the theory of over-parameterized neural networks, computable in PyTorch."""
 
 from widenet import activations, condensation, dynamics
+from widenet import frequency, phases, regime  # issue 6
 from widenet._version import __version__
 from widenet.architectures import MLP, mlp
 from widenet.data import load_dataset
@@ -14,6 +15,9 @@ __all__ = [
     "activations",
     "condensation",
     "dynamics",
+    "frequency",
+    "phases",
+    "regime",
     "Dense",
     "Elementwise",
     "empirical_nngp",

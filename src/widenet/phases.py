@@ -74,6 +74,7 @@ __all__ = [
     "PhasePoint",
     "Scaling",
     "TrainResult",
+    "as_module",
     "boundary_distance",
     "coordinates",
     "forward",
@@ -278,6 +279,27 @@ def forward(a, w, x, alpha: float = 1.0) -> torch.Tensor:
     """f(x) = (1/α) Σ_k a_k relu(w_kᵀ x̃) for x of shape (n, d); returns (n,)."""
     xt = _augment(x)
     return torch.relu(xt @ w.T) @ a / alpha
+
+
+def as_module(a, w, alpha: float = 1.0) -> torch.nn.Sequential:
+    """The network as ``nn.Sequential(Linear(d, m), ReLU(), Linear(m, 1, bias=False))``.
+
+    The first layer holds w (bias = last column), the second a / α: the same function, for
+    tools that take a module (``wn.empirical_ntk``, ``wn.regime.classify``).
+    """
+    a = as_tensor(a, "a")
+    w = as_tensor(w, "w", dtype=a.dtype, device=a.device)
+    if a.ndim != 1 or w.ndim != 2 or w.shape[0] != a.shape[0] or w.shape[1] < 2:
+        raise ValueError(f"a must be (m,) and w (m, d+1), got {tuple(a.shape)}, {tuple(w.shape)}")
+    alpha = check_real(alpha, "alpha", minimum=0.0, strict=True)
+    m, d = w.shape[0], w.shape[1] - 1
+    first = torch.nn.Linear(d, m, dtype=a.dtype, device=a.device)
+    second = torch.nn.Linear(m, 1, bias=False, dtype=a.dtype, device=a.device)
+    with torch.no_grad():
+        first.weight.copy_(w[:, :d])
+        first.bias.copy_(w[:, d])
+        second.weight.copy_(a[None, :] / alpha)
+    return torch.nn.Sequential(first, torch.nn.ReLU(), second)
 
 
 def loss(a, w, x, y, alpha: float = 1.0) -> torch.Tensor:

@@ -9,3 +9,5 @@ import widenet.experiments.linear_vs_network  # noqa: F401  (registers linear-vs
 from widenet.experiments import kernel_convergence
 
 __all__ = ["kernel_convergence"]
+import widenet.experiments.frequency_principle  # noqa: F401  (registers frequency-principle)
+import widenet.experiments.phase_diagram  # noqa: F401  (registers phase-diagram)
