@@ -1,7 +1,6 @@
 """widenet: the theory of over-parameterized neural networks, computable in PyTorch."""
 
-from widenet import activations, condensation, dynamics
-from widenet import frequency, phases, regime  # issue 6
+from widenet import activations, condensation, dynamics, frequency, phases, regime
 from widenet._version import __version__
 from widenet.architectures import MLP, mlp
 from widenet.data import load_dataset

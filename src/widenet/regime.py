@@ -156,6 +156,7 @@ def _with_state(model: nn.Module, state: dict, name: str) -> nn.Module:
 
 
 def _rel(a: torch.Tensor, b: torch.Tensor) -> float | None:
+    a, b = a.detach(), b.detach()
     na = float(torch.linalg.vector_norm(a.double()))
     if na == 0.0:
         return None

@@ -4,10 +4,11 @@ Add an experiment by writing a module here that calls :func:`widenet.lab.registe
 importing it below.
 """
 
+import widenet.experiments.condensation  # noqa: F401  (registers condensation)
+import widenet.experiments.frequency_principle  # noqa: F401  (registers frequency-principle)
 import widenet.experiments.gp_vs_ensemble  # noqa: F401  (registers gp-vs-ensemble)
 import widenet.experiments.linear_vs_network  # noqa: F401  (registers linear-vs-network)
+import widenet.experiments.phase_diagram  # noqa: F401  (registers phase-diagram)
 from widenet.experiments import kernel_convergence
 
 __all__ = ["kernel_convergence"]
-import widenet.experiments.frequency_principle  # noqa: F401  (registers frequency-principle)
-import widenet.experiments.phase_diagram  # noqa: F401  (registers phase-diagram)

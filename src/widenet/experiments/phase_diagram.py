@@ -47,6 +47,7 @@ from typing import ClassVar
 
 import numpy as np
 import pydantic
+
 from widenet import lab
 from widenet.experiments._common import Widths
 
@@ -63,9 +64,7 @@ class PhaseDiagramConfig(lab.Config):
     """Full size: widths 1000-40000 on an 8 x 5 (γ, γ′) grid; ``QUICK``: 4 widths, 3 γ."""
 
     widths: Widths = [1000, 5000, 10000, 20000, 40000]
-    gammas: list[float] = pydantic.Field(
-        [0.25, 0.5, 0.75, 1.0, 1.25, 1.5, 1.75, 2.0], min_length=1
-    )
+    gammas: list[float] = pydantic.Field([0.25, 0.5, 0.75, 1.0, 1.25, 1.5, 1.75, 2.0], min_length=1)
     gamma_primes: list[float] = pydantic.Field([-0.5, 0.0, 0.5, 1.0, 1.5], min_length=1)
     loss_tol: float = pydantic.Field(1e-5, gt=0)
     max_steps: int = pydantic.Field(300_000, ge=1)
@@ -189,4 +188,3 @@ def _plot_rd(ctx, config, results):
     ax.legend(fontsize=7)
     ax.set_title("Relative change of the input weights at the loss tolerance", fontsize=10)
     ctx.save_figure(fig, "rd_vs_width")
-
