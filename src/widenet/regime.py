@@ -188,6 +188,8 @@ def classify(
     """
     import widenet as wn
 
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
     th = Thresholds() if thresholds is None else thresholds
     if not isinstance(th, Thresholds):
         raise TypeError(f"thresholds must be a regime.Thresholds, got {type(th).__name__}")
