@@ -49,6 +49,9 @@ def test_help_lists_every_command():
     assert result.exit_code == 0
     for command in ("list", "run", "demo", "kernel", "ntk", "h-infinity", "predict"):
         assert command in result.output
+    for command in ("phase-point", "regime", "frequency"):  # issue 6
+        assert command in result.output
+        assert invoke(command, "--help").exit_code == 0
     for command in ("run", "demo", "kernel", "ntk", "list", "h-infinity", "predict"):
         assert invoke(command, "--help").exit_code == 0
 

@@ -169,3 +169,53 @@ def test_filter_errors_against_brute_force():
 def test_bad_inputs(call, match):
     with pytest.raises((ValueError, TypeError), match=match):
         call()
+
+
+def test_cli_frequency(tmp_path):
+    import json
+
+    from typer.testing import CliRunner
+
+    from widenet.cli import app
+
+    x, y = _grid()
+    np.save(tmp_path / "y.npy", y)
+    np.save(tmp_path / "h.npy", np.stack([np.sin(x), y]))
+    res = CliRunner().invoke(
+        app,
+        [
+            "frequency",
+            "--target",
+            str(tmp_path / "y.npy"),
+            "--output",
+            str(tmp_path / "h.npy"),
+            "-o",
+            str(tmp_path / "f.json"),
+        ],
+    )
+    assert res.exit_code == 0, res.output
+    got = json.loads((tmp_path / "f.json").read_text())["dft_peaks"]
+    assert got["peaks"] == [1, 3, 5]
+    np.testing.assert_allclose(
+        got["relative_error"], fq.peak_relative_error(y, np.stack([np.sin(x), y])).numpy()
+    )
+    rng = np.random.default_rng(5)
+    np.save(tmp_path / "X.npy", rng.normal(size=(40, 3)))
+    np.save(tmp_path / "Y.npy", rng.normal(size=(40, 2)))
+    args = [
+        "frequency",
+        "--target",
+        tmp_path / "Y.npy",
+        "--output",
+        tmp_path / "Y.npy",
+        "--x",
+        tmp_path / "X.npy",
+        "--delta",
+        "2",
+        "--frequency",
+        "0.2",
+    ]
+    res = CliRunner().invoke(app, [str(a) for a in args])
+    assert res.exit_code == 0 and "e_low" in res.output
+    bad = CliRunner().invoke(app, [str(a) for a in args[:5] + ["--delta", "2"]])
+    assert bad.exit_code == 2 and "--x" in bad.output

@@ -197,3 +197,42 @@ def test_rd_slopes_have_the_signs_of_the_regimes_small():
 def test_bad_inputs(call, match):
     with pytest.raises((ValueError, TypeError), match=match):
         call()
+
+
+def test_cli_phase_point(tmp_path):
+    import json
+
+    from typer.testing import CliRunner
+
+    from widenet.cli import app
+
+    out = tmp_path / "p.json"
+    res = CliRunner().invoke(
+        app, ["phase-point", "--gamma", "0.5", "--gamma-prime", "0.5", "--width", "100", "-o", out]
+    )
+    assert res.exit_code == 0, res.output
+    got = json.loads(out.read_text())
+    assert got["regime"] == "linear" and set(got["named_points"]) == {"LeCun", "He"}
+    # LeCun at m = 100, α = 1: β1 = m^-1/2 (variance 1/m), β2 = 1.
+    assert got["beta1_std"] == pytest.approx(0.1) and got["beta1_variance"] == pytest.approx(0.01)
+    assert got["beta2_std"] == pytest.approx(1.0)
+    res = CliRunner().invoke(
+        app,
+        [
+            "phase-point",
+            "--gamma",
+            "1.75",
+            "--gamma-prime",
+            "0",
+            "--measure",
+            "--widths",
+            "100",
+            "--widths",
+            "200",
+        ],
+    )
+    assert res.exit_code == 0 and "slope" in res.output
+    bad = CliRunner().invoke(
+        app, ["phase-point", "--gamma", "0.5", "--gamma-prime", "0", "--width", "1"]
+    )
+    assert bad.exit_code == 2 and "width" in bad.output

@@ -129,3 +129,55 @@ def test_shape_mismatch_is_reported():
     other = nn.Sequential(nn.Linear(3, 6), nn.ReLU(), nn.Linear(6, 1)).state_dict()
     with pytest.raises(ValueError, match="does not fit the model"):
         regime.classify(net, other, other, None)
+
+
+def test_cli_regime_from_saved_state_dicts(tmp_path):
+    import json
+
+    from safetensors.torch import save_file
+    from typer.testing import CliRunner
+
+    from widenet.cli import app
+
+    x, _ = wn.load_dataset("iris", n=60)
+    y = torch.sign(x[:, :1])
+    net = wn.mlp(depth=1, activation="relu", w_std=2**0.5, b_std=0.1).network(4, 512, seed=0)
+    torch.save(net.state_dict(), tmp_path / "init.pt")
+    gradient_descent(net, x, y, 0.5, 20)
+    save_file(net.state_dict(), str(tmp_path / "trained.safetensors"))
+    args = [
+        "regime",
+        "--initial",
+        tmp_path / "init.pt",
+        "--trained",
+        tmp_path / "trained.safetensors",
+        "--data",
+        "iris",
+        "--n",
+        "60",
+    ]
+    res = CliRunner().invoke(
+        app,
+        [
+            str(a)
+            for a in [
+                *args,
+                "--parameterization",
+                "ntk",
+                "--b-std",
+                "0.1",
+                "-o",
+                tmp_path / "r.json",
+            ]
+        ],
+    )
+    assert res.exit_code == 0, res.output
+    rep = json.loads((tmp_path / "r.json").read_text())
+    assert rep["regime"] == "lazy" and rep["width"] == 512
+    # Same verdict as the library on the same states and data.
+    lib = regime.classify(net, torch.load(tmp_path / "init.pt"), net.state_dict(), x)
+    assert rep["parameter_change"] == pytest.approx(lib.parameter_change, rel=1e-6)
+    bad = CliRunner().invoke(app, [str(a) for a in [*args[:-4], "--data", "digits"]])
+    assert bad.exit_code == 2 and "features" in bad.output
+    missing = CliRunner().invoke(app, ["regime", "--initial", "nope.pt", "--trained", "x.pt"])
+    assert missing.exit_code == 2 and "does not exist" in missing.output
