@@ -182,16 +182,30 @@ def run(config: FrequencyPrincipleConfig, ctx: lab.RunContext) -> dict:
     y64 = torch.sin(x64) + torch.sin(3 * x64) + torch.sin(5 * x64)
     peaks = wn.frequency.dft_peaks(y64, rel_height=config.rel_height)
     ctx.log(f"1-D: tanh 1-{config.width}-1, {config.epochs} epochs of Adam")
-    epochs, outs, final = train_tanh_adam(
-        x64[:, None].to(device, dtype),
-        y64[:, None].to(device, dtype),
+
+    def train(xs, ys, width, lr, epochs, every, seed):
+        gen = torch.Generator().manual_seed(seed)
+        xs, ys = xs.to(device, dtype), ys.to(device, dtype)
+        return train_tanh_adam(
+            xs,
+            ys,
+            width,
+            init_std=config.init_std,
+            lr=lr,
+            epochs=epochs,
+            record_every=every,
+            generator=gen,
+            device=device,
+        )
+
+    epochs, outs, final = train(
+        x64[:, None],
+        y64[:, None],
         config.width,
-        init_std=config.init_std,
-        lr=config.lr,
-        epochs=config.epochs,
-        record_every=config.record_every,
-        generator=torch.Generator().manual_seed(seed1),
-        device=device,
+        config.lr,
+        config.epochs,
+        config.record_every,
+        seed1,
     )
     errors = wn.frequency.peak_relative_error(y64, outs[:, :, 0], peaks).numpy()
     converge = _first_below(errors, epochs, config.threshold)
@@ -200,16 +214,14 @@ def run(config: FrequencyPrincipleConfig, ctx: lab.RunContext) -> dict:
     xd, labels = wn.load_dataset("digits", n=config.digits_n, seed=seed2, dtype=torch.float64)
     yd = torch.nn.functional.one_hot(labels, 10).to(torch.float64)
     ctx.log(f"digits: tanh 64-{config.digits_width}-10, {config.digits_epochs} epochs of Adam")
-    d_epochs, d_outs, d_final = train_tanh_adam(
-        xd.to(device, dtype),
-        yd.to(device, dtype),
+    d_epochs, d_outs, d_final = train(
+        xd,
+        yd,
         config.digits_width,
-        init_std=config.init_std,
-        lr=config.digits_lr,
-        epochs=config.digits_epochs,
-        record_every=config.digits_record_every,
-        generator=torch.Generator().manual_seed(seed3),
-        device=device,
+        config.digits_lr,
+        config.digits_epochs,
+        config.digits_record_every,
+        seed3,
     )
     e_low = np.zeros((len(d_epochs), len(config.deltas)))
     e_high = np.zeros_like(e_low)
