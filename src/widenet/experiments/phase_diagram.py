@@ -128,11 +128,13 @@ def run(config: PhaseDiagramConfig, ctx: lab.RunContext) -> dict:
     }
 
 
-def _boundary(ax, lo, hi, glo, ghi):
-    ax.plot([1.0, 1.0], [glo, 0.0], "w-", lw=2.5)
-    ax.plot([1.0, hi], [0.0, hi - 1.0], "w-", lw=2.5, label="critical line (theory)")
-    ax.text(0.55 * (lo + 1.0), ghi - 0.15, "linear", color="w", ha="center", fontsize=11)
-    ax.text(0.5 * (1.0 + hi) + 0.2, glo + 0.1, "condensed", color="w", ha="center", fontsize=11)
+def _boundary(ax, hi, glo):
+    kw = dict(color="w", lw=2.5)
+    ax.plot([1.0, 1.0], [glo, 0.0], **kw)
+    ax.plot([1.0, hi], [0.0, hi - 1.0], **kw)
+    box = dict(boxstyle="round", fc="0.2", alpha=0.6, lw=0)
+    ax.text(0.03, 0.95, "linear", color="w", transform=ax.transAxes, va="top", bbox=box)
+    ax.text(0.97, 0.05, "condensed", color="w", transform=ax.transAxes, ha="right", bbox=box)
 
 
 def _plot_heatmap(ctx, config, results):
@@ -148,7 +150,7 @@ def _plot_heatmap(ctx, config, results):
     def edges(v):
         v = np.asarray(v, dtype=float)
         if len(v) == 1:
-            return np.array([v[0] - 0.125, v[0] + 0.125])
+            return np.array([v[0] - 0.25, v[0] + 0.25])
         mid = 0.5 * (v[1:] + v[:-1])
         return np.concatenate([[2 * v[0] - mid[0]], mid, [2 * v[-1] - mid[-1]]])
 
@@ -157,17 +159,34 @@ def _plot_heatmap(ctx, config, results):
     mesh = ax.pcolormesh(ex, ey, grid, cmap="coolwarm", vmin=-lim, vmax=lim, shading="flat")
     fig.colorbar(mesh, ax=ax, label="slope S_w of log RD vs log m")
     for r in results:
-        ax.text(r["gamma"], r["gamma_prime"], f"{r['slope']:.2f}", ha="center", va="center")
-    _boundary(ax, ex[0], ex[-1], ey[0], ey[-1])
-    for name, (g, gp) in wn.phases.NAMED_POINTS.items():
+        ax.annotate(
+            f"{r['slope']:.2f}",
+            (r["gamma"], r["gamma_prime"]),
+            textcoords="offset points",
+            xytext=(0, 6),
+            ha="center",
+            fontsize=9,
+        )
+    _boundary(ax, ex[-1], ey[0])
+    named: dict[tuple[float, float], list[str]] = {}
+    for name, point in wn.phases.NAMED_POINTS.items():
+        named.setdefault(point, []).append(name)
+    for (g, gp), names in named.items():
         if ex[0] <= g <= ex[-1] and ey[0] <= gp <= ey[-1]:
-            ax.plot(g, gp, "k*", ms=9)
-            ax.annotate(name, (g, gp), textcoords="offset points", xytext=(4, -12), fontsize=7)
+            ax.plot(g, gp, "k*", ms=6)
+            label = " / ".join(names)
+            ax.annotate(
+                label, (g, gp), textcoords="offset points", xytext=(0, -12), ha="center", fontsize=7
+            )
     ax.set_xlim(ex[0], ex[-1])
     ax.set_ylim(ey[0], ey[-1])
     ax.set_xlabel("γ = −log κ / log m,  κ = β1β2/α")
     ax.set_ylabel("γ′ = −log κ′ / log m,  κ′ = β1/β2")
-    ax.set_title(f"RD slope over widths {config.widths[0]}-{config.widths[-1]} (ASI, 1-D data)")
+    ax.set_title(
+        f"RD slope over widths {config.widths[0]}-{config.widths[-1]} (ASI, 1-D data); "
+        "white: critical line",
+        fontsize=10,
+    )
     ctx.save_figure(fig, "phase_diagram")
 
 
