@@ -78,4 +78,5 @@ def test_full_size_gamma_prime_zero(tmp_path):
         overrides=["gammas=[0.5, 1.0, 1.75]", "gamma_primes=[0.0]"],
     )
     assert run.metrics["widths"] == [1000, 5000, 10000, 20000, 40000]
+    print("full-size slopes:", [(p["gamma"], round(p["slope"], 3)) for p in run.metrics["points"]])
     _check_against_paper(run.metrics["points"], 0.15)
