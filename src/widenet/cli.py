@@ -1003,10 +1003,28 @@ def regime_cmd(
     ntk_points: Annotated[
         int, typer.Option("--ntk-points", help="Points for the NTK change.")
     ] = 128,
-    lazy_change: Annotated[float, typer.Option("--lazy-change")] = 0.1,
-    lazy_ntk_change: Annotated[float, typer.Option("--lazy-ntk-change")] = 0.1,
-    condensed_change: Annotated[float, typer.Option("--condensed-change")] = 1.0,
-    condensed_ratio: Annotated[float, typer.Option("--condensed-ratio")] = 0.5,
+    lazy_change: Annotated[
+        float,
+        typer.Option(
+            "--lazy-change", help="Lazy if the relative parameter change is at most this."
+        ),
+    ] = 0.1,
+    lazy_ntk_change: Annotated[
+        float,
+        typer.Option("--lazy-ntk-change", help="... and the relative NTK change at most this."),
+    ] = 0.1,
+    condensed_change: Annotated[
+        float,
+        typer.Option(
+            "--condensed-change", help="Condensed if the first layer moved at least this ..."
+        ),
+    ] = 1.0,
+    condensed_ratio: Annotated[
+        float,
+        typer.Option(
+            "--condensed-ratio", help="... onto at most this fraction of its initial directions."
+        ),
+    ] = 0.5,
     cosine: Annotated[
         float, typer.Option("--cosine", help="Cosine similarity that groups two neurons.")
     ] = 0.9,
