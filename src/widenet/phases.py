@@ -6,8 +6,10 @@ The network (Luo, Xu, Ma, Zhang 2021, eq. 1) is
     a_k ~ N(0, β1²),   w_k ~ N(0, β2² I_{d+1}),
 
 trained by gradient descent on the loss ``L = (1/2n) Σ_i (f(x_i) − y_i)²``. **β1 and β2 are
-standard deviations** (the variances are β1², β2²) everywhere in this module, in the paper's
-text and here; a code that draws ``normal(0, m^-γ)`` as a *variance* halves every exponent.
+standard deviations** (the variances are β1², β2², :attr:`Scaling.var1`, :attr:`Scaling.var2`)
+everywhere in this module, as in the paper's N(0, β²). An implementation that passes a power
+of m as the standard deviation where the text means the variance (or the reverse) is off by a
+factor 2 in every exponent, i.e. sits at another (γ, γ′); ``torch.randn(...) * beta`` here.
 With
 
     κ = β1 β2 / α,   κ′ = β1 / β2,   γ = −log κ / log m,   γ′ = −log κ′ / log m,
