@@ -34,8 +34,8 @@ Measured (loss_tol 1e-5). Quick (run seed 0; m = 500-4000, γ′ = 0; ~8 s of CP
 asserts the run-seed-0 line within ±0.15 of the paper; it measured −0.498, −0.003, 0.389
 (40 s of CPU).
 
-The whole 8 x 5 grid at the quick widths 500-4000 (run seed 0, ``--set widths=[500,1000,2000,4000]``;
-110 s of CPU, ≤ 5721 steps): every linear point has S_w < 0 (−0.15 to −3.8, steeper as γ′
+The whole 8 x 5 grid at the quick widths 500-4000 (run seed 0,
+``--set widths=[500,1000,2000,4000]``; 110 s of CPU, ≤ 5721 steps): every linear point has S_w < 0 (−0.15 to −3.8, steeper as γ′
 grows), every condensed point S_w > 0 (0.16 to 0.76), and the four points on the critical line
 |S_w| ≤ 0.05 (−0.003 at (1, −0.5), −0.048 at (1, 0), −0.010 at (1.5, 0.5), −0.035 at (2, 1)).
 
