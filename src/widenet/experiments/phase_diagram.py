@@ -35,9 +35,10 @@ asserts the run-seed-0 line within ±0.15 of the paper; it measured −0.498, �
 (40 s of CPU).
 
 The whole 8 x 5 grid at the quick widths 500-4000 (run seed 0,
-``--set widths=[500,1000,2000,4000]``; 110 s of CPU, ≤ 5721 steps): every linear point has S_w < 0 (−0.15 to −3.8, steeper as γ′
-grows), every condensed point S_w > 0 (0.16 to 0.76), and the four points on the critical line
-|S_w| ≤ 0.05 (−0.003 at (1, −0.5), −0.048 at (1, 0), −0.010 at (1.5, 0.5), −0.035 at (2, 1)).
+``--set widths=[500,1000,2000,4000]``; 110 s of CPU, <= 5721 steps): every linear point has
+S_w < 0 (−0.15 to −3.8, steeper as γ′ grows), every condensed point S_w > 0 (0.16 to 0.76), and
+the four points on the critical line |S_w| <= 0.05 (−0.003 at (1, −0.5), −0.048 at (1, 0),
+−0.010 at (1.5, 0.5), −0.035 at (2, 1)).
 
 Metrics (``metrics.json``)
 --------------------------
