@@ -2493,5 +2493,352 @@ def _progress_bar():
     return manager()
 
 
+# ---- regimes of training: phase diagram, regime classifier, frequency principle (issue 6) ----
+
+
+def _write_json(out: Path, payload: dict) -> None:
+    import json
+
+    if out.suffix.lower() != ".json":
+        raise ValueError(f"--out must end in .json, got {out.name!r}")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(payload, indent=2, allow_nan=False) + "\n", encoding="utf-8")
+
+
+@app.command("phase-point")
+def phase_point(
+    gamma: Annotated[float, typer.Option("--gamma", help="γ = −log(β1β2/α) / log m.")],
+    gamma_prime: Annotated[float, typer.Option("--gamma-prime", help="γ′ = −log(β1/β2) / log m.")],
+    width: Annotated[int, typer.Option("--width", help="Width m for the scalings.")] = 1000,
+    alpha: Annotated[float, typer.Option("--alpha", help="Output scale α (held fixed).")] = 1.0,
+    tol: Annotated[
+        float, typer.Option("--tol", help="Distance to the boundary that counts as critical.")
+    ] = 1e-9,
+    measure: Annotated[
+        bool,
+        typer.Option(
+            "--measure",
+            help="Also train ASI networks on the 1-D problem and fit the RD slope over --widths.",
+        ),
+    ] = False,
+    widths: Annotated[
+        list[int] | None,
+        typer.Option(
+            "--widths", help="Widths of the sweep (repeatable; default 500 1000 2000 4000)."
+        ),
+    ] = None,
+    loss_tol: Annotated[
+        float, typer.Option("--loss-tol", help="Train until the loss is below this.")
+    ] = 1e-5,
+    max_steps: Annotated[
+        int, typer.Option("--max-steps", help="Step limit per network.")
+    ] = 300_000,
+    seed: Annotated[int, typer.Option("--seed", help="Seed of the initialisations.")] = 0,
+    out: Annotated[Path | None, typer.Option("--out", "-o", help="Also write a .json.")] = None,
+) -> None:
+    """Regime (linear / critical / condensed) and scalings (α, β1, β2) of a point (γ, γ′)."""
+    from widenet import phases
+
+    try:
+        point = phases.PhasePoint.of(gamma, gamma_prime, tol=tol)
+        s = phases.scaling(gamma, gamma_prime, width, alpha=alpha)
+        payload = {
+            "gamma": gamma,
+            "gamma_prime": gamma_prime,
+            "regime": point.regime,
+            "named_points": list(point.names),
+            "boundary_distance": phases.boundary_distance(gamma, gamma_prime),
+            "width": width,
+            "kappa": s.kappa,
+            "kappa_prime": s.kappa_prime,
+            "alpha": s.alpha,
+            "beta1_std": s.beta1,
+            "beta1_variance": s.var1,
+            "beta2_std": s.beta2,
+            "beta2_variance": s.var2,
+        }
+        if measure:
+            sweep = widths or [500, 1000, 2000, 4000]
+            res = phases.rd_slope(
+                gamma, gamma_prime, sweep, seed=seed, loss_tol=loss_tol, max_steps=max_steps
+            )
+            payload.update(
+                slope=res["slope"], widths=res["widths"], rd=res["rd"], converged=res["converged"]
+            )
+        if out is not None:
+            _write_json(out, payload)
+    except (ValueError, TypeError, OSError, FloatingPointError) as err:
+        raise _fail(str(err)) from None
+    table = Table("quantity", "value", box=None, pad_edge=False)
+    for key, value in payload.items():
+        text = f"{value:.6g}" if isinstance(value, float) else str(value)
+        table.add_row(key, text)
+    _out().print(table)
+    if out is not None:
+        typer.echo(f"Saved: {out.resolve()}")
+
+
+def _load_state(path: Path) -> dict:
+    import torch
+
+    if not path.is_file():
+        raise ValueError(f"model file {path} does not exist")
+    if path.suffix.lower() == ".safetensors":
+        from safetensors.torch import load_file
+
+        return load_file(str(path))
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # pickle errors have many types; the message says what it was
+        raise ValueError(f"cannot read {path} as torch.save weights: {err}") from None
+    if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
+        state = state["state_dict"]
+    if not isinstance(state, dict):
+        raise ValueError(f"{path} does not hold a state dict")
+    return state
+
+
+def _mlp_from_state(state: dict, activation: str, parameterization: str, w_std, b_std):
+    """An nn.Sequential (Linear/Dense, activation, ..., Linear) with ``state``'s layout."""
+    import re
+
+    import torch.nn as nn
+
+    from widenet import activations
+    from widenet.layers import Dense, Elementwise
+
+    idx = sorted({int(m.group(1)) for k in state if (m := re.fullmatch(r"(\d+)\.weight", k))})
+    if not idx or any(not re.fullmatch(r"\d+\.(weight|bias)", k) for k in state):
+        raise ValueError(
+            "the state dict must be an nn.Sequential MLP ('0.weight', '0.bias', '2.weight', ...)"
+        )
+    act = activations.get(activation)
+    layers: list[nn.Module] = []
+    for j, i in enumerate(idx):
+        w = state[f"{i}.weight"]
+        if w.ndim != 2:
+            raise ValueError(f"{i}.weight must be a matrix, got shape {tuple(w.shape)}")
+        while len(layers) < i:
+            layers.append(Elementwise(act.fn, act.name))
+        bias = f"{i}.bias" in state
+        if parameterization == "plain":
+            layers.append(nn.Linear(w.shape[1], w.shape[0], bias=bias, dtype=w.dtype))
+        else:
+            if not bias:
+                raise ValueError(f"widenet Dense layers have a bias; {i}.bias is missing")
+            layers.append(
+                Dense(
+                    w.shape[1],
+                    w.shape[0],
+                    w_std=w_std,
+                    b_std=b_std,
+                    parameterization=parameterization,
+                    dtype=w.dtype,
+                )
+            )
+        if j < len(idx) - 1 and idx[j + 1] != i + 2:
+            raise ValueError("expected exactly one activation between consecutive linear layers")
+    return nn.Sequential(*layers)
+
+
+@app.command("regime")
+def regime_cmd(
+    initial: Annotated[
+        Path,
+        typer.Option("--initial", help="Initial state dict (.safetensors or torch.save weights)."),
+    ],
+    trained: Annotated[Path, typer.Option("--trained", help="Trained state dict, same layout.")],
+    data: DataOpt = "digits",
+    n: NOpt = 128,
+    activation: ActivationOpt = "relu",
+    parameterization: Annotated[
+        str,
+        typer.Option(
+            "--parameterization",
+            help="plain (nn.Linear layers), ntk or standard (widenet Dense with --w-std/--b-std).",
+        ),
+    ] = "plain",
+    w_std: WStdOpt = 2**0.5,
+    b_std: BStdOpt = 0.0,
+    layer: Annotated[
+        str | None,
+        typer.Option(
+            "--layer", help="Linear layer whose neurons are grouped (default: the first)."
+        ),
+    ] = None,
+    ntk_points: Annotated[
+        int, typer.Option("--ntk-points", help="Points for the NTK change.")
+    ] = 128,
+    lazy_change: Annotated[
+        float,
+        typer.Option(
+            "--lazy-change", help="Lazy if the relative parameter change is at most this."
+        ),
+    ] = 0.1,
+    lazy_ntk_change: Annotated[
+        float,
+        typer.Option("--lazy-ntk-change", help="... and the relative NTK change at most this."),
+    ] = 0.1,
+    condensed_change: Annotated[
+        float,
+        typer.Option(
+            "--condensed-change", help="Condensed if the first layer moved at least this ..."
+        ),
+    ] = 1.0,
+    condensed_ratio: Annotated[
+        float,
+        typer.Option(
+            "--condensed-ratio", help="... onto at most this fraction of its initial directions."
+        ),
+    ] = 0.5,
+    cosine: Annotated[
+        float, typer.Option("--cosine", help="Cosine similarity that groups two neurons.")
+    ] = 0.9,
+    mass: Annotated[
+        float,
+        typer.Option("--mass", help="Share of the squared amplitude the counted directions hold."),
+    ] = 0.9,
+    standardize: StandardizeOpt = None,
+    data_seed: DataSeedOpt = 0,
+    out: Annotated[Path | None, typer.Option("--out", "-o", help="Also write a .json.")] = None,
+) -> None:
+    """Lazy, intermediate or condensed: classify a trained MLP from its initial and final states."""
+    import dataclasses
+
+    from widenet import regime
+
+    try:
+        if parameterization not in ("plain", "ntk", "standard"):
+            raise ValueError(
+                f"--parameterization must be plain, ntk or standard, got {parameterization!r}"
+            )
+        s0, s1 = _load_state(initial), _load_state(trained)
+        model = _mlp_from_state(s0, activation, parameterization, w_std, b_std)
+        dtype = next(iter(s0.values())).dtype
+        x = _load_data(data, n, data_seed, standardize, dtype)
+        fan_in = model[0].in_features
+        if x.shape[1] != fan_in:
+            raise ValueError(f"the model takes {fan_in} features but --data has {x.shape[1]}")
+        th = regime.Thresholds(
+            lazy_change, lazy_ntk_change, condensed_change, condensed_ratio, cosine, mass
+        )
+        rep = regime.classify(model, s0, s1, x, thresholds=th, layer=layer, ntk_points=ntk_points)
+        payload = rep.as_dict()
+        if out is not None:
+            _write_json(out, payload)
+    except (ValueError, TypeError, OSError, RuntimeError) as err:
+        raise _fail(str(err)) from None
+    console = _out()
+    console.print(f"[bold]{rep.regime}[/]: {rep.reason}", soft_wrap=True)
+    table = Table("measure", "value", box=None, pad_edge=False)
+    for f in dataclasses.fields(rep):
+        value = getattr(rep, f.name)
+        if f.name in ("regime", "reason", "layer_changes", "thresholds"):
+            continue
+        table.add_row(f.name, f"{value:.4g}" if isinstance(value, float) else str(value))
+    console.print(table)
+    if out is not None:
+        typer.echo(f"Saved: {out.resolve()}")
+
+
+def _load_array(path: Path, option: str):
+    import numpy as np
+
+    if not path.is_file():
+        raise ValueError(f"{option}: {path} does not exist")
+    if path.suffix.lower() == ".npy":
+        return np.load(path, allow_pickle=False).astype(np.float64)
+    if path.suffix.lower() == ".csv":
+        return np.loadtxt(path, delimiter=",", ndmin=1)
+    raise ValueError(f"{option} must be a .npy or .csv file, got {path.name!r}")
+
+
+@app.command("frequency")
+def frequency_cmd(
+    target: Annotated[Path, typer.Option("--target", help="Targets y: (n,) or (n, k) .npy/.csv.")],
+    output: Annotated[
+        Path,
+        typer.Option(
+            "--output",
+            help="Network outputs h, same shape (or (T, n) for a 1-D series, one row per time).",
+        ),
+    ],
+    x: Annotated[
+        Path | None, typer.Option("--x", help="Input points (n, d), for --delta and --frequency.")
+    ] = None,
+    delta: Annotated[
+        list[float] | None,
+        typer.Option("--delta", help="Filtering method: variance δ of the Gaussian (repeatable)."),
+    ] = None,
+    frequency: Annotated[
+        list[float] | None,
+        typer.Option(
+            "--frequency",
+            help="Projection method: frequency k along the first principal direction (repeatable).",
+        ),
+    ] = None,
+    rel_height: Annotated[
+        float, typer.Option("--rel-height", help="DFT peaks: least height relative to the largest.")
+    ] = 0.1,
+    out: Annotated[Path | None, typer.Option("--out", "-o", help="Also write a .json.")] = None,
+) -> None:
+    """F-Principle measures: DFT-peak errors (1-D grid), projection or filtering (e_low, e_high)."""
+    from widenet import frequency as fq
+
+    try:
+        y = _load_array(target, "--target")
+        h = _load_array(output, "--output")
+        payload: dict = {}
+        if delta or frequency:
+            if x is None:
+                raise ValueError("--delta and --frequency need the input points (--x)")
+            xs = _load_array(x, "--x")
+            if delta:
+                fe = fq.filter_errors(xs, y, h, delta)
+                payload["filtering"] = {
+                    "delta": list(fe.deltas),
+                    "e_low": list(fe.e_low),
+                    "e_high": list(fe.e_high),
+                    "low_fraction": list(fe.low_fraction),
+                }
+            if frequency:
+                rel = fq.projection_relative_error(xs, y, h, frequency)
+                payload["projection"] = {
+                    "frequency": list(frequency),
+                    "relative_error": rel.tolist(),
+                }
+        else:
+            peaks = fq.dft_peaks(y, rel_height=rel_height)
+            err = fq.peak_relative_error(y, h, peaks)
+            payload["dft_peaks"] = {"peaks": peaks.tolist(), "relative_error": err.tolist()}
+        if out is not None:
+            _write_json(out, payload)
+    except (ValueError, TypeError, OSError) as err:
+        raise _fail(str(err)) from None
+    console = _out()
+    if "dft_peaks" in payload:
+        d = payload["dft_peaks"]
+        table = Table("peak k", "relative error |ĥ_k − ŷ_k| / |ŷ_k|", box=None, pad_edge=False)
+        errs = d["relative_error"]
+        for j, k in enumerate(d["peaks"]):
+            col = [row[j] for row in errs] if isinstance(errs[0], list) else [errs[j]]
+            table.add_row(str(k), " ".join(f"{e:.4g}" for e in col))
+        console.print(table)
+    if "filtering" in payload:
+        f = payload["filtering"]
+        table = Table("δ (variance)", "e_low", "e_high", "low share", box=None, pad_edge=False)
+        for row in zip(f["delta"], f["e_low"], f["e_high"], f["low_fraction"], strict=True):
+            table.add_row(*(f"{v:.4g}" for v in row))
+        console.print(table)
+    if "projection" in payload:
+        p = payload["projection"]
+        table = Table("frequency", "relative error", box=None, pad_edge=False)
+        for k, e in zip(p["frequency"], p["relative_error"], strict=True):
+            table.add_row(f"{k:g}", f"{e:.4g}")
+        console.print(table)
+    if out is not None:
+        typer.echo(f"Saved: {out.resolve()}")
+
+
 if __name__ == "__main__":  # pragma: no cover
     app()
