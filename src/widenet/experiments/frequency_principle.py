@@ -121,41 +121,31 @@ class FrequencyPrincipleConfig(lab.Config):
 def train_tanh_adam(x, y, width, *, init_std, lr, epochs, record_every, generator, device=None):
     """Full-batch Adam on mean((f − y)²) for f = tanh(x W + b) A + c; outputs every few epochs.
 
-    Closed-form gradients and a hand-written Adam (torch.optim's defaults: β1 = 0.9,
-    β2 = 0.999, ε = 1e-8): the same updates as ``torch.optim.Adam`` without importing it.
-    Every parameter starts from N(0, init_std²) (drawn on the CPU from ``generator``).
+    ``torch.optim.Adam`` with its defaults (β = (0.9, 0.999), ε = 1e-8). Every parameter starts
+    from N(0, init_std²) (drawn on the CPU from ``generator``).
     Returns (recorded epochs, outputs (T, n, k), final loss).
     """
-    n, d = x.shape
-    k = y.shape[1]
+    d, k = x.shape[1], y.shape[1]
     shapes = [(d, width), (width,), (width, k), (k,)]
     params = [
-        (torch.randn(s, generator=generator, dtype=torch.float64) * init_std).to(x.dtype)
+        (torch.randn(s, generator=generator, dtype=torch.float64) * init_std)
+        .to(dtype=x.dtype, device=device)
+        .requires_grad_()
         for s in shapes
     ]
-    params = [p.to(device) for p in params]
-    m = [torch.zeros_like(p) for p in params]
-    v = [torch.zeros_like(p) for p in params]
-    b1, b2, eps = 0.9, 0.999, 1e-8
+    opt = torch.optim.Adam(params, lr=lr)
     epochs_rec, outs = [], []
     for epoch in range(epochs + 1):
         w, b, a, c = params
-        t = torch.tanh(x @ w + b)
-        f = t @ a + c
+        f = torch.tanh(x @ w + b) @ a + c
         if epoch % record_every == 0 or epoch == epochs:
             epochs_rec.append(epoch)
             outs.append(f.detach().double().cpu())
         if epoch == epochs:
             break
-        r = (f - y) * (2.0 / (n * k))
-        gt = (r @ a.T) * (1.0 - t * t)
-        grads = [x.T @ gt, gt.sum(0), t.T @ r, r.sum(0)]
-        step = epoch + 1
-        for p, g, mi, vi in zip(params, grads, m, v, strict=True):
-            mi.mul_(b1).add_(g, alpha=1 - b1)
-            vi.mul_(b2).addcmul_(g, g, value=1 - b2)
-            denom = (vi / (1 - b2**step)).sqrt_().add_(eps)
-            p.addcdiv_(mi, denom, value=-lr / (1 - b1**step))
+        opt.zero_grad()
+        ((f - y) ** 2).mean().backward()
+        opt.step()
     final = float(((outs[-1] - y.double().cpu()) ** 2).mean())
     if not np.isfinite(final):
         raise FloatingPointError("Adam diverged; lower the learning rate")
