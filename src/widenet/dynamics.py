@@ -189,7 +189,7 @@ class _Eig:
     tridiagonal T (MRRR, ``dstemr``). Predictions need V only through products with a few
     columns (Vᵀ r, V z), which the reflectors apply in O(n² k): forming V (LAPACK's
     back-transformation, 2n³ flops) and Θ(x, X) V (2 m n² flops) is skipped. At n = 4000 this
-    took 4.8 s where scipy.linalg.eigh(driver="evd") took 8.0 s (benchmarks/bench_dynamics.py).
+    took 4.8 s where scipy.linalg.eigh(driver="evd") took 8.0 s (benchmarks/README.md).
     ``vectors`` forms V on first use (for the functions that need the full matrix).
     """
 
