@@ -1,6 +1,7 @@
 """widenet: the theory of over-parameterized neural networks, computable in PyTorch."""
 
 from widenet import activations, dynamics
+from widenet import random_features  # issue 7
 from widenet._version import __version__
 from widenet.architectures import MLP, mlp
 from widenet.data import load_dataset
@@ -13,6 +14,7 @@ __all__ = [
     "__version__",
     "activations",
     "dynamics",
+    "random_features",
     "Dense",
     "Elementwise",
     "empirical_nngp",
