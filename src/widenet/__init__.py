@@ -1,7 +1,10 @@
 """widenet: the theory of over-parameterized neural networks, computable in PyTorch."""
 
-from widenet import activations, dynamics
-from widenet import random_features  # issue 7
+from widenet import (
+    activations,
+    dynamics,
+    random_features,  # issue 7
+)
 from widenet._version import __version__
 from widenet.architectures import MLP, mlp
 from widenet.data import load_dataset
