@@ -9,3 +9,4 @@ import widenet.experiments.linear_vs_network  # noqa: F401  (registers linear-vs
 from widenet.experiments import kernel_convergence
 
 __all__ = ["kernel_convergence"]
+import widenet.experiments.double_descent  # noqa: F401  (registers double-descent)
