@@ -10,3 +10,4 @@ from widenet.experiments import kernel_convergence
 
 __all__ = ["kernel_convergence"]
 import widenet.experiments.double_descent  # noqa: F401  (registers double-descent)
+import widenet.experiments.small_data  # noqa: F401  (registers small-data)
