@@ -247,3 +247,10 @@ def test_ntk(tmp_path):
     assert result.exit_code == 0, result.output
     with np.load(npz) as t:
         assert t["ntk"].shape == (8, 8)
+
+
+def test_help_lists_estimator_and_random_feature_commands():  # issue 7
+    result = invoke("--help")
+    for command in ("fit-predict", "random-features"):
+        assert command in result.output
+        assert invoke(command, "--help").exit_code == 0

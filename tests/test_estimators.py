@@ -182,3 +182,66 @@ def test_bad_inputs():
     # ... while a finite time needs no inverse.
     NTKRegressor(ridge=0.0, t=5.0).fit(np.vstack([x, x]), np.concatenate([y, y]))
     assert math.isinf(NTKRegressor().t)
+
+
+# ---- the command line: widenet fit-predict ----
+
+
+def _invoke(*args):
+    from typer.testing import CliRunner
+
+    from widenet.cli import app
+
+    result = CliRunner().invoke(app, [str(a) for a in args])
+    assert "Traceback" not in result.output
+    return result
+
+
+def test_cli_fit_predict_files_equal_the_library(tmp_path):
+    import json
+
+    x, y, xt = _regression_data(n=30, m=10)
+    yt = np.sin(xt.sum(1))
+    for name, arr in (("x", x), ("y", y), ("xt", xt), ("yt", yt)):
+        np.save(tmp_path / f"{name}.npy", arr)
+    out = tmp_path / "p.npz"
+    args = ["--train", tmp_path / "x.npy", "--test", tmp_path / "xt.npy", "--out", out]
+    args += ["--train-targets", tmp_path / "y.npy", "--test-targets", tmp_path / "yt.npy"]
+    result = _invoke("fit-predict", *args, "--model", "regressor", "--depth", "2", "--time", "5")
+    assert result.exit_code == 0, result.output
+    ref = NTKRegressor(depth=2, t=5.0).fit(x, y).predict(xt)
+    np.testing.assert_allclose(np.load(out)["predictions"], ref, rtol=1e-12)
+    metrics = json.loads(out.with_suffix(".json").read_text())
+    assert metrics["params"]["depth"] == 2 and metrics["params"]["t"] == 5.0
+    assert "test_mse" in metrics
+
+
+def test_cli_fit_predict_grid_search_and_svc(tmp_path):
+    import json
+
+    out = tmp_path / "c.npz"
+    base = ["--train", "iris", "--test", "iris", "--n-test", "50", "--out", out]
+    result = _invoke("fit-predict", *base, "--depth", "1", "--depth", "3", "--ridge", "0.1")
+    assert result.exit_code == 0, result.output
+    metrics = json.loads(out.with_suffix(".json").read_text())
+    assert metrics["params"]["depth"] in (1, 3) and "cv_score" in metrics
+    assert metrics["test_accuracy"] > 0.8  # iris; chance 1/3
+    result = _invoke("fit-predict", *base, "--model", "svc", "--C", "0.5", "--C", "5")
+    assert result.exit_code == 0, result.output
+    assert json.loads(out.with_suffix(".json").read_text())["params"]["C"] in (0.5, 5.0)
+
+
+@pytest.mark.parametrize(
+    "args, match",
+    [
+        (["--model", "tree"], "--model"),
+        (["--time", "-1"], "--time"),
+        (["--depth", "0"], "depth"),
+        (["--kernel", "rbf"], "kernel"),
+    ],
+)
+def test_cli_fit_predict_bad_options(tmp_path, args, match):
+    result = _invoke(
+        "fit-predict", "--train", "iris", "--test", "iris", "--out", tmp_path / "o.npz", *args
+    )
+    assert result.exit_code == 2 and match in result.output, result.output

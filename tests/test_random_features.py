@@ -165,3 +165,34 @@ def test_reproducible_and_dtype():
     assert a.frequencies.dtype == torch.float32
     torch.testing.assert_close(a.frequencies, b.frequencies, rtol=0, atol=0)
     assert not torch.equal(a.frequencies, rf.fourier_features(3, 8, seed=6).frequencies.float())
+
+
+# ---- the command line: widenet random-features ----
+
+
+def test_cli_random_features(tmp_path):
+    import json
+
+    from typer.testing import CliRunner
+
+    from widenet.cli import app
+
+    out = tmp_path / "rf.json"
+    args = ["random-features", "--train", "digits", "--test", "digits", "--n-train", "60"]
+    args += ["--n-test", "100", "-N", "30", "-N", "60", "-N", "240", "--out", str(out)]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    res = json.loads(out.read_text())
+    assert res["n_features"] == [30, 60, 240] and res["threshold"] == 60
+    assert int(np.argmax(res["test_mse"])) == 1  # the peak at N = n
+    # The same numbers as the library on the same split (the CLI adds nothing of its own).
+    from widenet.cli import _predict_data
+
+    x, y, xt, yt, _ = _predict_data("digits", "digits", 60, 100, "onehot", None, None, None, 0)
+    t = torch.as_tensor
+    ref = rf.sweep(t(x), t(y), t(xt), t(yt), [30, 60, 240], bandwidth=10.0)
+    np.testing.assert_allclose(res["test_mse"], ref.test_mse, rtol=1e-10)
+    bad = CliRunner().invoke(app, ["random-features", "-N", "31", "--out", str(out)])
+    assert bad.exit_code == 2 and "even" in bad.output
+    bad = CliRunner().invoke(app, ["random-features", "--out", str(tmp_path / "x.npz")])
+    assert bad.exit_code == 2 and ".json" in bad.output
