@@ -833,6 +833,28 @@ if __name__ == "__main__":  # pragma: no cover
 
 # ---- estimators and random features (issue 7) ----
 
+# Train/test options shared by fit-predict and random-features (the split is _predict_data's).
+TrainOpt = Annotated[str, typer.Option("--train", help="Training inputs: " + _DATA_HELP)]
+TestOpt = Annotated[
+    str, typer.Option("--test", help="Test inputs: a .npy/.csv file, or the same set as --train.")
+]
+NTrainOpt = Annotated[int | None, typer.Option("--n-train", help="Training points.")]
+NTestOpt = Annotated[int | None, typer.Option("--n-test", help="Test points.")]
+TrainTargetsOpt = Annotated[
+    str | None,
+    typer.Option("--train-targets", help="Train targets .npy/.csv, or integer labels (files)."),
+]
+TestTargetsOpt = Annotated[
+    str | None, typer.Option("--test-targets", help="Test targets or labels (files).")
+]
+
+
+def _labelled_split(train, test, n_train, n_test, train_targets, test_targets, std, seed):
+    """``_predict_data`` with one-hot (±1 for two classes) labels of bundled sets."""
+    return _predict_data(
+        train, test, n_train, n_test, "onehot", train_targets, test_targets, std, seed
+    )
+
 
 def _decode_labels(y):
     """One-hot rows or one ±1 column (as ``_encode_labels`` writes them) -> class indices."""
@@ -856,22 +878,12 @@ def fit_predict(
     out: Annotated[
         Path, typer.Option("--out", "-o", help="Output .npz (test predictions); metrics in .json.")
     ],
-    train: Annotated[
-        str, typer.Option("--train", help="Training inputs: " + _DATA_HELP)
-    ] = "digits",
-    test: Annotated[
-        str,
-        typer.Option("--test", help="Test inputs: a .npy/.csv file, or the same set as --train."),
-    ] = "digits",
-    n_train: Annotated[int | None, typer.Option("--n-train", help="Training points.")] = None,
-    n_test: Annotated[int | None, typer.Option("--n-test", help="Test points.")] = None,
-    train_targets: Annotated[
-        str | None,
-        typer.Option("--train-targets", help="Train targets/labels .npy/.csv (for files)."),
-    ] = None,
-    test_targets: Annotated[
-        str | None, typer.Option("--test-targets", help="Test targets/labels (optional).")
-    ] = None,
+    train: TrainOpt = "digits",
+    test: TestOpt = "digits",
+    n_train: NTrainOpt = None,
+    n_test: NTestOpt = None,
+    train_targets: TrainTargetsOpt = None,
+    test_targets: TestTargetsOpt = None,
     model: Annotated[
         str,
         typer.Option("--model", help="classifier (NTKClassifier), regressor or svc (NTKSVC)."),
@@ -914,17 +926,8 @@ def fit_predict(
         if model not in ("classifier", "regressor", "svc"):
             raise ValueError(f"--model must be classifier, regressor or svc, got {model!r}")
         (t,) = _parse_times([time_])
-        x_train, y_train, x_test, y_test, what = _predict_data(
-            train,
-            test,
-            n_train,
-            n_test,
-            "onehot",
-            train_targets,
-            test_targets,
-            standardize,
-            data_seed,
-        )
+        split = (train, test, n_train, n_test, train_targets, test_targets, standardize)
+        x_train, y_train, x_test, y_test, what = _labelled_split(*split, data_seed)
         classify = model != "regressor"
         if classify:
             y_train = _decode_labels(y_train)
@@ -981,21 +984,12 @@ def fit_predict(
 @app.command("random-features")
 def random_features_cmd(
     out: Annotated[Path, typer.Option("--out", "-o", help="Output .json with the curves over N.")],
-    train: Annotated[
-        str, typer.Option("--train", help="Training inputs: " + _DATA_HELP)
-    ] = "digits",
-    test: Annotated[
-        str,
-        typer.Option("--test", help="Test inputs: a .npy/.csv file, or the same set as --train."),
-    ] = "digits",
-    n_train: Annotated[int | None, typer.Option("--n-train", help="Training points.")] = 200,
-    n_test: Annotated[int | None, typer.Option("--n-test", help="Test points.")] = None,
-    train_targets: Annotated[
-        str | None, typer.Option("--train-targets", help="Train targets (for files).")
-    ] = None,
-    test_targets: Annotated[
-        str | None, typer.Option("--test-targets", help="Test targets (for files).")
-    ] = None,
+    train: TrainOpt = "digits",
+    test: TestOpt = "digits",
+    n_train: NTrainOpt = 200,
+    n_test: NTestOpt = None,
+    train_targets: TrainTargetsOpt = None,
+    test_targets: TestTargetsOpt = None,
     features: Annotated[str, typer.Option("--features", help="fourier or relu.")] = "fourier",
     n_features: Annotated[
         list[int] | None,
@@ -1031,17 +1025,8 @@ def random_features_cmd(
     try:
         if out.suffix.lower() != ".json":
             raise ValueError(f"--out must end in .json, got {out.name!r}")
-        x_train, y_train, x_test, y_test, what = _predict_data(
-            train,
-            test,
-            n_train,
-            n_test,
-            "onehot",
-            train_targets,
-            test_targets,
-            standardize,
-            data_seed,
-        )
+        split = (train, test, n_train, n_test, train_targets, test_targets, standardize)
+        x_train, y_train, x_test, y_test, what = _labelled_split(*split, data_seed)
         if y_test is None:
             raise ValueError("the test set needs targets (--test-targets) to measure the error")
         n = len(x_train)

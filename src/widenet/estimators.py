@@ -120,6 +120,29 @@ class _InfiniteWidth(BaseEstimator):
 class _KernelRegression(_InfiniteWidth):
     """Fit/predict of the flow of the module docstring on (n, k) float targets."""
 
+    # One signature for both estimators (scikit-learn reads the parameters from __init__).
+    def __init__(
+        self,
+        depth=3,
+        activation="relu",
+        w_std=2**0.5,
+        b_std=0.1,
+        kernel="ntk",
+        ridge=1e-6,
+        t=math.inf,
+        learning_rate=1.0,
+        device=None,
+    ):
+        self.depth = depth
+        self.activation = activation
+        self.w_std = w_std
+        self.b_std = b_std
+        self.kernel = kernel
+        self.ridge = ridge
+        self.t = t
+        self.learning_rate = learning_rate
+        self.device = device
+
     def _check_flow_params(self) -> None:
         self._check_params()
         check_real(self.ridge, "ridge", minimum=0.0)
@@ -172,28 +195,6 @@ class NTKRegressor(RegressorMixin, _KernelRegression):
     """
     )
 
-    def __init__(
-        self,
-        depth=3,
-        activation="relu",
-        w_std=2**0.5,
-        b_std=0.1,
-        kernel="ntk",
-        ridge=1e-6,
-        t=math.inf,
-        learning_rate=1.0,
-        device=None,
-    ):
-        self.depth = depth
-        self.activation = activation
-        self.w_std = w_std
-        self.b_std = b_std
-        self.kernel = kernel
-        self.ridge = ridge
-        self.t = t
-        self.learning_rate = learning_rate
-        self.device = device
-
     def fit(self, X, y):
         x, y = validate_data(self, X, y, dtype=np.float64, multi_output=True, y_numeric=True)
         self._y_ndim = y.ndim
@@ -222,28 +223,6 @@ class NTKClassifier(ClassifierMixin, _KernelRegression):
     one per class). n_features_in_ : d.
     """
     )
-
-    def __init__(
-        self,
-        depth=3,
-        activation="relu",
-        w_std=2**0.5,
-        b_std=0.1,
-        kernel="ntk",
-        ridge=1e-6,
-        t=math.inf,
-        learning_rate=1.0,
-        device=None,
-    ):
-        self.depth = depth
-        self.activation = activation
-        self.w_std = w_std
-        self.b_std = b_std
-        self.kernel = kernel
-        self.ridge = ridge
-        self.t = t
-        self.learning_rate = learning_rate
-        self.device = device
 
     def fit(self, X, y):
         x, y = validate_data(self, X, y, dtype=np.float64)
