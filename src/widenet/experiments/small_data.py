@@ -75,7 +75,7 @@ GRIDS = {
         "ntk": {"depth": [1, 2, 4], "ridge": [1e-4, 1e-1]},
         "random_forest": {"max_features": ["sqrt", 0.5, 1.0], "min_samples_leaf": [1, 4]},
         "rbf_svm": {"C": [1.0, 10.0, 100.0], "gamma_scale": [0.5, 2.0]},
-        "mlp": {"hidden_layer_sizes": [(64,), (256,), (1024,)], "alpha": [1e-4, 1e-1]},
+        "mlp": {"hidden_layer_sizes": [(16,), (64,), (256,)], "alpha": [1e-4, 1e-1]},
     },
     "small": {
         "ntk": {"depth": [1, 3], "ridge": [1e-2]},
@@ -100,7 +100,7 @@ class SmallDataConfig(lab.Config):
     inner_folds: int = pydantic.Field(3, ge=2)
     grid: Literal["full", "small"] = "full"
     n_estimators: int = pydantic.Field(200, ge=1)
-    mlp_max_iter: int = pydantic.Field(300, ge=1)
+    mlp_max_iter: int = pydantic.Field(200, ge=1)
     few_shot_sizes: list[int] = [10, 20, 40, 80, 160, 320, 640]
     few_shot_repeats: int = pydantic.Field(3, ge=1)
 
