@@ -74,7 +74,11 @@ def test_metrics_keys_and_method_names(quick_run):
     assert list(m["average_rank"]) == ["ntk", "random_forest", "rbf_svm", "mlp"]
     assert sum(m["average_rank"].values()) == pytest.approx(10.0)
     assert json.loads((quick_run.out / "metrics.json").read_text()) == m
-    assert sorted(p.name for p in quick_run.figures) == ["accuracy.png", "few_shot.png"]
+    assert sorted(p.name for p in quick_run.figures) == [
+        "accuracy.png",
+        "few_shot.png",
+        "table.png",
+    ]
 
 
 def test_accuracies(quick_run):

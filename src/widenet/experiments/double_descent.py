@@ -185,13 +185,21 @@ def _noisy_labels(labels, k, fraction, rng):
 
 
 def train_two_layer(x, y, width: int, *, steps: int, lr: float, seed: int):
-    """A d → width → k ReLU network trained by full-batch Adam on 0.5·mean((f − y)²)."""
+    """A d → width → k ReLU network trained by full-batch Adam on 0.5·mean((f − y)²).
+
+    The readout starts at zero (the hidden layer as ``wn.mlp(..., "standard")`` draws it): with
+    a random readout, the part of the initial function that the data do not constrain survives
+    training and dominates the test error of the interpolating networks (measured on 100 digits:
+    test error 0.39 instead of 0.16 at width 640), hiding the threshold.
+    """
     import widenet as wn
 
     arch = wn.mlp(
         1, "relu", w_std=2**0.5, b_std=0.1, out_dim=y.shape[1], parameterization="standard"
     )
     net = arch.network(x.shape[1], width, seed=seed, dtype=x.dtype, device=x.device)
+    with torch.no_grad():
+        net[-1].weight.zero_()
     opt = torch.optim.Adam(net.parameters(), lr=lr)
     for _ in range(steps):
         opt.zero_grad()
@@ -211,9 +219,8 @@ def _width_sweep(config, ctx, seed):
     d, n = x.shape[1], x.shape[0]
     threshold = n * k
     m_star = (threshold - k) / (d + 1 + k)  # p(m*) = n k
-    widths = sorted(
-        {max(1, round(v)) for v in np.geomspace(m_star / 8, m_star * 12, config.width_points)}
-    )
+    grid = np.geomspace(m_star / 8, m_star * 12, config.width_points)
+    widths = sorted({max(1, round(v)) for v in grid} | {max(1, round(m_star))})
     y_test = _one_hot(lt, k).float().to(ctx.device)
     errors, mses, losses = [], [], []
     jobs = [(f, m) for f in config.width_label_noise for m in widths]
@@ -399,6 +406,9 @@ def _plot_sweep(ctx, res, kernel_error, kernel_mse, title, name):
         ax.axvline(res.threshold, color="0.4", ls="--", lw=1, label="N = n")
         ax.set_xscale("log")
         ax.set_yscale(yscale)
+        if train is not None and yscale == "log":  # train MSE ~ 1e-30 past N = n: off the axis
+            ax.set_ylim(bottom=0.3 * min(test))
+            ax.set_title("(train squared loss → 0 for N ≥ n)", fontsize=8)
         ax.set_xlabel("number of random features N")
         ax.set_ylabel(label)
         ax.grid(True, which="both", alpha=0.3)

@@ -315,6 +315,7 @@ def run(config: SmallDataConfig, ctx: lab.RunContext) -> dict:
         "few_shot_average_rank": few_rank,
     }
     _plot_table(ctx, metrics)
+    _plot_text_table(ctx, metrics)
     _plot_few_shot(ctx, metrics)
     return metrics
 
@@ -338,6 +339,34 @@ def _plot_table(ctx, m):
     ax.grid(True, axis="y", alpha=0.3)
     ax.legend(fontsize=8, loc="lower left")
     ctx.save_figure(fig, "accuracy")
+
+
+def _plot_text_table(ctx, m):
+    """The table of the paper's kind: mean ± std per data set, best in bold, average rank."""
+    names = list(m["accuracy"])
+    cells = [
+        [f"{m['accuracy'][d][k]:.3f} ± {m['accuracy_std'][d][k]:.3f}" for k in METHODS]
+        for d in names
+    ]
+    cells.append([f"{m['average_rank'][k]:.2f}" for k in METHODS])
+    fig = ctx.figure(figsize=(9, 0.45 * (len(names) + 2) + 0.4))
+    ax = fig.subplots()
+    ax.axis("off")
+    table = ax.table(
+        cells,
+        rowLabels=names + ["average rank"],
+        colLabels=list(METHODS),
+        loc="center",
+        cellLoc="center",
+    )
+    table.scale(1, 1.3)
+    for i, d in enumerate(names):
+        best = max(m["accuracy"][d].values())
+        for j, k in enumerate(METHODS):
+            if m["accuracy"][d][k] == best:
+                table[i + 1, j].set_text_props(fontweight="bold")
+    ax.set_title("Test accuracy (outer CV mean ± std); rank 1 = best", fontsize=10)
+    ctx.save_figure(fig, "table")
 
 
 def _plot_few_shot(ctx, m):
