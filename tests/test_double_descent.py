@@ -125,3 +125,11 @@ def test_full_size_run(tmp_path):
     assert m["largest_n_error"] < 0.75 * m["u_bottom_error"]
     assert abs(m["largest_n_error"] - m["kernel_error"]) < 0.03
     assert m["synthetic_peak_n_features"] == 400
+
+
+def test_same_seed_reproduces(tmp_path):
+    tiny = ["n_train=20", "n_test=20", "n_points=3", "synthetic_n_train=20", "synthetic_n_test=20"]
+    tiny += ["width_n_train=20", "width_points=2", "width_steps=5"]
+    a = lab.run_experiment("double-descent", out=tmp_path / "a", overrides=tiny, seed=3)
+    b = lab.run_experiment("double-descent", out=tmp_path / "b", overrides=tiny, seed=3)
+    assert a.metrics == b.metrics and a.metrics["threshold"] == 20

@@ -132,6 +132,8 @@ def test_tiny_run_skips_impossible_few_shot_sizes(tmp_path):
         "mlp_max_iter=20",
     ]
     run = lab.run_experiment("small-data", quick=True, out=tmp_path / "t", overrides=overrides)
+    again = lab.run_experiment("small-data", quick=True, out=tmp_path / "u", overrides=overrides)
+    assert again.metrics == run.metrics  # every random draw comes from the run's seed
     few = run.metrics["few_shot_accuracy"]["iris"]["ntk"]
     # 2 < 3 classes and 100 > 0.8 * 30 points: skipped (null); 10 points are tuned by 2-fold CV.
     assert few[0] is None and few[2] is None and 0 <= few[1] <= 1
