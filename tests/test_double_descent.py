@@ -81,6 +81,9 @@ def test_width_sweep(quick_run):
     loss = np.asarray(m["width_train_loss"])
     # Wide networks interpolate (loss ~ 0), the narrowest cannot (p << n k).
     assert (loss[:, -1] < 1e-3).all() and (loss[:, 0] > 0.02).all()
+    for row, first in zip(loss, m["width_interpolation_n_params"], strict=True):
+        i = list(p).index(first)  # the first width whose training loss is below 1e-3
+        assert row[i] < 1e-3 and (row[:i] >= 1e-3).all()
     # The test squared loss peaks near the threshold p = n k (measured: at p = 760 without and
     # p = 985 with label noise, of a grid 160 ... 11860) and falls far below the peak for the
     # widest networks (measured 1.8 -> 0.19 and 10.8 -> 0.21).

@@ -44,7 +44,12 @@ Widths (100 digits, threshold p = 1000, widths 2 … 158): test MSE peaks at p =
 noisy at the widest. Full size (n = 1000 digits, 797 test, N = 50 … 20000): peak 0.80 at
 N = n = 1000 (MSE 35, ‖β‖ 3900); U-bottom 0.044 at N = 472; 0.026 at N = 20000; kernel limit
 0.018 (Belkin et al. on MNIST: 5 %, 88 %, 2.5 %, 2.2 %); synthetic (n = 400) peak at N = 400.
-The full width sweep (400 digits) is in the report of issue 7.
+Full width sweep (400 digits, threshold p = n·k = 4000, widths 7 … 638): training reaches
+interpolation well below n·k for clean labels (the digits classes are nearly linearly
+separable, so a few hidden units fit the one-hot targets), and the test MSE peaks where it first
+does (p = 835 clean, 1360 with 20 % noise: MSE 51 and 84), then falls to 0.08 / 0.13; test error
+0.03 clean vs 0.21 noisy at the widest. On such data the peak of trained networks sits at the
+*empirical* interpolation point (``width_interpolation_n_params``), not at p = n·k.
 
 Metrics (``metrics.json``): the keys of METRICS (``widenet list --verbose``).
 
@@ -102,6 +107,8 @@ METRICS = {
     "width_test_error": "test zero-one error per label-noise level (outer) and width (inner)",
     "width_test_mse": "test squared loss, same layout",
     "width_train_loss": "final training loss 0.5*mean((f-Y)^2), same layout",
+    "width_interpolation_n_params": "per label-noise level: the smallest p whose training loss "
+    "is below 1e-3 (where training reaches interpolation; null if none)",
 }
 
 
@@ -245,15 +252,20 @@ def _width_sweep(config, ctx, seed):
         errors[-1].append(zero_one_loss(pred, y_test))
         mses[-1].append(float((pred - y_test).square().mean()))
         losses[-1].append(loss)
+    n_params = [m * (d + 1) + (m + 1) * k for m in widths]
     return {
         "width_n_train": n,
         "widths": widths,
-        "width_n_params": [m * (d + 1) + (m + 1) * k for m in widths],
+        "width_n_params": n_params,
         "width_threshold": threshold,
         "width_label_noise": list(config.width_label_noise),
         "width_test_error": errors,
         "width_test_mse": mses,
         "width_train_loss": losses,
+        "width_interpolation_n_params": [
+            next((pp for pp, loss in zip(n_params, row, strict=True) if loss < 1e-3), None)
+            for row in losses
+        ],
     }
 
 
