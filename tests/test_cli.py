@@ -53,6 +53,7 @@ COMMANDS = (
     *("embed", "hessian", "condense"),  # embedding principle
     *("du-bounds", "du-train"),  # Du et al.
     *("phase-point", "regime", "frequency"),  # regimes
+    *("fit-predict", "random-features"),  # estimators
 )
 
 
@@ -259,3 +260,10 @@ def test_ntk(tmp_path):
     assert result.exit_code == 0, result.output
     with np.load(npz) as t:
         assert t["ntk"].shape == (8, 8)
+
+
+def test_help_lists_estimator_and_random_feature_commands():  # issue 7
+    result = invoke("--help")
+    for command in ("fit-predict", "random-features"):
+        assert command in result.output
+        assert invoke(command, "--help").exit_code == 0

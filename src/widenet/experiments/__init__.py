@@ -19,3 +19,5 @@ import widenet.experiments.phase_diagram  # noqa: F401  (registers phase-diagram
 from widenet.experiments import kernel_convergence
 
 __all__ = ["kernel_convergence"]
+import widenet.experiments.double_descent  # noqa: F401  (registers double-descent)
+import widenet.experiments.small_data  # noqa: F401  (registers small-data)

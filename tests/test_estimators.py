@@ -1,0 +1,247 @@
+"""NTK estimators: scikit-learn's estimator checks and predictions against independent solves."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from sklearn.base import clone
+from sklearn.kernel_ridge import KernelRidge
+from sklearn.model_selection import GridSearchCV, StratifiedKFold, cross_val_score
+from sklearn.pipeline import make_pipeline
+from sklearn.preprocessing import StandardScaler
+from sklearn.svm import SVC
+from sklearn.utils.estimator_checks import parametrize_with_checks
+
+import widenet as wn
+from widenet.estimators import NTKSVC, NTKClassifier, NTKRegressor, dual_coefficients
+
+
+# Every applicable check passes. Skipped by scikit-learn itself (SkipTest, not by us):
+# check_array_api_input (needs SCIPY_ARRAY_API and an array-API library) and
+# check_*_data_not_an_array (needs pandas, not installed).
+@parametrize_with_checks([NTKRegressor(), NTKClassifier(), NTKSVC()])
+def test_sklearn_compatible(estimator, check):
+    check(estimator)
+
+
+def _regression_data(n=40, m=15, d=4, k=None, seed=0):
+    rng = np.random.default_rng(seed)
+    x, xt = rng.standard_normal((n, d)), rng.standard_normal((m, d))
+    w = rng.standard_normal((d,) if k is None else (d, k))
+    return x, np.sin(x @ w), xt
+
+
+def _gram(x1, x2=None, depth=3, kernel="ntk", w_std=2**0.5, b_std=0.1):
+    arch = wn.mlp(depth, "relu", w_std=w_std, b_std=b_std)
+    x2 = None if x2 is None else torch.as_tensor(x2)
+    return getattr(arch.kernel(torch.as_tensor(x1), x2), kernel).numpy()
+
+
+@pytest.mark.parametrize("kernel", ["ntk", "nngp"])
+@pytest.mark.parametrize("k", [None, 3])
+def test_regressor_equals_kernel_ridge(kernel, k):
+    x, y, xt = _regression_data(k=k)
+    ridge = 1e-3
+    est = NTKRegressor(depth=2, kernel=kernel, ridge=ridge).fit(x, y)
+    pred = est.predict(xt)
+    assert pred.shape == y[:15].shape
+    kxx, ktx = _gram(x, depth=2, kernel=kernel), _gram(xt, x, depth=2, kernel=kernel)
+    lam = ridge * np.mean(np.diag(kxx))
+    # Independent float64 solve of (K + lam I) alpha = y.
+    ref = ktx @ np.linalg.solve(kxx + lam * np.eye(len(x)), y)
+    np.testing.assert_allclose(pred, ref, rtol=1e-9, atol=1e-10)
+    kr = KernelRidge(alpha=lam, kernel="precomputed").fit(kxx, y)
+    np.testing.assert_allclose(pred, kr.predict(ktx), rtol=1e-8, atol=1e-10)
+    # Ridgeless limit: interpolation of the training targets (both kernels are strictly PD on
+    # distinct points; 1e-8 of the mean diagonal moves the fit by ~1e-8 * cond, measured < 1e-4).
+    fit = NTKRegressor(depth=2, kernel=kernel, ridge=1e-8).fit(x, y).predict(x)
+    np.testing.assert_allclose(fit, y, rtol=0, atol=1e-3)
+
+
+def test_finite_time_equals_the_dynamics():
+    x, y, xt = _regression_data()
+    times = [0.5, 10.0, 1e3]
+    kxx, ktx = _gram(x), _gram(xt, x)
+    flow = wn.dynamics.gradient_flow_mse(
+        torch.as_tensor(kxx), torch.as_tensor(y), times, ntk_test_train=torch.as_tensor(ktx)
+    )
+    for i, t in enumerate(times):
+        pred = NTKRegressor(t=t, ridge=0.0).fit(x, y).predict(xt)
+        np.testing.assert_allclose(pred, flow.test[i, :, 0].numpy(), rtol=1e-9, atol=1e-12)
+    # Early stopping fits less: the training error falls with t (the flow is monotone).
+    errs = [np.mean((NTKRegressor(t=t).fit(x, y).predict(x) - y) ** 2) for t in times]
+    assert errs[0] > errs[1] > errs[2]
+    # t = 0 is the initial (mean) output 0; t and learning_rate enter only as their product.
+    np.testing.assert_array_equal(NTKRegressor(t=0.0).fit(x, y).predict(xt), 0.0)
+    a = NTKRegressor(t=10.0, learning_rate=0.5).fit(x, y).predict(xt)
+    b = NTKRegressor(t=5.0, learning_rate=1.0).fit(x, y).predict(xt)
+    np.testing.assert_allclose(a, b, rtol=1e-10)
+
+
+def test_dual_coefficients_without_sklearn():
+    x, y, xt = _regression_data()
+    k = torch.as_tensor(_gram(x))
+    alpha = dual_coefficients(k, torch.as_tensor(y), ridge=0.1)
+    lam = 0.1 * float(torch.diagonal(k).mean())
+    ref = torch.linalg.solve(k + lam * torch.eye(len(x), dtype=torch.float64), torch.as_tensor(y))
+    torch.testing.assert_close(alpha[:, 0], ref, rtol=1e-10, atol=1e-12)
+
+
+def test_classifier_is_one_hot_kernel_regression():
+    rng = np.random.default_rng(1)
+    x = rng.standard_normal((60, 3))
+    labels = np.array(["a", "b", "c"])[(x[:, 0] > 0).astype(int) + (x[:, 1] > 0.5)]
+    xt = rng.standard_normal((20, 3))
+    clf = NTKClassifier(depth=2, ridge=1e-2).fit(x, labels)
+    np.testing.assert_array_equal(clf.classes_, ["a", "b", "c"])
+    kxx, ktx = _gram(x, depth=2), _gram(xt, x, depth=2)
+    onehot = (labels[:, None] == clf.classes_[None]).astype(float)
+    lam = 1e-2 * np.mean(np.diag(kxx))
+    out = ktx @ np.linalg.solve(kxx + lam * np.eye(60), onehot)
+    np.testing.assert_allclose(clf.decision_function(xt), out, rtol=1e-8, atol=1e-10)
+    np.testing.assert_array_equal(clf.predict(xt), clf.classes_[out.argmax(1)])
+    assert clf.score(x, labels) == 1.0  # near-interpolation of the training labels
+
+
+def test_binary_decision_function_and_svc_path():
+    rng = np.random.default_rng(2)
+    x = rng.standard_normal((50, 3))
+    y = (x[:, 0] + 0.3 * x[:, 2] > 0).astype(int)
+    xt = rng.standard_normal((30, 3))
+    clf = NTKClassifier(depth=1).fit(x, y)
+    dec = clf.decision_function(xt)
+    assert dec.shape == (30,)
+    np.testing.assert_array_equal(clf.predict(xt), (dec > 0).astype(int))
+    # The SVM path is SVC on the precomputed Gram matrix, computed independently here.
+    svc = NTKSVC(depth=1, kernel="nngp", C=3.0).fit(x, y)
+    ref = SVC(kernel="precomputed", C=3.0).fit(_gram(x, depth=1, kernel="nngp"), y)
+    ktx = _gram(xt, x, depth=1, kernel="nngp")
+    np.testing.assert_allclose(svc.decision_function(xt), ref.decision_function(ktx), rtol=1e-8)
+    np.testing.assert_array_equal(svc.predict(xt), ref.predict(ktx))
+    assert svc.score(xt, (xt[:, 0] + 0.3 * xt[:, 2] > 0).astype(int)) > 0.8
+
+
+def test_pipeline_grid_search_and_cross_val_score():
+    from sklearn.datasets import load_iris
+
+    x, y = load_iris(return_X_y=True)
+    pipe = make_pipeline(StandardScaler(), NTKClassifier())
+    cv = StratifiedKFold(3, shuffle=True, random_state=0)
+    scores = cross_val_score(pipe, x, y, cv=cv)
+    # Iris: kernel methods reach 0.93-0.98; a broken estimator would be near 1/3.
+    assert scores.mean() > 0.9, scores
+    grid = GridSearchCV(
+        pipe, {"ntkclassifier__depth": [1, 3], "ntkclassifier__ridge": [1e-4, 1e-1]}, cv=cv
+    ).fit(x, y)
+    assert grid.best_params_["ntkclassifier__depth"] in (1, 3)
+    assert grid.best_score_ > 0.9
+    svc = GridSearchCV(make_pipeline(StandardScaler(), NTKSVC()), {"ntksvc__C": [0.1, 10]}, cv=cv)
+    assert svc.fit(x, y).best_score_ > 0.9
+    est = NTKRegressor(depth=5, kernel="nngp", t=3.0)
+    copy = clone(est)
+    assert copy.get_params() == est.get_params()
+    assert copy.set_params(depth=2).depth == 2
+
+
+@pytest.mark.parametrize(
+    "params, match",
+    [
+        ({"depth": 0}, "depth"),
+        ({"depth": 1.5}, "depth"),
+        ({"kernel": "rbf"}, "kernel"),
+        ({"ridge": -1.0}, "ridge"),
+        ({"t": -1.0}, "t must be"),
+        ({"t": float("nan")}, "t must be"),
+        ({"learning_rate": 0.0}, "learning_rate"),
+        ({"w_std": 0.0}, "w_std"),
+    ],
+)
+def test_bad_hyper_parameters(params, match):
+    x, y, _ = _regression_data(n=10)
+    with pytest.raises(ValueError, match=match):
+        NTKRegressor(**params).fit(x, y)
+
+
+def test_bad_inputs():
+    x, y, xt = _regression_data(n=10)
+    with pytest.raises(ValueError, match="NaN"):
+        NTKRegressor().fit(np.where(x > 1, np.nan, x), y)
+    est = NTKRegressor().fit(x, y)
+    with pytest.raises(ValueError, match="features"):
+        est.predict(xt[:, :2])
+    with pytest.raises(ValueError, match="C"):
+        NTKSVC(C=0.0).fit(x, y > 0)
+    with pytest.raises(ValueError, match="Unknown label type"):
+        NTKClassifier().fit(x, y)
+    # Duplicated points with ridge = 0 make the kernel singular: the dynamics module says so.
+    with pytest.raises(ValueError, match="singular"):
+        NTKRegressor(ridge=0.0).fit(np.vstack([x, x]), np.concatenate([y, y]))
+    # ... while a finite time needs no inverse.
+    NTKRegressor(ridge=0.0, t=5.0).fit(np.vstack([x, x]), np.concatenate([y, y]))
+    assert math.isinf(NTKRegressor().t)
+
+
+# ---- the command line: widenet fit-predict ----
+
+
+def _invoke(*args):
+    from typer.testing import CliRunner
+
+    from widenet.cli import app
+
+    result = CliRunner().invoke(app, [str(a) for a in args])
+    assert "Traceback" not in result.output
+    return result
+
+
+def test_cli_fit_predict_files_equal_the_library(tmp_path):
+    import json
+
+    x, y, xt = _regression_data(n=30, m=10)
+    yt = np.sin(xt.sum(1))
+    for name, arr in (("x", x), ("y", y), ("xt", xt), ("yt", yt)):
+        np.save(tmp_path / f"{name}.npy", arr)
+    out = tmp_path / "p.npz"
+    args = ["--train", tmp_path / "x.npy", "--test", tmp_path / "xt.npy", "--out", out]
+    args += ["--train-targets", tmp_path / "y.npy", "--test-targets", tmp_path / "yt.npy"]
+    result = _invoke("fit-predict", *args, "--model", "regressor", "--depth", "2", "--time", "5")
+    assert result.exit_code == 0, result.output
+    ref = NTKRegressor(depth=2, t=5.0).fit(x, y).predict(xt)
+    np.testing.assert_allclose(np.load(out)["predictions"], ref, rtol=1e-12)
+    metrics = json.loads(out.with_suffix(".json").read_text())
+    assert metrics["params"]["depth"] == 2 and metrics["params"]["t"] == 5.0
+    assert "test_mse" in metrics
+
+
+def test_cli_fit_predict_grid_search_and_svc(tmp_path):
+    import json
+
+    out = tmp_path / "c.npz"
+    base = ["--train", "iris", "--test", "iris", "--n-test", "50", "--out", out]
+    result = _invoke("fit-predict", *base, "--depth", "1", "--depth", "3", "--ridge", "0.1")
+    assert result.exit_code == 0, result.output
+    metrics = json.loads(out.with_suffix(".json").read_text())
+    assert metrics["params"]["depth"] in (1, 3) and "cv_score" in metrics
+    assert metrics["test_accuracy"] > 0.8  # iris; chance 1/3
+    result = _invoke("fit-predict", *base, "--model", "svc", "--C", "0.5", "--C", "5")
+    assert result.exit_code == 0, result.output
+    assert json.loads(out.with_suffix(".json").read_text())["params"]["C"] in (0.5, 5.0)
+
+
+@pytest.mark.parametrize(
+    "args, match",
+    [
+        (["--model", "tree"], "--model"),
+        (["--time", "-1"], "--time"),
+        (["--depth", "0"], "depth"),
+        (["--kernel", "rbf"], "kernel"),
+    ],
+)
+def test_cli_fit_predict_bad_options(tmp_path, args, match):
+    result = _invoke(
+        "fit-predict", "--train", "iris", "--test", "iris", "--out", tmp_path / "o.npz", *args
+    )
+    assert result.exit_code == 2 and match in result.output, result.output
