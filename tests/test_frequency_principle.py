@@ -83,11 +83,11 @@ def _low_to_high(converge):
 def test_low_frequencies_converge_first(quick_run):
     m = quick_run.metrics
     assert m["peak_frequencies"] == [1, 3, 5]
+    # Measured (seed 0): [100, 9600, 33600]: every peak fitted, strictly low to high.
+    assert None not in m["converge_epoch"]
     _low_to_high(m["converge_epoch"])
-    # Measured (seed 0): [100, 9600, None]: k=1 and 3 fitted within 12000 epochs.
-    assert m["converge_epoch"][0] is not None and m["converge_epoch"][1] is not None
     err = np.asarray(m["peak_errors"])
-    # At the end the error still grows with frequency (measured 0.00, 0.05, 0.6).
+    # At the end the error still grows with frequency (measured 0.0007, 0.015, 0.048).
     assert err[-1, 0] < err[-1, 1] < err[-1, 2]
 
 
