@@ -14,7 +14,7 @@ per-network overhead. Goal: baseline / widenet ≥ 3 on the grid; on the line (l
 both are bound by the same elementwise passes over 228 000 x 4 values, so ≈ 1 is expected.
 Measured 2026-11-22, 1 thread, on the shared 2-core machine under heavy load from other jobs
 (100 steps, best of 2-3): line 7.5 s (autograd loop) vs 8.9 s (widenet): 0.9x; grid 32.2 s vs
-9.8 s: 3.3x. Not wired into ``run.py`` (a shared file).
+9.8 s: 3.3x. Part of ``benchmarks/run.py``.
 """
 
 from __future__ import annotations

@@ -8,6 +8,8 @@
 - ``nt_compare`` (only with ``--with-nt``): widenet vs neural-tangents (goal >= 2.5x);
 - ``bench_dynamics`` (only with ``--with-nt``): closed-form gradient-flow predictions against
   neural-tangents' ``predict.gradient_descent_mse`` (goal >= 1x, same values to 1e-6);
+- ``bench_phases``: the phase diagram's networks trained all at once vs one autograd loop per
+  network (goal >= 3x on the 8 x 5 grid at the quick widths; ~1x expected at full widths);
 - ``bench_scale`` (only with ``--with-scale``: n = 50 000 writes 20 GB and takes tens of minutes;
   ``--scale-n`` picks a smaller n): NNGP + NTK to a Zarr store, tile throughput against the
   in-memory engine (goal >= 0.8), peak RSS (goal <= 2 GiB), Dask 1 -> 2 workers (goal >= 1.7x).
@@ -42,10 +44,18 @@ def _run(name: str, **kwargs):
 
 
 def summary_rows(
-    kernels, empirical, nt, dynamics=None, scale=None
+    kernels, empirical, nt, dynamics=None, scale=None, phases=None
 ) -> list[tuple[str, float | None, str, float]]:
     """(what, measured ratio, goal text, goal) rows; ratio None when not measured."""
     rows = []
+    if phases is not None:
+        grid, line = phases["quick_widths_grid"], phases["full_widths_line"]
+        rows.append(
+            (f"phase grid ({grid['networks']} nets): loop / widenet", grid["speedup"], ">=", 3)
+        )
+        rows.append(
+            (f"phase line ({line['networks']} nets): loop / widenet", line["speedup"], "info", 0.0)
+        )
     if kernels is not None:
         n = kernels["config"]["n"]
         rows.append(
@@ -126,8 +136,9 @@ def main(
     empirical = _run("bench_empirical_ntk", quick=quick)
     nt = _run("nt_compare", quick=quick, nt_python=nt_python) if with_nt else None
     dynamics = _run("bench_dynamics", quick=quick, nt_python=nt_python) if with_nt else None
+    phases = _run("bench_phases", quick=quick)
     scale = _run("bench_scale", quick=quick, n=scale_n) if with_scale else None
-    rows = summary_rows(kernels, empirical, nt, dynamics, scale)
+    rows = summary_rows(kernels, empirical, nt, dynamics, scale, phases)
     print("\n=== summary" + (" (--quick: small sizes, not the goals' workloads)" if quick else ""))
     for what, ratio, kind, goal in rows:
         if kind == "info":
@@ -139,7 +150,13 @@ def main(
         why = "failed" if nt is None else nt["reason"]
         print(f"  neural-tangents comparison: skipped ({why})")
     return dict(
-        kernels=kernels, empirical=empirical, nt=nt, dynamics=dynamics, scale=scale, rows=rows
+        kernels=kernels,
+        empirical=empirical,
+        nt=nt,
+        dynamics=dynamics,
+        scale=scale,
+        phases=phases,
+        rows=rows,
     )
 
 
