@@ -66,6 +66,71 @@ def test_cross_kernel_and_single_kernel(tmp_path):
         st.load("ntk")
 
 
+@pytest.mark.parametrize("symmetric", [True, False])
+def test_tiles_computed_in_blocks_equal_in_memory_with_that_tile(tmp_path, symmetric):
+    # A 32-tile assembled from 8-blocks (mirrored inside diagonal tiles) is arch.kernel's own
+    # assembly at tile=8: equal bits; a tile computed whole (tile=32) differs by rounding on
+    # the blocks' diagonals, which shows that the blocks are really used.
+    x1, x2 = _x(75, seed=3), (None if symmetric else _x(41, seed=4))
+    st = scale.kernel_to_zarr(ARCH, x1, x2, out=tmp_path / "K.zarr", tile=32, block=8)
+    assert st.meta["block"] == 8 and st.meta["tile"] == 32
+    k8, k32 = ARCH.kernel(x1, x2, tile=8), ARCH.kernel(x1, x2, tile=32)
+    assert _equal(st, k8.nngp, "nngp") and _equal(st, k8.ntk, "ntk")
+    if symmetric:
+        assert not torch.equal(k8.ntk, k32.ntk)
+    # Default: the engine's 512 where it divides the tile, else the tile itself.
+    assert scale._block_size(None, 4096) == 512 and scale._block_size(None, 100) == 100
+    with pytest.raises(ValueError, match="block must divide tile"):
+        scale.kernel_to_zarr(ARCH, x1, out=tmp_path / "B.zarr", tile=32, block=7)
+    with pytest.raises(ValueError, match="block applies to an architecture"):
+        scale.kernel_to_zarr(ARCH.network(5, 8), x1, out=tmp_path / "C.zarr", get="ntk", block=4)
+
+
+def _supports_o_direct(folder: Path) -> bool:
+    if not hasattr(os, "O_DIRECT"):
+        return False
+    try:
+        os.close(os.open(folder / "probe", os.O_WRONLY | os.O_CREAT | os.O_DIRECT))
+    except OSError:
+        return False
+    return True
+
+
+def test_chunks_written_unbuffered_where_possible(tmp_path, monkeypatch):
+    # Chunks whose length is a multiple of 4096 B (32 x 32 float64 = 8 KiB) go through
+    # O_DIRECT; others (16 x 16 float64 = 2 KiB), and any file system refusing O_DIRECT,
+    # through zarr's buffered LocalStore, with the same result.
+    calls = []
+    real = scale._put_unbuffered
+
+    def spy(path, value):
+        done = real(path, value)
+        calls.append((path.parts[-4], done))  # .../K.zarr/<array>/c/<i>/<j>
+        return done
+
+    monkeypatch.setattr(scale, "_put_unbuffered", spy)
+    x = _x(64, dtype=torch.float64)
+    st = scale.kernel_to_zarr(ARCH, x, out=tmp_path / "A.zarr", tile=32)
+    direct = {name for name, done in calls if done}
+    assert direct == ({"nngp", "ntk"} if _supports_o_direct(tmp_path) else set())
+    assert _equal(st, ARCH.kernel(x, tile=32).ntk, "ntk")
+    # No scan of each chunk for the fill value (zarr ignores open_array's config for that).
+    assert scale._open_array(str(tmp_path / "A.zarr"), "ntk").config.write_empty_chunks
+    calls.clear()
+    st = scale.kernel_to_zarr(ARCH, x, out=tmp_path / "U.zarr", tile=16)  # 2 KiB chunks
+    assert calls and not any(done for _, done in calls)
+    assert _equal(st, ARCH.kernel(x, tile=16).nngp, "nngp")
+
+    def refuse(*args, **kwargs):
+        raise OSError(22, "Invalid argument")  # what tmpfs answers to O_DIRECT
+
+    monkeypatch.setattr(scale.os, "open", refuse)
+    calls.clear()
+    st = scale.kernel_to_zarr(ARCH, x, out=tmp_path / "R.zarr", tile=32)
+    assert calls and not any(done for _, done in calls)
+    assert _equal(st, ARCH.kernel(x, tile=32).ntk, "ntk")
+
+
 def test_empirical_ntk_store_matches_in_memory(tmp_path):
     # Per-tile empirical_ntk calls use other block sizes than one big call: GEMM summation
     # order differs, so equality is to rounding; 1e-12 relative in float64 leaves ~1000 ulp.
