@@ -13,7 +13,8 @@ Each phase runs in its own subprocess, so that its peak RSS (``ru_maxrss``) is i
   k+1 is computed while tile k is written; each tile computed in the engine's 512-blocks, so it
   equals ``arch.kernel(x)`` bit for bit); wall time, peak RSS, bytes on disk, seconds per full
   tile (edge tiles of n = 50 000, 848 wide, counted by their area: 91 tiles = 80.5 full);
-- ``store-m``: the same on x[:m], the very tiles of ``memory`` (a like-for-like ratio);
+- ``store-m``: the same on x[:m], the very tiles of ``memory``, best of 2 like ``memory`` (a
+  like-for-like ratio);
 - ``dask-1`` / ``dask-2``: the store written on a LocalCluster (127.0.0.1, no dashboard) of 1
   and then 2 worker processes, one thread each, torch_threads=1 (n = ``--dask-n``, default n);
   the speed-up is t(1 worker) / t(2 workers); peak RSS of the workers.
@@ -92,12 +93,17 @@ def phase(name: str, n: int, d: int, tile: int, out: str) -> dict:
             times.append(time.perf_counter() - t0)
             del k
         return dict(seconds=min(times), tiles=_tiles(n, tile), peak_rss_gib=_rss_gib())
-    if name == "store":
-        t0 = time.perf_counter()
-        st = scale.kernel_to_zarr(arch, x, out=out, tile=tile, progress=sys.stderr.isatty())
-        seconds = time.perf_counter() - t0
-        assert st.complete
-        return dict(seconds=seconds, tiles=_tiles(n, tile), peak_rss_gib=_rss_gib(), bytes=_du(out))
+    if name in ("store", "store-best-of-2"):
+        times = []
+        for _ in range(2 if name == "store-best-of-2" else 1):
+            shutil.rmtree(out, ignore_errors=True)
+            t0 = time.perf_counter()
+            st = scale.kernel_to_zarr(arch, x, out=out, tile=tile, progress=sys.stderr.isatty())
+            times.append(time.perf_counter() - t0)
+            assert st.complete
+        return dict(
+            seconds=min(times), tiles=_tiles(n, tile), peak_rss_gib=_rss_gib(), bytes=_du(out)
+        )
     if name.startswith("dask-"):
         import distributed
 
@@ -178,7 +184,7 @@ def main(
     try:
         res = {
             "memory": _run_phase("memory", "memory", m, tile, directory, keep),
-            "store-m": _run_phase("store", "store-m", m, tile, directory, keep),
+            "store-m": _run_phase("store-best-of-2", "store-m", m, tile, directory, keep),
             "store": _run_phase("store", "store", n, tile, directory, keep),
         }
         if dask:
