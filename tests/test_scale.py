@@ -121,6 +121,10 @@ def test_chunks_written_unbuffered_where_possible(tmp_path, monkeypatch):
     assert calls and not any(done for _, done in calls)
     assert _equal(st, ARCH.kernel(x, tile=16).nngp, "nngp")
 
+    calls.clear()
+    st = scale.kernel_to_zarr(ARCH, x, out=tmp_path / "P.zarr", tile=32, direct_io=False)
+    assert not calls and _equal(st, ARCH.kernel(x, tile=32).ntk, "ntk")
+
     def refuse(*args, **kwargs):
         raise OSError(22, "Invalid argument")  # what tmpfs answers to O_DIRECT
 
@@ -417,6 +421,11 @@ def test_cli_kernel_store_resume_mismatch_and_solve(tmp_path):
     assert r.exit_code == 0 and "computed 10 of 10 tiles" in r.output
     r = invoke(*base, "--out", k)  # a rerun continues: nothing left
     assert r.exit_code == 0 and "computed 0 of 10 tiles" in r.output
+    r = invoke(*base, "--out", tmp_path / "B.zarr", "--buffered-io")  # page cache, same bits
+    assert r.exit_code == 0 and "computed 10 of 10 tiles" in r.output
+    assert torch.equal(
+        scale.open_kernel(k).load("ntk"), scale.open_kernel(tmp_path / "B.zarr").load("ntk")
+    )
     r = invoke(*base[:-1], "8", "--out", k)
     assert r.exit_code == 2 and "refusing to mix" in r.output
     r = invoke(*base, "--out", k, "--scheduler", "carrier-pigeon")

@@ -304,6 +304,14 @@ WorkersOpt = Annotated[
 OverwriteOpt = Annotated[
     bool, typer.Option("--overwrite", help="Delete an existing .zarr store and start again.")
 ]
+BufferedIoOpt = Annotated[
+    bool,
+    typer.Option(
+        "--buffered-io",
+        help="Write the .zarr store through the page cache (default O_DIRECT where the file "
+        "system allows it; use on NFS).",
+    ),
+]
 
 
 def _check_out(out: Path) -> None:
@@ -341,6 +349,7 @@ def kernel(
     scheduler: SchedulerOpt = "threads",
     workers: WorkersOpt = None,
     overwrite: OverwriteOpt = False,
+    buffered_io: BufferedIoOpt = False,
 ) -> None:
     """Infinite-width NNGP and NTK of an MLP on data; saved as .npz (both) or .npy (--get).
 
@@ -357,7 +366,17 @@ def kernel(
         arch_options.update(parameterization=parameterization)
         data_options = dict(data=data, n=n, data_seed=data_seed, standardize=standardize)
         _kernel_store(
-            out, arch_options, data_options, x2, tile, dtype, scheduler, workers, overwrite, width
+            out,
+            arch_options,
+            data_options,
+            x2,
+            tile,
+            dtype,
+            scheduler,
+            workers,
+            overwrite,
+            width,
+            direct_io=not buffered_io,
         )
         return
     try:
@@ -416,6 +435,7 @@ def ntk(
     scheduler: SchedulerOpt = "threads",
     workers: WorkersOpt = None,
     overwrite: OverwriteOpt = False,
+    buffered_io: BufferedIoOpt = False,
 ) -> None:
     """Empirical NTK of a finite-width widenet MLP at initialisation on data.
 
@@ -439,6 +459,7 @@ def ntk(
             overwrite,
             None,
             network=network,
+            direct_io=not buffered_io,
         )
         return
     try:
@@ -921,6 +942,7 @@ def _kernel_store(
     overwrite,
     width,
     network=None,
+    direct_io=True,
 ):
     """`widenet kernel/ntk --out K.zarr`: write (or complete) a kernel store."""
     import widenet as wn
@@ -957,6 +979,7 @@ def _kernel_store(
             scheduler=_scheduler_arg(scheduler),
             workers=workers,
             overwrite=overwrite,
+            direct_io=direct_io,
             progress=True,
             extra_metadata=dict(cli_data={**data_options, "x2": x2}),
             **options,

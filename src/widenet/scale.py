@@ -429,13 +429,14 @@ def _unbuffered_store_class():
     return UnbufferedLocalStore
 
 
-def _open_array(path: str, name: str):
+def _open_array(path: str, name: str, direct_io: bool = True):
     import zarr
 
     # write_empty_chunks: a tile is never all fill value (NaN), so skip zarr's scan for it
     # (~20 ms per 64 MB chunk). open_array(config=...) ignores it for an existing array
     # (zarr 3.1), with_config does not.
-    arr = zarr.open_array(_unbuffered_store_class()(path), path=name, mode="r+")
+    store = _unbuffered_store_class()(path) if direct_io else path
+    arr = zarr.open_array(store, path=name, mode="r+")
     return arr.with_config({"write_empty_chunks": True})
 
 
@@ -479,9 +480,12 @@ class _Task:
     """Everything a worker needs for any tile; picklable by cloudpickle. Each copy (one per
     worker process) opens the store's arrays once, on first use."""
 
-    def __init__(self, source, path: str, gets, tile: int, symmetric: bool, torch_threads):
+    def __init__(
+        self, source, path: str, gets, tile: int, symmetric: bool, torch_threads, direct_io=True
+    ):
         self.source, self.path, self.gets = source, path, tuple(gets)
         self.tile, self.symmetric, self.torch_threads = tile, symmetric, torch_threads
+        self.direct_io = direct_io
         self._arrays: dict = {}
         self._buffers = _BufferPool()
 
@@ -493,7 +497,7 @@ class _Task:
 
     def arrays(self, name: str):
         if name not in self._arrays:
-            self._arrays[name] = _open_array(self.path, name)
+            self._arrays[name] = _open_array(self.path, name, self.direct_io)
         return self._arrays[name]
 
     def compute(self, rows: slice, cols: slice) -> dict[str, np.ndarray]:
@@ -836,6 +840,7 @@ def kernel_to_zarr(
     resume: bool = True,
     overwrite: bool = False,
     progress: bool = False,
+    direct_io: bool = True,
     extra_metadata: dict | None = None,
     **ntk_options,
 ) -> KernelStore:
@@ -866,6 +871,9 @@ def kernel_to_zarr(
             done marker are computed); False refuses an existing store.
         overwrite: delete an existing store and start again.
         progress: a rich progress bar with ETA over the tiles (stderr).
+        direct_io: write whole chunks with O_DIRECT, bypassing the page cache, where the file
+            system supports it (Linux; falls back silently per chunk otherwise); False writes
+            through the page cache, e.g. on NFS, where O_DIRECT writes are synchronous.
         extra_metadata: more JSON-able facts to record (descriptive: not compared on resume).
 
     Returns:
@@ -929,7 +937,7 @@ def kernel_to_zarr(
     if scheduler == "processes" and torch_threads is None and workers:
         # Share the cores among the processes rather than oversubscribe them.
         torch_threads = max(1, (os.cpu_count() or 1) // workers)
-    task = _Task(source, path, gets, tile, symmetric, torch_threads)
+    task = _Task(source, path, gets, tile, symmetric, torch_threads, direct_io)
     description = f"{'+'.join(gets)} {n1}x{n2} -> {Path(path).name}"
     with _progress(len(todo), description, progress) as advance:
         written = _run_tiles(task, todo, scheduler, workers, advance)
