@@ -6,8 +6,9 @@ module writes a kernel tile by tile into a chunked Zarr store, one chunk per til
 kernel regression by reading the store tile by tile.
 
 Writing (:func:`kernel_to_zarr`). The kernel of any architecture of the closed-form engine
-(``wn.mlp(...)``; each tile is :meth:`widenet.architectures.MLP.kernel_tiler`, the very unit of
-work of the in-memory engine, so the store equals ``arch.kernel(x, tile=tile)`` bit for bit) or
+(``wn.mlp(...)``; each tile is assembled from blocks of
+:meth:`widenet.architectures.MLP.kernel_tiler`, the very unit of work of the in-memory engine,
+so the store equals ``arch.kernel(x, tile=block)`` bit for bit, by default ``arch.kernel(x)``) or
 the empirical NTK of a ``torch.nn.Module`` (each tile one :func:`widenet.empirical_ntk` call on
 its rows and columns; it equals the in-memory empirical NTK to rounding, not bit for bit,
 because the block sizes and hence the GEMM summation order differ: 8e-17 relative (Frobenius)
@@ -103,12 +104,7 @@ from widenet._checks import as_tensor, check_finite, check_int, check_real
 from widenet._version import __version__
 from widenet.architectures import DEFAULT_TILE as ENGINE_TILE
 from widenet.architectures import MLP
-from widenet.kernels import (
-    _check_finite_result,
-    _check_tile,
-    _resolve_get,
-    tile_grid,
-)
+from widenet.kernels import _check_finite_result, _check_tile, _resolve_get, tile_grid
 
 __all__ = [
     "FORMAT",
@@ -500,7 +496,7 @@ class _Task:
             self._arrays[name] = _open_array(self.path, name, self.direct_io)
         return self._arrays[name]
 
-    def compute(self, rows: slice, cols: slice) -> dict[str, np.ndarray]:
+    def compute(self, rows: slice, cols: slice) -> dict:
         if self.torch_threads:
             torch.set_num_threads(self.torch_threads)
         return _compute_tile(self.source, self.gets, self.symmetric, rows, cols, self._buffers.get)
