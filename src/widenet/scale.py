@@ -245,9 +245,8 @@ def _host_empty(shape: tuple[int, int], like: torch.Tensor) -> torch.Tensor:
     zarr hands it to the O_DIRECT writer without a copy (see ``_put_unbuffered``)."""
     if like.device.type != "cpu":
         return torch.empty(shape, dtype=like.dtype, device=like.device)
-    itemsize = torch.empty((), dtype=like.dtype).element_size()
-    buf = mmap.mmap(-1, max(1, shape[0] * shape[1] * itemsize))
     np_dtype = torch.empty((), dtype=like.dtype).numpy().dtype
+    buf = mmap.mmap(-1, max(1, shape[0] * shape[1] * np_dtype.itemsize))
     arr = np.frombuffer(buf, dtype=np_dtype, count=shape[0] * shape[1]).reshape(shape)
     return torch.from_numpy(arr)  # keeps arr, hence the mmap, alive
 
