@@ -135,6 +135,47 @@ def test_chunks_written_unbuffered_where_possible(tmp_path, monkeypatch):
     assert _equal(st, ARCH.kernel(x, tile=32).ntk, "ntk")
 
 
+def test_edge_chunks_written_whole_from_the_tile_buffer(tmp_path, monkeypatch):
+    # 75 points, tile 32: edge tiles of 32 x 11 and 11 x 11 are stored by zarr as whole 32 x 32
+    # chunks; they are written with O_DIRECT straight from the chunk-sized buffer, padding
+    # zero (so the files' bytes are reproducible), and read back as the in-memory kernel.
+    calls = []
+    real = scale._put_unbuffered
+
+    def spy(path, value):
+        done = real(path, value)
+        calls.append((path.relative_to(tmp_path / "E.zarr").as_posix(), value.shape, done))
+        return done
+
+    monkeypatch.setattr(scale, "_put_unbuffered", spy)
+    x = _x(75, dtype=torch.float64)
+    st = scale.kernel_to_zarr(ARCH, x, out=tmp_path / "E.zarr", tile=32, block=8)
+    k8 = ARCH.kernel(x, tile=8)
+    assert _equal(st, k8.nngp, "nngp") and _equal(st, k8.ntk, "ntk")
+    assert st.array("ntk").chunks == (32, 32)
+    if not _supports_o_direct(tmp_path):
+        return
+    # 6 upper tiles, 3 of them off the diagonal: 9 chunks per kernel, all whole and direct.
+    assert len(calls) == 18 and all(shape == (32, 32) and done for _, shape, done in calls)
+    assert {key for key, _, _ in calls} >= {"ntk/c/2/0", "ntk/c/0/2", "ntk/c/2/2"}
+    raw = np.fromfile(tmp_path / "E.zarr" / "ntk" / "c" / "2" / "0", dtype=np.float64)
+    chunk = raw.reshape(32, 32)
+    assert np.array_equal(chunk[:11], k8.ntk[64:75, :32].numpy())
+    assert not chunk[11:].any()
+
+
+def test_chunks_no_larger_than_the_kernel(tmp_path):
+    # Few points and the default tile 4096: chunks of the kernel's own size, not 4096 x 4096
+    # (128 MB of float64 for a few kilobytes).
+    x1, x2 = _x(20, dtype=torch.float64), _x(7, seed=1, dtype=torch.float64)
+    st = scale.kernel_to_zarr(ARCH, x1, out=tmp_path / "S.zarr")
+    assert st.array("ntk").chunks == (20, 20) and st.tile == 4096
+    assert _equal(st, ARCH.kernel(x1).ntk, "ntk")
+    st = scale.kernel_to_zarr(ARCH, x1, x2, out=tmp_path / "C.zarr", tile=16)
+    assert st.array("nngp").chunks == (16, 7)
+    assert _equal(st, ARCH.kernel(x1, x2, tile=16).nngp, "nngp")
+
+
 def test_empirical_ntk_store_matches_in_memory(tmp_path):
     # Per-tile empirical_ntk calls use other block sizes than one big call: GEMM summation
     # order differs, so equality is to rounding; 1e-12 relative in float64 leaves ~1000 ulp.

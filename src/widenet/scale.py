@@ -20,11 +20,13 @@ transpose, so the store holds the full matrix and any Zarr reader (``zarr.open_a
 
 Speed. A tile is computed in blocks of the in-memory engine's size (``block``, default 512)
 and assembled as that engine assembles its output, the mirror of an off-diagonal tile from the
-blocks' transposes; chunks are written with O_DIRECT where the file system allows it (a kernel
-store is written once and is larger than the page cache, whose copies cost more CPU than the
-disk's bandwidth here), from page-aligned tile buffers reused from tile to tile. At n = 50 000
-(20 GB) the store's time per tile is 0.73-0.82x the in-memory engine's speed (0.93-0.98x on
-the same 16 384 points; benchmarks/README.md).
+blocks' transposes, into page-aligned chunk-sized buffers reused from tile to tile (an edge
+tile into the corner of one). A chunk of the store is its C-order bytes (Zarr 3, the
+``bytes`` codec alone), so each chunk is written straight from its buffer with O_DIRECT where
+the file system allows it: a kernel store is written once and is larger than the page cache,
+whose copies cost more CPU than the disk's bandwidth here. At n = 50 000 (20 GB) the store's
+time per tile is 0.83-1.16x the in-memory engine's (0.90-0.99x on the same 16 384 points;
+benchmarks/README.md).
 
 Safety. The store's attributes (``attrs["widenet"]``) record the architecture (or the model's
 structure and a hash of its parameters), a SHA-256 of the inputs, shape, dtype, tile size,
@@ -83,7 +85,6 @@ from __future__ import annotations
 
 import concurrent.futures as cf
 import contextlib
-import functools
 import hashlib
 import math
 import mmap
@@ -212,12 +213,16 @@ class _ArchSource:
 
 
 class _BufferPool:
-    """Host tile buffers reused from tile to tile (thread-safe). A fresh 64 MB buffer costs
+    """Host tile buffers reused from tile to tile (thread-safe), each the size of a whole
+    chunk: a tile of another shape (an edge tile) gets the corner of one, so that its chunk is
+    written straight from it (:meth:`_Task._write`). A fresh 64 MB buffer costs
     40-60 ms of page faults (system time) on the 2-core development machine, a sixth of a
     tile's arithmetic, for each of the up to four buffers of a tile; the pool holds as many
-    as are in flight at once (two tiles' worth in the pipelined writer)."""
+    as are in flight at once (two tiles' worth in the pipelined writer). Buffers are kept per
+    tile shape, so an edge buffer's padding is never written: it stays zero."""
 
-    def __init__(self):
+    def __init__(self, chunk: tuple[int, int]):
+        self.chunk = chunk
         self._free: dict = {}
         self._owned: set[int] = set()
         self._lock = threading.Lock()
@@ -229,10 +234,15 @@ class _BufferPool:
             free = self._free.get((shape, like.dtype))
             if free:
                 return free.pop()
-        t = _host_empty(shape, like)
+        whole = tuple(max(s, c) for s, c in zip(shape, self.chunk, strict=True))
+        t = _host_empty(whole, like)[: shape[0], : shape[1]]
         with self._lock:
             self._owned.add(t.data_ptr())
         return t
+
+    def owns(self, t: torch.Tensor) -> bool:
+        with self._lock:
+            return t.device.type == "cpu" and t.data_ptr() in self._owned
 
     def put(self, t: torch.Tensor) -> None:
         with self._lock:
@@ -241,14 +251,31 @@ class _BufferPool:
 
 
 def _host_empty(shape: tuple[int, int], like: torch.Tensor) -> torch.Tensor:
-    """An uninitialised tensor like ``like``; on the CPU page-aligned (its own mmap), so that
-    zarr hands it to the O_DIRECT writer without a copy (see ``_put_unbuffered``)."""
+    """An uninitialised tensor like ``like``; on the CPU page-aligned (its own mmap, zero
+    until written) as O_DIRECT requires (see ``_put_unbuffered``)."""
     if like.device.type != "cpu":
         return torch.empty(shape, dtype=like.dtype, device=like.device)
     np_dtype = torch.empty((), dtype=like.dtype).numpy().dtype
     buf = mmap.mmap(-1, max(1, shape[0] * shape[1] * np_dtype.itemsize))
     arr = np.frombuffer(buf, dtype=np_dtype, count=shape[0] * shape[1]).reshape(shape)
     return torch.from_numpy(arr)  # keeps arr, hence the mmap, alive
+
+
+def _whole_chunk(a: torch.Tensor, chunk: tuple[int, int]) -> np.ndarray | None:
+    """The C-order array of shape ``chunk`` whose top-left corner is ``a`` (a tile, or an edge
+    tile, in a chunk-sized buffer of :class:`_BufferPool`), or None if ``a`` is not in one."""
+    c0, c1 = chunk
+    if (
+        a.device.type != "cpu"
+        or a.storage_offset() != 0
+        or a.shape[0] > c0
+        or a.shape[1] > c1
+        or (a.shape[0] > 1 and a.stride(0) != c1)
+        or (a.shape[1] > 1 and a.stride(1) != 1)
+        or a.untyped_storage().nbytes() < c0 * c1 * a.element_size()
+    ):
+        return None
+    return a.as_strided((c0, c1), (c1, 1)).numpy()
 
 
 def _shift(s: slice, by: int) -> slice:
@@ -360,28 +387,28 @@ def _make_source(kernel, x1, x2, *, get, dtype, width, tile, block, ntk_options)
 
 
 _DIRECT_ALIGN = 4096  # O_DIRECT needs offset, length and buffer aligned to the block size
-_direct_buffers = threading.local()
 
 
-def _put_unbuffered(path: Path, value) -> bool:
-    """Write a chunk with O_DIRECT to a temporary file renamed into place, as zarr does; False
-    (nothing written) where O_DIRECT is unavailable or the chunk's length is not aligned."""
-    view = memoryview(value.as_buffer_like()).cast("B")
-    n = view.nbytes
-    if not hasattr(os, "O_DIRECT") or n == 0 or n % _DIRECT_ALIGN:
+def _put_unbuffered(path: Path, data: np.ndarray) -> bool:
+    """Write a chunk's bytes with O_DIRECT to a temporary file renamed into place, as zarr's
+    LocalStore does; False (nothing written) where O_DIRECT is unavailable or ``data`` (C
+    order) is not page-aligned in length and address."""
+    n = data.nbytes
+    if (
+        not hasattr(os, "O_DIRECT")
+        or n == 0
+        or n % _DIRECT_ALIGN
+        or data.ctypes.data % _DIRECT_ALIGN
+        or not data.flags.c_contiguous
+    ):
         return False
-    if np.frombuffer(view, np.uint8).ctypes.data % _DIRECT_ALIGN:
-        buf = getattr(_direct_buffers, "buf", None)
-        if buf is None or len(buf) < n:
-            buf = _direct_buffers.buf = mmap.mmap(-1, n)  # page-aligned, reused per thread
-        buf[:n] = view
-        view = memoryview(buf)[:n]
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(f".{uuid.uuid4().hex}.partial")
     try:
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_DIRECT, 0o644)
     except OSError:  # e.g. EINVAL on tmpfs, which has no O_DIRECT
         return False
+    view = memoryview(data.reshape(-1).view(np.uint8))
     try:
         written = 0
         while written < n:
@@ -395,113 +422,114 @@ def _put_unbuffered(path: Path, value) -> bool:
     return True
 
 
-@functools.cache
-def _unbuffered_store_class():
-    import asyncio
+def _raw_chunks(arr) -> bool:
+    """Whether a chunk of ``arr`` is stored as its C-order bytes: Zarr 3 with the ``bytes``
+    codec alone, in this machine's byte order (the Zarr v3 specification, "bytes" codec)."""
+    import sys
 
-    from zarr.storage import LocalStore
+    from zarr.codecs import BytesCodec
 
-    class UnbufferedLocalStore(LocalStore):
-        """zarr's LocalStore, writing whole aligned chunks with O_DIRECT (Linux).
-
-        A kernel store is written once and is far larger than the page cache; buffered writes
-        of it cost kernel CPU time taken from the tiles' arithmetic. Measured on the 2-core
-        development machine: 20 chunks of 4096² float32 took 150-170 ms of system time each
-        through LocalStore, 36-47 ms of wall time and ~5 ms of CPU with O_DIRECT (``dd`` of
-        3 GB: 10.4 s of system time buffered, 0.34 s direct). Anything else (metadata, done
-        markers, unaligned chunks, file systems without O_DIRECT) goes through LocalStore.
-        """
-
-        async def _set(self, key: str, value, exclusive: bool = False) -> None:
-            if not exclusive:
-                if not self._is_open:
-                    await self._open()
-                self._check_writable()
-                if await asyncio.to_thread(_put_unbuffered, self.root / key, value):
-                    return
-            await super()._set(key, value, exclusive=exclusive)
-
-    return UnbufferedLocalStore
+    codecs = getattr(arr.metadata, "codecs", ())
+    return (
+        arr.metadata.zarr_format == 3
+        and len(codecs) == 1
+        and isinstance(codecs[0], BytesCodec)
+        and (codecs[0].endian is None or codecs[0].endian.value == sys.byteorder)
+    )
 
 
-def _open_array(path: str, name: str, direct_io: bool = True):
+def _open_array(path: str, name: str):
     import zarr
 
     # write_empty_chunks: a tile is never all fill value (NaN), so skip zarr's scan for it
     # (~20 ms per 64 MB chunk). open_array(config=...) ignores it for an existing array
     # (zarr 3.1), with_config does not.
-    store = _unbuffered_store_class()(path) if direct_io else path
-    arr = zarr.open_array(store, path=name, mode="r+")
+    arr = zarr.open_array(path, path=name, mode="r+")
     return arr.with_config({"write_empty_chunks": True})
 
 
-def _compute_tile(source, gets, symmetric: bool, rows: slice, cols: slice, alloc=None) -> dict:
-    """{kernel: (K[rows, cols], K[cols, rows] or None)} as host tensors; the mirror only for
-    an off-diagonal tile of a symmetric kernel."""
+def _compute_tile(source, gets, symmetric: bool, rows: slice, cols: slice, pool) -> dict:
+    """{kernel: (K[rows, cols], K[cols, rows] or None)} in host buffers of ``pool`` (a
+    :class:`_BufferPool`); the mirror only for an off-diagonal tile of a symmetric kernel."""
     mirror = symmetric and rows != cols
     if isinstance(source, _ArchSource):
-        blocks, back = source.with_mirror(rows, cols, mirror, alloc)
+        blocks, back = source.with_mirror(rows, cols, mirror, pool.get)
     else:
         blocks = source(rows, cols)
-        # torch's blocked transpose: 2-4x faster than NumPy's strided copy of a large tile.
-        back = {g: b.detach().T.contiguous() for g, b in blocks.items()} if mirror else None
+        back = {g: b.T for g, b in blocks.items()} if mirror else None
     out = {}
     for name in gets:
         block = blocks[name].detach()
         _check_finite_result(block, name.upper())
-        out[name] = (block.cpu(), None if back is None else back[name].detach().cpu())
+        pair = (block, None if back is None else back[name].detach())
+        out[name] = tuple(None if t is None else _in_buffer(t, pool) for t in pair)
     return out
 
 
-def _store_tile(arrays, tile: int, rows: slice, cols: slice, blocks: dict, release=None):
-    """Write a computed tile (and its mirror), then its done marker; ``release(tensor)`` takes
-    back each buffer once written."""
-    i, j = rows.start // tile, cols.start // tile
-    for name, (a, a_mirror) in blocks.items():
-        arr = arrays(name)
-        arr[rows, cols] = a.numpy()
-        if a_mirror is not None:
-            arr[cols, rows] = a_mirror.numpy()
-    arrays("done")[i, j] = 1
-    if release is not None:
-        for a, a_mirror in blocks.values():
-            release(a)
-            if a_mirror is not None:
-                release(a_mirror)
-    return i, j
+def _in_buffer(t: torch.Tensor, pool) -> torch.Tensor:
+    if pool.owns(t):
+        return t
+    # torch's blocked copy transposes a mirror 2-4x faster than NumPy's strided copy.
+    return pool.get(tuple(t.shape), torch.empty((), dtype=t.dtype)).copy_(t)
 
 
 class _Task:
     """Everything a worker needs for any tile; picklable by cloudpickle. Each copy (one per
-    worker process) opens the store's arrays once, on first use."""
+    worker process) opens the store's arrays once, on first use, and has its own buffers."""
 
     def __init__(
-        self, source, path: str, gets, tile: int, symmetric: bool, torch_threads, direct_io=True
+        self, source, path: str, gets, tile: int, chunk, symmetric: bool, *, threads, direct_io
     ):
         self.source, self.path, self.gets = source, path, tuple(gets)
-        self.tile, self.symmetric, self.torch_threads = tile, symmetric, torch_threads
-        self.direct_io = direct_io
+        self.tile, self.chunk, self.symmetric = tile, tuple(chunk), symmetric
+        self.torch_threads, self.direct_io = threads, direct_io
         self._arrays: dict = {}
-        self._buffers = _BufferPool()
+        self._buffers = _BufferPool(self.chunk)
 
     def __getstate__(self):
         return {k: v for k, v in self.__dict__.items() if k not in ("_arrays", "_buffers")}
 
     def __setstate__(self, state):
-        self.__dict__.update(state, _arrays={}, _buffers=_BufferPool())  # per process
+        self.__dict__.update(state, _arrays={}, _buffers=_BufferPool(state["chunk"]))
 
     def arrays(self, name: str):
         if name not in self._arrays:
-            self._arrays[name] = _open_array(self.path, name, self.direct_io)
+            self._arrays[name] = _open_array(self.path, name)
         return self._arrays[name]
 
     def compute(self, rows: slice, cols: slice) -> dict:
         if self.torch_threads:
             torch.set_num_threads(self.torch_threads)
-        return _compute_tile(self.source, self.gets, self.symmetric, rows, cols, self._buffers.get)
+        return _compute_tile(self.source, self.gets, self.symmetric, rows, cols, self._buffers)
 
     def store(self, rows: slice, cols: slice, blocks: dict) -> tuple[int, int]:
-        return _store_tile(self.arrays, self.tile, rows, cols, blocks, self._buffers.put)
+        """Write a computed tile (and its mirror), then its done marker; the buffers go back
+        to the pool."""
+        i, j = rows.start // self.tile, cols.start // self.tile
+        for name, (a, a_mirror) in blocks.items():
+            self._write(name, rows, cols, a)
+            if a_mirror is not None:
+                self._write(name, cols, rows, a_mirror)
+        self.arrays("done")[i, j] = 1
+        for pair in blocks.values():
+            for a in pair:
+                if a is not None:
+                    self._buffers.put(a)
+        return i, j
+
+    def _write(self, name: str, rows: slice, cols: slice, a: torch.Tensor) -> None:
+        # The chunk's bytes straight from the tile's chunk-sized buffer, with O_DIRECT: no
+        # copy by zarr, and an edge tile's chunk (stored whole by zarr, padding included)
+        # not allocated, filled and copied again (~0.1 s per 64 MB edge chunk). Otherwise,
+        # or where O_DIRECT is refused, zarr writes it through the page cache.
+        arr = self.arrays(name)
+        c0, c1 = arr.chunks
+        if self.direct_io and rows.start % c0 == 0 and cols.start % c1 == 0 and _raw_chunks(arr):
+            whole = _whole_chunk(a, arr.chunks)
+            key = arr.metadata.encode_chunk_key((rows.start // c0, cols.start // c1))
+            if whole is not None and _put_unbuffered(Path(self.path, name, key), whole):
+                return
+        arr[rows, cols] = a.numpy()
 
     def __call__(self, rows: slice, cols: slice) -> tuple[int, int]:
         return self.store(rows, cols, self.compute(rows, cols))
@@ -771,7 +799,7 @@ def _create_store(path: str, meta: dict, dtype: torch.dtype, overwrite: bool) ->
         group.create_array(
             name,
             shape=(n1, n2),
-            chunks=(t, t),
+            chunks=(min(t, n1), min(t, n2)),  # a 64 MB chunk for 100 points would be waste
             dtype=np_dtype,
             compressors=None,
             fill_value=float("nan"),
@@ -811,8 +839,8 @@ def _check_same(store: KernelStore, meta: dict) -> None:
 
 
 def _remove_partials(path: str) -> None:
-    # Temporary files of chunk writes interrupted by a kill (zarr's LocalStore renames a
-    # finished one into place); harmless but untidy.
+    # Temporary files of chunk writes interrupted by a kill (zarr's LocalStore and the O_DIRECT
+    # writer rename a finished one into place); harmless but untidy.
     if os.path.isdir(path):
         for p in Path(path).rglob("*.partial"):
             p.unlink(missing_ok=True)
@@ -932,7 +960,10 @@ def kernel_to_zarr(
     if scheduler == "processes" and torch_threads is None and workers:
         # Share the cores among the processes rather than oversubscribe them.
         torch_threads = max(1, (os.cpu_count() or 1) // workers)
-    task = _Task(source, path, gets, tile, symmetric, torch_threads, direct_io)
+    chunk = store.array(gets[0]).chunks
+    task = _Task(
+        source, path, gets, tile, chunk, symmetric, threads=torch_threads, direct_io=direct_io
+    )
     description = f"{'+'.join(gets)} {n1}x{n2} -> {Path(path).name}"
     with _progress(len(todo), description, progress) as advance:
         written = _run_tiles(task, todo, scheduler, workers, advance)
