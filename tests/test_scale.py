@@ -498,6 +498,34 @@ def test_cli_kernel_store_resume_mismatch_and_solve(tmp_path):
     exact = wn.dynamics.gradient_flow_mse(kk, torch.as_tensor(y), [1.0, 100.0])
     err = np.linalg.norm(res["train_mean"] - exact.train.numpy(), axis=1)
     assert (err <= res["train_bound"] * (1 + 1e-9) + 1e-10).all()
+    # Test points: the bound needs K(x, x), from a symmetric store of them or a .npy.
+    xt64 = torch.as_tensor(xt)
+    np.save(tmp_path / "kd.npy", arch.kernel(xt64).ntk.diagonal().numpy())
+    kxx = tmp_path / "Kxx.zarr"
+    assert (
+        invoke("kernel", "--data", tmp_path / "xt.npy", "--depth", "2", "--out", kxx).exit_code == 0
+    )
+    exact = wn.dynamics.gradient_flow_mse(
+        kk,
+        torch.as_tensor(y),
+        [1.0, 100.0],
+        ntk_test_train=arch.kernel(xt64, torch.as_tensor(x)).ntk,
+    )
+    bounds = []
+    for diag in (tmp_path / "kd.npy", kxx):
+        r = invoke(
+            *args, "--rank", "10", "--test-kernel", kt, "--test-diagonal", diag, "--out", out
+        )
+        assert r.exit_code == 0, r.output
+        res = np.load(out)
+        err = np.abs(res["test_mean"] - exact.test.numpy())
+        assert (err <= res["test_bound"] * (1 + 1e-9) + 1e-10).all() and err.max() > 1e-8
+        bounds.append(res["test_bound"])
+    np.testing.assert_allclose(bounds[0], bounds[1], rtol=1e-6)
+    r = invoke(*args, "--test-diagonal", tmp_path / "kd.npy", "--out", out)
+    assert r.exit_code == 2 and "--test-diagonal goes with --time and --test-kernel" in r.output
+    r = invoke(*args, "--test-kernel", kt, "--test-diagonal", kt, "--out", out)
+    assert r.exit_code == 2 and "expected a symmetric store" in r.output
     r = invoke("solve", k, "--out", tmp_path / "p.npz")
     assert r.exit_code == 2 and "--targets onehot needs" in r.output
     r = invoke("ntk", "--data", tmp_path / "x.npy", "--width", "64", "--out", tmp_path / "T.zarr")

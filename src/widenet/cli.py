@@ -1024,6 +1024,23 @@ def _store_targets(store, targets: str):
     return y
 
 
+def _test_diagonal(path: Path, which: str):
+    """K(x, x) of the test points: the diagonal of a symmetric store, or a 1-D .npy file."""
+    import numpy as np
+
+    from widenet import scale
+
+    if path.suffix.lower() == ".npy":
+        diag = np.load(path, allow_pickle=False)
+        if diag.ndim != 1:
+            raise ValueError(f"--test-diagonal {path.name}: expected shape (m,), got {diag.shape}")
+        return diag
+    store = scale.open_kernel(path)
+    if not store.symmetric:
+        raise ValueError(f"--test-diagonal {path.name}: expected a symmetric store K(x, x)")
+    return store.diagonal(which)
+
+
 @app.command()
 def solve(
     store_path: Annotated[Path, typer.Argument(help="Train kernel store K(X, X) (.zarr).")],
@@ -1041,6 +1058,14 @@ def solve(
     test_kernel: Annotated[
         Path | None,
         typer.Option("--test-kernel", help="Store K(x_test, X) (widenet kernel --x2): predicts."),
+    ] = None,
+    test_diagonal: Annotated[
+        Path | None,
+        typer.Option(
+            "--test-diagonal",
+            help="With --time: K(x, x) of the test points, a symmetric store (.zarr, only its "
+            "diagonal is read) or a .npy of shape (m,); gives the test error bound.",
+        ),
     ] = None,
     ridge: Annotated[float, typer.Option("--ridge", help="Kernel ridge regulariser.")] = 1e-3,
     method: Annotated[
@@ -1067,7 +1092,8 @@ def solve(
 
     Without --time: alpha = (K + ridge I)^-1 y (Cholesky if it fits in memory, else
     preconditioned CG), train and test predictions. With --time: outputs of gradient flow on
-    the MSE loss at those times from the top --rank eigenpairs (Lanczos), with error bounds.
+    the MSE loss at those times from the top --rank eigenpairs (Lanczos), with error bounds
+    (train; test with --test-diagonal).
     """
     import numpy as np
 
@@ -1083,6 +1109,8 @@ def solve(
         store = scale.open_kernel(store_path)
         y = _store_targets(store, targets)
         test = None if test_kernel is None else scale.open_kernel(test_kernel)
+        if test_diagonal is not None and (not time_ or test is None):
+            raise ValueError("--test-diagonal goes with --time and --test-kernel")
         t0 = time.perf_counter()
         arrays: dict = {"train_targets": y}
         if time_:
@@ -1094,6 +1122,9 @@ def solve(
                 rank=rank,
                 which=kernel_name,
                 k_test_train=test,
+                k_test_diag=None
+                if test_diagonal is None
+                else _test_diagonal(test_diagonal, kernel_name),
                 learning_rate=learning_rate,
                 scheduler=scheduler,
                 progress=True,
@@ -1106,6 +1137,8 @@ def solve(
             )
             if flow.test is not None:
                 arrays["test_mean"] = flow.test.numpy()
+            if flow.test_bound is not None:
+                arrays["test_bound"] = flow.test_bound.numpy()
             rows = [
                 (
                     f"t={t:g}",
