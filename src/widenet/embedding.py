@@ -32,8 +32,9 @@ loss to a critical point of the wide one. Their building blocks, implemented her
 * the **embedded critical manifold** (:func:`embedding_family`): the set of all compatible
   embeddings of θ with a fixed index map — the α's range over the affine space
   ``{α : Σ_{π(k)=j} α_k = 1}`` — is an affine family of wide points with the same output; its
-  dimension is the number of free α's, ``Σ_l (m'_l − m_l)`` less the null neurons, plus the
-  free incoming weights of null neurons (see :func:`embedding_family`).
+  dimension is the number of free α's, ``Σ_l (m'_l − m_l)`` less the null neurons (see
+  :func:`embedding_family`); null neurons' incoming weights stay as given, since varying them
+  keeps the output but in general not criticality.
 
 References
 ----------
