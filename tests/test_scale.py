@@ -183,6 +183,20 @@ def test_chunks_no_larger_than_the_kernel(tmp_path):
     assert _equal(st, ARCH.kernel(x1, x2, tile=16).nngp, "nngp")
 
 
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_tiles_stored_like_the_in_memory_kernel_on_cuda(tmp_path):
+    # Tiles computed on the GPU (in device blocks, copied into host chunk buffers, edge tiles
+    # included): the same operations as arch.kernel on the GPU at tile=block, so equal bits.
+    x = _x(75).cuda()
+    st = scale.kernel_to_zarr(ARCH, x, out=tmp_path / "G.zarr", tile=32, block=8)
+    k = ARCH.kernel(x, tile=8)
+    assert _equal(st, k.ntk.cpu(), "ntk") and _equal(st, k.nngp.cpu(), "nngp")
+    net = ARCH.network(5, 32, seed=3).cuda()
+    st = scale.kernel_to_zarr(net, x, out=tmp_path / "N.zarr", tile=32, get="ntk")
+    ref = wn.empirical_ntk(net, x).cpu()
+    assert float((st.load(dtype=torch.float32) - ref).norm() / ref.norm()) < 1e-5
+
+
 def test_empirical_ntk_store_matches_in_memory(tmp_path):
     # Per-tile empirical_ntk calls use other block sizes than one big call: GEMM summation
     # order differs, so equality is to rounding; 1e-12 relative in float64 leaves ~1000 ulp.
