@@ -28,6 +28,7 @@ combine exactly).
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import warnings
@@ -41,6 +42,16 @@ from torch.func import functional_call, jacfwd, jacrev, jvp, vjp, vmap
 
 from widenet._checks import as_tensor, check_finite, check_int, check_pair
 from widenet.layers import Dense
+
+
+@contextlib.contextmanager
+def _quiet_jit_deprecation():
+    """Forward-mode AD (jvp, jacfwd) loads torch's jit-scripted decompositions on first use,
+    and torch.jit.script warns that it is deprecated: torch's business, not the user's."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", r".*torch\.jit\.script.*", DeprecationWarning)
+        yield
+
 
 __all__ = ["empirical_ntk", "empirical_nngp"]
 
@@ -629,8 +640,7 @@ def _jacobian_features(model, plan: _Plan, base, x):
     if not plan.loop:
         jac = (jacfwd if plan.use_fwd else jacrev)(f1)
         try:
-            with warnings.catch_warnings():
-                warnings.filterwarnings("ignore", r".*torch\.jit\.script.*", DeprecationWarning)
+            with _quiet_jit_deprecation():
                 js = vmap(jac, in_dims=(None, 0))(gp, x)
             return ("jac", torch.cat([js[nm].reshape(n, plan.k, -1) for nm in names], dim=2))
         except RuntimeError as err:
@@ -697,9 +707,7 @@ def _features(model, plan: _Plan, base, x, mode):
 
 
 def _block_kernel(model, plan, base, xa, xb, fa, fb, mode):
-    with warnings.catch_warnings():
-        # Forward-mode AD loads torch's jit-scripted decompositions on first use, which warns.
-        warnings.filterwarnings("ignore", r".*torch\.jit\.script.*", DeprecationWarning)
+    with _quiet_jit_deprecation():
         return _block_kernel_impl(model, plan, base, xa, xb, fa, fb, mode)
 
 

@@ -40,6 +40,7 @@ from torch import nn
 from torch.func import functional_call, grad, jvp
 
 from widenet._checks import as_tensor, check_finite, check_inputs, check_int, check_real
+from widenet.empirical import _quiet_jit_deprecation
 
 __all__ = [
     "CriticalPoint",
@@ -170,7 +171,8 @@ def hessian(model, x, y, *, max_parameters: int = MAX_DENSE_PARAMETERS) -> torch
             f"model has {theta0.numel()} parameters > max_parameters={max_parameters}: a dense "
             "Hessian needs P² memory; use hessian_extreme_eigenvalues (Lanczos) instead"
         )
-    h = torch.func.hessian(loss)(theta0).detach()
+    with _quiet_jit_deprecation():
+        h = torch.func.hessian(loss)(theta0).detach()
     return (h + h.T) / 2  # exact symmetry; autograd's two halves differ only by rounding
 
 
@@ -180,7 +182,8 @@ def hessian_vector_product(model, x, y) -> tuple[Callable, torch.Tensor]:
     g = grad(loss)
 
     def hvp(v: torch.Tensor) -> torch.Tensor:
-        return jvp(g, (theta0,), (v,))[1]
+        with _quiet_jit_deprecation():
+            return jvp(g, (theta0,), (v,))[1]
 
     return hvp, theta0
 

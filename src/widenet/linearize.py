@@ -21,7 +21,7 @@ from torch import nn
 from torch.func import functional_call, jvp
 from torch.utils._pytree import tree_map
 
-from widenet.empirical import _check_no_batch_coupling
+from widenet.empirical import _check_no_batch_coupling, _quiet_jit_deprecation
 
 __all__ = ["LinearizedModel", "linearize"]
 
@@ -105,7 +105,8 @@ class LinearizedModel(nn.Module):
         def f(params):
             return functional_call(self.model, {**params, **frozen}, args, kwargs)
 
-        out, tangent = jvp(f, (theta0,), (delta,))
+        with _quiet_jit_deprecation():
+            out, tangent = jvp(f, (theta0,), (delta,))
         return tree_map(lambda a, b: a + b, out, tangent)
 
     def extra_repr(self) -> str:
