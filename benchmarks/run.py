@@ -10,7 +10,7 @@
   neural-tangents' ``predict.gradient_descent_mse`` (goal >= 1x, same values to 1e-6);
 - ``bench_phases``: the phase diagram's networks trained all at once vs one autograd loop per
   network (goal >= 3x on the 8 x 5 grid at the quick widths; ~1x expected at full widths);
-- ``bench_scale`` (only with ``--with-scale``: n = 50 000 writes 20 GB and takes tens of minutes;
+- ``bench_scale`` (only with ``--with-scale``: n = 50 000 writes 20 GB stores in turn for minutes;
   ``--scale-n`` picks a smaller n): NNGP + NTK to a Zarr store, tile throughput against the
   in-memory engine (goal >= 0.8), peak RSS (goal <= 2 GiB), Dask 1 -> 2 workers (goal >= 1.7x).
 
