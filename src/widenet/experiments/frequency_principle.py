@@ -41,13 +41,13 @@ holds 96%, 52%, 20% of ‖y‖²). Full size (1-8000-1, 30000 epochs; digits 100
 peak of the width-8000 network does not reach 0.1: a run of 60000 epochs (``--set
 epochs=60000``, 11 min) gave [100, 9200, null] with Δ_F(5) = 0.71, 0.48, 0.44, 0.41, 0.39 at
 epochs 6000, 18000, 30000, 48000, 60000 and Δ_F(1) bouncing between 0.003 and 0.08. What it is
-not (1-D part alone, 60000 epochs, init seed 1): rounding (float64: Δ_F(5) = 0.41 at the end,
-float32 0.42), the seed (the same), or too large a step (lr 2.5e-5, 8x smaller: k = 3 first
-below 0.1 at epoch 37000 instead of 8500, Δ_F(5) = 0.64 at the end, so a smaller step is
-slower at every peak). Our reading, not tested further: at width 8000 the fit goes mostly
-through the output weights on nearly linear features (input weights ~0.1 on |x| <= π), a lazier
-regime than at width 1000, and the sin 5x component needs input weights of order 5; the
-width-1000 network of the quick size gets there at epoch 33600.
+not (1-D part alone, 60000 epochs, another init seed): the seed (Δ_F(5) = 0.42 at the end,
+against 0.39 with the run's own), rounding (float64: 0.41), or too large a step (lr 2.5e-5, 8x
+smaller: k = 3 first below 0.1 at epoch 37000 instead of 8500, Δ_F(5) = 0.64 at the end, so a
+smaller step is slower at every peak). Our reading, not tested further: at width 8000 the fit
+goes mostly through the output weights on nearly linear features (input weights ~0.1 on
+|x| <= π), a lazier regime than at width 1000, and the sin 5x component needs input weights of
+order 5; the width-1000 network of the quick size gets there at epoch 33600.
 
 Metrics (``metrics.json``)
 --------------------------
