@@ -34,6 +34,13 @@ Measured (loss_tol 1e-5). Quick (run seed 0; m = 500-4000, γ′ = 0; ~8 s of CP
 asserts the run-seed-0 line within ±0.15 of the paper; it measured −0.498, −0.003, 0.389
 (40 s of CPU).
 
+The whole 8 x 5 grid at full size (``widenet run phase-diagram``, run seed 0, widths
+1000-40000: 200 networks of 3.04 million neurons in all; 2545 s on one thread beside other jobs,
+<= 4778 steps): every network converged; every linear point has S_w < 0 (−0.235 to −4.44),
+every condensed point S_w > 0 (0.135 to 0.747), and the four points on the critical line
+|S_w| <= 0.011 (+0.006 at (1, −0.5), −0.006 at (1, 0), −0.011 at (1.5, 0.5), −0.008 at (2, 1));
+on γ′ = 0: −0.500, −0.006, 0.384 at γ = 0.5, 1, 1.75 (the paper: −0.506, 0.007, 0.372).
+
 The whole 8 x 5 grid at the quick widths 500-4000 (run seed 0,
 ``--set widths=[500,1000,2000,4000]``; 110 s of CPU, <= 5721 steps): every linear point has
 S_w < 0 (−0.15 to −3.8, steeper as γ′ grows), every condensed point S_w > 0 (0.16 to 0.76), and
