@@ -339,7 +339,9 @@ def _newton(
     for it in range(max_iter):
         if g_norm <= tol:
             return theta, it
-        lam, u = torch.linalg.eigh(h_fn(theta))
+        with _quiet_jit_deprecation():
+            hess = h_fn(theta)
+        lam, u = torch.linalg.eigh(hess)
         ug = u.T @ g
         scale = float(lam.abs().max()) ** 2
         floor = torch.finfo(theta.dtype).eps * scale  # pseudo-inverse cut for μ = 0
