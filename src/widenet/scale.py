@@ -188,13 +188,9 @@ class _ArchSource:
     gets: tuple[str, ...]
     block: int
 
-    def __call__(self, rows: slice, cols: slice) -> dict[str, torch.Tensor]:
-        return self.with_mirror(rows, cols, mirror=False)[0]
-
-    def with_mirror(self, rows: slice, cols: slice, mirror: bool, alloc=None):
+    def with_mirror(self, rows: slice, cols: slice, mirror: bool, alloc):
         """({kernel: K[rows, cols]}, {kernel: K[cols, rows]} or None); ``alloc(shape, like)``
-        gives the output tensors (default fresh ones)."""
-        alloc = alloc or _host_empty
+        gives the output tensors."""
         n_r, n_c = rows.stop - rows.start, cols.stop - cols.start
         diag = self.tiler.symmetric and rows == cols
         x = self.tiler.x1
@@ -251,10 +247,8 @@ class _BufferPool:
 
 
 def _host_empty(shape: tuple[int, int], like: torch.Tensor) -> torch.Tensor:
-    """An uninitialised tensor like ``like``; on the CPU page-aligned (its own mmap, zero
+    """An uninitialised host tensor of ``like``'s dtype, page-aligned (its own mmap, zero
     until written) as O_DIRECT requires (see ``_put_unbuffered``)."""
-    if like.device.type != "cpu":
-        return torch.empty(shape, dtype=like.dtype, device=like.device)
     np_dtype = torch.empty((), dtype=like.dtype).numpy().dtype
     buf = mmap.mmap(-1, max(1, shape[0] * shape[1] * np_dtype.itemsize))
     arr = np.frombuffer(buf, dtype=np_dtype, count=shape[0] * shape[1]).reshape(shape)
