@@ -86,6 +86,18 @@ def phase(name: str, n: int, d: int, tile: int, out: str) -> dict:
     from widenet import scale
 
     arch, x = _arch(), _inputs(n, d)
+
+    def stores(repeats: int, **options) -> list[float]:
+        """Seconds of ``repeats`` fresh writes of the store (each from an empty directory)."""
+        times = []
+        for _ in range(repeats):
+            shutil.rmtree(out, ignore_errors=True)
+            t0 = time.perf_counter()
+            st = scale.kernel_to_zarr(arch, x, out=out, tile=tile, **options)
+            times.append(time.perf_counter() - t0)
+            assert st.complete
+        return times
+
     if name == "memory":
         times = []
         for _ in range(2):
@@ -95,13 +107,7 @@ def phase(name: str, n: int, d: int, tile: int, out: str) -> dict:
             del k
         return dict(seconds=min(times), tiles=_tiles(n, tile), peak_rss_gib=_rss_gib())
     if name in ("store", "store-best-of-2"):
-        times = []
-        for _ in range(2 if name == "store-best-of-2" else 1):
-            shutil.rmtree(out, ignore_errors=True)
-            t0 = time.perf_counter()
-            st = scale.kernel_to_zarr(arch, x, out=out, tile=tile, progress=sys.stderr.isatty())
-            times.append(time.perf_counter() - t0)
-            assert st.complete
+        times = stores(2 if name == "store-best-of-2" else 1, progress=sys.stderr.isatty())
         return dict(
             seconds=min(times), tiles=_tiles(n, tile), peak_rss_gib=_rss_gib(), bytes=_du(out)
         )
@@ -114,15 +120,7 @@ def phase(name: str, n: int, d: int, tile: int, out: str) -> dict:
             distributed.Client(cluster, set_as_default=False) as client,
         ):
             client.run(lambda: __import__("widenet.scale"))  # imports before the clock
-            times = []
-            for _ in range(2):  # best of 2, like the other phases
-                shutil.rmtree(out, ignore_errors=True)
-                t0 = time.perf_counter()
-                st = scale.kernel_to_zarr(
-                    arch, x, out=out, tile=tile, scheduler=client, torch_threads=1
-                )
-                times.append(time.perf_counter() - t0)
-                assert st.complete
+            times = stores(2, scheduler=client, torch_threads=1)  # best of 2, like the others
             rss = client.run(lambda: resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20)
         return dict(
             seconds=min(times),
