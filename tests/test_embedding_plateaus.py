@@ -77,6 +77,14 @@ def test_metrics_keys(quick_run):
         assert len(m[key]) == n, key
     assert [p.name for p in quick_run.figures] == ["plateaus.png"]
     assert m["init_std"] == pytest.approx(100**-1.5)
+    # Two initialisations; the keys without init_ describe the shown one.
+    assert len(m["init_seeds"]) == len(set(m["init_seeds"])) == 2
+    for key in ("init_plateau_losses", "init_plateau_matches", "init_curve_losses"):
+        assert len(m[key]) == 2, key
+    shown = m["shown_init"]
+    assert m["init_plateau_losses"][shown] == m["plateau_losses"]
+    assert m["init_curve_losses"][shown] == m["curve_losses"]
+    assert m["init_final_losses"][shown] == m["final_loss"]
 
 
 def test_linear_limit_critical_loss_is_the_least_squares_line(quick_run):
@@ -126,6 +134,8 @@ def test_plateaus_sit_at_narrow_critical_losses(quick_run):
     assert max(m["effective_width_at_plateau"]) <= 5
     assert m["dominant_width_at_plateau"] == [1, 2]
     assert m["final_loss"] < 1e-3 < m["initial_loss"]
+    # Both initialisations (measured [[1, 2], [1, 2]]): the staircase is not one lucky run.
+    assert m["init_plateau_matches"] == [[1, 2], [1, 2]]
 
 
 def test_narrow_minima_found(quick_run):
@@ -139,25 +149,33 @@ def test_narrow_minima_found(quick_run):
 
 @pytest.mark.slow
 def test_full_size_run(tmp_path):
-    # Full size: width 500, N(0, 1/500^3), 100 000 GD steps of 0.5 (8 min on a busy 2-core
-    # machine). Measured (seed 0): one plateau, at 0.13202 = the width-1 critical loss at
-    # infinity (least-squares line 0.132032) to 7e-5, effective width 3 of which 1 group holds
-    # 99% of the amplitude; merged vs wide 0.06%, merged vs narrow critical function 0.08%.
-    # The width-2 critical loss 0.00718 is passed without a plateau: the loss slows to slope
-    # -0.45 at 0.00715 (between drops of slope -4). Final loss 6e-9.
+    # Full size: width 500, N(0, 1/500^3), 100 000 GD steps of 0.5, 4 initialisations (188 s
+    # on an idle 2-core machine). Measured (seed 0): every initialisation plateaus at the
+    # width-1 critical loss (least-squares line 0.132032) to 8e-5; initialisation 3 (shown)
+    # also at 0.007143, 0.5% from the width-2 critical loss 0.0071798, for a factor 7.4 in
+    # time; the three others pass that loss at slopes 0.025 (briefly), 0.45 and 0.32. Shown:
+    # merged vs wide 0.07% / 0.06%, merged vs narrow critical function 0.09% / 0.10%, 1 / 2
+    # groups hold 99% of the amplitude. Final losses 4e-10 to 9e-7.
     run = lab.run_experiment("embedding-plateaus", out=tmp_path / "run", seed=0, threads=1)
     m = run.metrics
     assert m["width"] == 500 and m["steps"] == 100_000
-    assert m["plateau_matches"][0] == 1
-    assert m["plateau_relative_gap"][0] < 1e-3
-    assert m["merge_relative_difference"][0] < 0.01 and m["plateau_function_gap"][0] < 0.01
-    assert m["dominant_width_at_plateau"][0] == 1
-    assert all(w is not None for w in m["plateau_matches"])
-    # After the first drop, the flattest point above 1e-3 sits at a width-2 critical loss.
-    t, loss = np.array(m["curve_steps"]), np.array(m["curve_losses"])
-    slope = np.gradient(np.log(loss), np.log(t))
-    after = (t > m["plateau_steps"][0][2]) & (loss > 1e-3) & (loss < 0.1)
-    slowest = loss[after][np.argmin(np.abs(slope[after]))]
-    assert min(abs(slowest - c) / c for c in m["critical_losses"]["2"]) < 0.02
+    assert m["plateau_matches"] == [1, 2]
+    assert m["plateau_relative_gap"][0] < 1e-3 and m["plateau_relative_gap"][1] < 0.02
+    assert max(m["merge_relative_difference"]) < 0.01
+    assert max(m["plateau_function_gap"]) < 0.01
+    assert m["dominant_width_at_plateau"] == [1, 2]
+    # Every plateau of every initialisation sits at a narrow critical loss, and each
+    # initialisation's first plateau is the width-1 one.
+    assert all(w is not None for ws in m["init_plateau_matches"] for w in ws)
+    assert all(ws[0] == 1 for ws in m["init_plateau_matches"])
+    # In every initialisation, after the first drop the flattest point above 1e-3 sits at a
+    # width-2 critical loss (a plateau or a knee).
+    t = np.array(m["curve_steps"])
+    for loss, ps in zip(m["init_curve_losses"], m["init_plateau_losses"], strict=True):
+        loss = np.array(loss)
+        slope = np.gradient(np.log(loss), np.log(t))
+        after = (loss < 0.99 * ps[0]) & (loss > 1e-3)
+        slowest = loss[after][np.argmin(np.abs(slope[after]))]
+        assert min(abs(slowest - c) / c for c in m["critical_losses"]["2"]) < 0.02
     assert min(m["critical_losses"]["3"]) < 1e-12
-    assert m["final_loss"] < 1e-6
+    assert max(m["init_final_losses"]) < 1e-5
