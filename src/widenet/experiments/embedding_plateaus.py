@@ -104,8 +104,9 @@ from widenet import lab
 from widenet.experiments._common import gradient_descent
 
 METRICS = {
-    "plateau_losses": "loss at the flattest recorded step of each plateau, in order of time "
-    "(the shown initialisation; every key below not prefixed init_ is about it)",
+    "plateau_losses": "loss at the flattest recorded step of each plateau, in order of time, "
+    "for the shown initialisation (shown_init), as are the other per-plateau keys, "
+    "initial_loss, final_loss and curve_losses",
     "critical_losses": "narrow width (1, 2, 3) -> sorted distinct critical losses found (tanh "
     "network and its linear limit)",
     "plateau_matches": "per plateau: the narrowest width with a critical loss within "
