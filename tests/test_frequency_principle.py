@@ -102,17 +102,20 @@ def test_digits_low_part_is_fitted_first(quick_run):
 
 @pytest.mark.slow
 def test_full_size_run(tmp_path):
-    # 1-8000-1 for 30000 epochs (and digits 1000 x 256): 6 min of CPU. Measured (seed 0):
-    # converge_epoch [100, 9100, null]; the k = 5 error falls slowly (0.83 at epoch 3000, 0.64
-    # at 9000, 0.44 at 30000) and has not reached 0.1 by the end, so the order is shown by the
-    # two that converge and by the final errors (0.003 < 0.026 < 0.44); e_low < e_high: 1.0.
+    # 1-8000-1 for 160000 epochs (and digits 1000 x 256): ~45 min of CPU on one thread.
+    # Measured (seed 0): converge_epoch [100, 9200, 146800]; the k = 5 error stalls near 0.4
+    # from epoch ~40000 to ~70000 (a lazy network fitting sin 5x only in the middle of the
+    # interval), then falls; e_low < e_high: 1.0.
     run = lab.run_experiment("frequency-principle", out=tmp_path / "run", seed=0, threads=1)
     m = run.metrics
     assert m["peak_frequencies"] == [1, 3, 5]
-    assert m["converge_epoch"][0] is not None and m["converge_epoch"][1] is not None
+    assert all(c is not None for c in m["converge_epoch"])
     _low_to_high(m["converge_epoch"])
+    # k = 5 converges much later than k = 3 (measured 16x).
+    assert m["converge_epoch"][2] > 5 * m["converge_epoch"][1]
     err = np.asarray(m["peak_errors"])
-    assert err[-1, 0] < err[-1, 1] < err[-1, 2]
-    # At every recorded epoch after the first, the k = 5 error is the largest.
-    assert (err[1:, 2] >= err[1:, :2].max(axis=1)).mean() > 0.95
+    epochs = np.asarray(m["epochs"])
+    # Until it converges, the k = 5 error is the largest at (nearly) every recorded epoch.
+    before = (epochs > 0) & (epochs < m["converge_epoch"][2])
+    assert (err[before, 2] >= err[before, :2].max(axis=1)).mean() > 0.95
     assert m["e_low_below_e_high_fraction"] >= 0.9

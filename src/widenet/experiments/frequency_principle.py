@@ -35,32 +35,34 @@ Measured (seed 0). Quick (1-1000-1, 40000 epochs; digits 300 points, width 128, 
 wall beside another job): ``converge_epoch`` = [100, 9600, 33600] for k = 1, 3, 5 (Δ_F at epochs
 5000, 15000, 30000: (0.05, 0.70, 0.83), (0.001, 0.03, 0.44), (0.003, 0.05, 0.15)), final Δ_F =
 (0.0007, 0.015, 0.048); ``e_low_below_e_high_fraction`` = 1.0 for δ = 5, 10, 20 (the low part
-holds 96%, 52%, 20% of ‖y‖²). Full size (1-8000-1, 30000 epochs; digits 1000 points, width 256,
-600 epochs; 6 min of CPU): ``converge_epoch`` = [100, 9100, null], final errors 0.003 < 0.026 <
-0.44, ``e_low_below_e_high_fraction`` = 1.0 (δ = 5, 10, 20; low shares 92%, 49%, 19%). The k = 5
-peak of the width-8000 network does not reach 0.1: a run of 60000 epochs (``--set
-epochs=60000``, 11 min) gave [100, 9200, null] with Δ_F(5) = 0.71, 0.48, 0.44, 0.41, 0.39 at
-epochs 6000, 18000, 30000, 48000, 60000 and Δ_F(1) bouncing between 0.003 and 0.08. What it is
-not (1-D part alone, 60000 epochs, another init seed): the seed (Δ_F(5) = 0.42 at the end,
-against 0.39 with the run's own), rounding (float64: 0.41), or too large a step (lr 2.5e-5, 8x
-smaller: k = 3 first below 0.1 at epoch 37000 instead of 8500, Δ_F(5) = 0.64 at the end, so a
-smaller step is slower at every peak), nor a phase error (the difference of DFT magnitudes,
-||ĥ_k| − |ŷ_k|| / |ŷ_k| as in the authors' public code, equals Δ_F to 3 digits). Where the
-error is: after 12000 epochs (another init seed) the residual's RMS is 0.22 on |x| < 1, 0.45
-on 1 ≤ |x| < 2, 0.63 on 2 ≤ |x| < 2.6 and 0.74 beyond — sin 5x is fitted in the middle of
-[−π, π] and not near its ends; 45% of the residual's DFT energy (k = 1…100) lies off the three
-peaks, mostly at k = 4, 7, 9, 11 (the spectrum of an edge-localised error), and the loss (MSE)
-only creeps from 0.25 to 0.22 between epochs 13000 and 65000. The experiment's own
-initialisation trained for longer (a loop identical to ``train_tanh_adam``, 1 thread, 18 ms per
-epoch) gives Δ_F(5) = 0.73, 0.51, 0.47, 0.41, 0.40 at epochs 5000, 15000, 25000, 45000,
-65000: flat, so more epochs are no cure within hours of CPU. Why (measured with
-``wn.regime.classify`` after 10000 epochs, seeds 0 and 1): the width-8000 network is the
-lazier one — relative change of the input layer 0.62 / 0.50 and of the empirical NTK 0.16 /
-0.13, against 2.11 / 1.81 and 0.96 / 0.45 at width 1000 — so it fits through nearly fixed
-smooth features, while the width-1000 network of the quick size learns enough of its features
-to reach k = 5 at epoch 33600. In the (γ, γ′) coordinates of Luo et al. (2021) this init has
-κ = 0.1 · 0.1 and γ = −log κ / log m = 0.51 at m = 8000 (the NTK point's 1/2), against 0.67
-at m = 1000.
+holds 96%, 52%, 20% of ‖y‖²).
+
+Full size (1-8000-1, 160000 epochs; digits 1000 points, width 256, 600 epochs; 26.6 min with
+2 threads on an idle 2-core machine): ``converge_epoch`` = [100, 9200, 146800], final Δ_F =
+(0.024, 0.016, 0.074), ``e_low_below_e_high_fraction`` = 1.0 (δ = 5, 10, 20; low shares
+92%, 49%, 19%). Until epoch 146800 the k = 5 error is the largest at every recorded epoch.
+It is slow: Δ_F(5) = 0.73, 0.51, 0.47, 0.41, 0.40, 0.35, 0.25, 0.14, 0.094 at epochs 5000,
+15000, 25000, 45000, 65000, 85000, 110000, 130000, 150000 — a stall near 0.4 from ~40000 to
+~70000 epochs (the MSE creeps from 0.25 to 0.22 between 13000 and 65000), then a descent
+(MSE 0.12 at 110000, 0.026 at 150000). ``--set epochs=30000`` (6 min) shows only k = 1, 3
+converging ([100, 9100, null], Δ_F(5) = 0.44 at the end).
+
+The stall, measured: the residual sits at the ends of the interval. After 12000 epochs
+(another init seed) its RMS is 0.22 on |x| < 1, 0.45 on 1 ≤ |x| < 2, 0.63 on 2 ≤ |x| < 2.6 and
+0.74 beyond, and 45% of its DFT energy (k = 1…100) lies off the three peaks, mostly at k = 4,
+7, 9, 11. The figure's fit at epoch 40000 shows the same: sin 5x is fitted in the middle of
+[−π, π] and not near its ends. A neuron's transition sits at x = −b/w, so a feature near
+|x| ≈ 3 with |w| ≈ 3 needs |b| ≈ 9, grown from N(0, 0.1²). The width-8000 network is also the
+lazier one (``wn.regime.classify`` after 10000 epochs, seeds 0 and 1): relative change of
+the input layer 0.62 / 0.50 and of the empirical NTK 0.16 / 0.13, against 2.11 / 1.81 and
+0.96 / 0.45 at width 1000. It fits through nearly fixed smooth features for longer, while the
+width-1000 network of the quick size reaches k = 5 at epoch 33600. In the (γ, γ′) coordinates
+of Luo et al. (2021) this init has κ = 0.1 · 0.1 and γ = −log κ / log m = 0.51 at m = 8000
+(the NTK point's 1/2), against 0.67 at m = 1000. The stall is not rounding (float64: Δ_F(5)
+= 0.41 at 60000 epochs), nor a too large step (lr 2.5e-5, 8x smaller, is slower at every
+peak: k = 3 first below 0.1 at epoch 37000 instead of 8500, Δ_F(5) = 0.64 at 60000), nor
+a phase error (the difference of DFT magnitudes ||ĥ_k| − |ŷ_k|| / |ŷ_k|, as in the authors'
+public code, equals Δ_F to 3 digits).
 
 Metrics (``metrics.json``)
 --------------------------
@@ -104,13 +106,15 @@ METRICS = {
 
 
 class FrequencyPrincipleConfig(lab.Config):
-    """Full size: 1-8000-1 for 30000 epochs; ``QUICK``: 1-1000-1 for 40000 epochs."""
+    """Full size: 1-8000-1 for 160000 epochs; ``QUICK``: 1-1000-1 for 40000 epochs."""
 
     n_points: int = pydantic.Field(201, ge=11)
     width: int = pydantic.Field(8000, ge=1)
     init_std: float = pydantic.Field(0.1, gt=0)
     lr: float = pydantic.Field(2e-4, gt=0)
-    epochs: int = pydantic.Field(30000, ge=1)
+    # At width 8000 the k = 5 peak first drops below 0.1 at epoch 146 800 (seed 0); 160 000
+    # leaves a margin. ``--set epochs=30000`` (6 min) shows k = 1, 3 only.
+    epochs: int = pydantic.Field(160000, ge=1)
     record_every: int = pydantic.Field(100, ge=1)
     threshold: float = pydantic.Field(0.1, gt=0)
     rel_height: float = pydantic.Field(0.1, ge=0, le=1)
