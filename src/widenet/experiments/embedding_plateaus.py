@@ -351,7 +351,7 @@ def run(config: EmbeddingPlateausConfig, ctx: lab.RunContext) -> dict:
     # Detail the first initialisation whose plateaus match the most distinct narrow widths.
     shown = max(
         range(len(runs)),
-        key=lambda i: (len({c["width"] for c in runs[i]["matches"] if c}), -i),
+        key=lambda i: (len({c["width"] for c in runs[i]["matches"] if c is not None}), -i),
     )
     run_ = runs[shown]
     losses = run_["losses"]
