@@ -102,7 +102,7 @@ def test_digits_low_part_is_fitted_first(quick_run):
 
 @pytest.mark.slow
 def test_full_size_run(tmp_path):
-    # 1-8000-1 for 160000 epochs (and digits 1000 x 256): ~45 min of CPU on one thread.
+    # 1-8000-1 for 160000 epochs (and digits 1000 x 256): 32 min on one thread (measured).
     # Measured (seed 0): converge_epoch [100, 9200, 146800]; the k = 5 error stalls near 0.4
     # from epoch ~40000 to ~70000 (a lazy network fitting sin 5x only in the middle of the
     # interval), then falls; e_low < e_high: 1.0.
