@@ -16,7 +16,13 @@ from sklearn.svm import SVC
 from sklearn.utils.estimator_checks import parametrize_with_checks
 
 import widenet as wn
-from widenet.estimators import NTKSVC, NTKClassifier, NTKRegressor, dual_coefficients
+from widenet.estimators import (
+    NTKSVC,
+    NTKClassifier,
+    NTKRegressor,
+    dual_coefficients,
+    kernel_ridge_solve,
+)
 
 
 # Every applicable check passes. Skipped by scikit-learn itself (SkipTest, not by us):
@@ -88,6 +94,51 @@ def test_dual_coefficients_without_sklearn():
     lam = 0.1 * float(torch.diagonal(k).mean())
     ref = torch.linalg.solve(k + lam * torch.eye(len(x), dtype=torch.float64), torch.as_tensor(y))
     torch.testing.assert_close(alpha[:, 0], ref, rtol=1e-10, atol=1e-12)
+
+
+def test_dual_coefficients_at_many_times_share_one_eigendecomposition():
+    x, y, xt = _regression_data(k=2)
+    kxx, ktx = torch.as_tensor(_gram(x)), torch.as_tensor(_gram(xt, x))
+    times = np.array([0.0, 0.5, 10.0, math.inf, 1e3])
+    alpha = dual_coefficients(kxx, y, ridge=1e-3, t=times, learning_rate=0.7)
+    assert alpha.shape == (5, 40, 2)
+    lam = 1e-3 * float(torch.diagonal(kxx).mean())
+    # Independent reference: the dynamics' test outputs with the test kernel itself (its
+    # eigen-solve), and the converged solution by a general LU solve.
+    flow = wn.dynamics.gradient_flow_mse(
+        kxx, y, times[[0, 1, 2, 4]], ntk_test_train=ktx, learning_rate=0.7, diag_reg=lam
+    )
+    torch.testing.assert_close(ktx @ alpha[[0, 1, 2, 4]], flow.test, rtol=1e-9, atol=1e-11)
+    ref = torch.linalg.solve(kxx + lam * torch.eye(40, dtype=torch.float64), torch.as_tensor(y))
+    torch.testing.assert_close(alpha[3], ref, rtol=1e-9, atol=1e-11)
+    # The dynamics' own dual coefficients: f_t(x) = f_0(x) + K(x, X) α_t, with f_0 ≠ 0.
+    f0 = np.random.default_rng(3).standard_normal(y.shape)
+    a = wn.dynamics.gradient_flow_dual(kxx, y, [2.0, math.inf], f0_train=f0, diag_reg=lam)
+    flow = wn.dynamics.gradient_flow_mse(
+        kxx, y, [2.0, math.inf], ntk_test_train=kxx, f0_train=f0, f0_test=f0, diag_reg=lam
+    )
+    torch.testing.assert_close(torch.as_tensor(f0) + kxx @ a, flow.test, rtol=1e-8, atol=1e-10)
+    with pytest.raises(ValueError, match="t must be"):
+        dual_coefficients(kxx, y, t=[-1.0])
+
+
+def test_kernel_ridge_solve_cholesky_and_its_errors():
+    x, y, _ = _regression_data()
+    k = torch.as_tensor(_gram(x))
+    kept = k.clone()
+    alpha = kernel_ridge_solve(k, y, ridge=1e-4)
+    torch.testing.assert_close(k, kept, rtol=0, atol=0)  # not overwritten unless asked
+    lam = 1e-4 * float(torch.diagonal(k).mean())
+    ref = np.linalg.solve(kept.numpy() + lam * np.eye(40), y)
+    np.testing.assert_allclose(alpha[:, 0].numpy(), ref, rtol=1e-9)
+    np.testing.assert_allclose(kernel_ridge_solve(k, y, ridge=1e-4, overwrite=True), alpha)
+    # Not positive definite: LAPACK's failure becomes an error naming ridge.
+    with pytest.raises(ValueError, match="ridge > 0"):
+        kernel_ridge_solve(-kept, y)
+    with pytest.raises(ValueError, match="symmetric"):
+        kernel_ridge_solve(kept + torch.triu(torch.ones(40, 40, dtype=torch.float64), 1), y)
+    with pytest.raises(ValueError, match="shape"):
+        kernel_ridge_solve(kept, y[:5])
 
 
 def test_classifier_is_one_hot_kernel_regression():
@@ -176,7 +227,7 @@ def test_bad_inputs():
         NTKSVC(C=0.0).fit(x, y > 0)
     with pytest.raises(ValueError, match="Unknown label type"):
         NTKClassifier().fit(x, y)
-    # Duplicated points with ridge = 0 make the kernel singular: the dynamics module says so.
+    # Duplicated points with ridge = 0 make the kernel singular: the Cholesky solve says so.
     with pytest.raises(ValueError, match="singular"):
         NTKRegressor(ridge=0.0).fit(np.vstack([x, x]), np.concatenate([y, y]))
     # ... while a finite time needs no inverse.
