@@ -28,7 +28,9 @@ from widenet.estimators import (
 # Every applicable check passes. Skipped by scikit-learn itself (SkipTest, not by us):
 # check_array_api_input (needs SCIPY_ARRAY_API and an array-API library) and
 # check_*_data_not_an_array (needs pandas, not installed).
-@parametrize_with_checks([NTKRegressor(), NTKClassifier(), NTKSVC()])
+@parametrize_with_checks(
+    [NTKRegressor(), NTKClassifier(), NTKClassifier(probability=True, ridge=1e-3), NTKSVC()]
+)
 def test_sklearn_compatible(estimator, check):
     check(estimator)
 
@@ -155,6 +157,51 @@ def test_classifier_is_one_hot_kernel_regression():
     np.testing.assert_allclose(clf.decision_function(xt), out, rtol=1e-8, atol=1e-10)
     np.testing.assert_array_equal(clf.predict(xt), clf.classes_[out.argmax(1)])
     assert clf.score(x, labels) == 1.0  # near-interpolation of the training labels
+
+
+def _ece(proba, labels, bins=10):
+    """Expected calibration error of the top-class confidence (Guo et al. 2017, eq. 3)."""
+    conf, hit = proba.max(1), proba.argmax(1) == labels
+    b = np.minimum((conf * bins).astype(int), bins - 1)
+    return sum(abs(conf[b == i].mean() - hit[b == i].mean()) * np.mean(b == i) for i in set(b))
+
+
+def test_predict_proba_is_calibrated():
+    from scipy.special import softmax
+    from sklearn.metrics import log_loss
+
+    # Labels drawn from known class probabilities p*(x) = softmax(x W): the Bayes log-loss and
+    # the true probabilities are the references.
+    rng = np.random.default_rng(0)
+    w = 1.5 * np.array([[2.0, 0.0, -1.0], [0.0, 2.0, 1.0]])
+
+    def draw(n):
+        x = rng.standard_normal((n, 2))
+        p = softmax(x @ w, axis=1)
+        return x, (rng.random((n, 1)) > p.cumsum(1)).sum(1), p
+
+    (x, y, _), (xt, yt, pt) = draw(400), draw(3000)
+    clf = NTKClassifier(depth=2, ridge=0.1, probability=True).fit(x, y)
+    proba = clf.predict_proba(xt)
+    np.testing.assert_allclose(proba.sum(1), 1.0, rtol=1e-12)
+    np.testing.assert_array_equal(proba.argmax(1), clf.predict(xt))
+    np.testing.assert_allclose(np.exp(clf.predict_log_proba(xt)), proba, rtol=1e-10)
+    raw = softmax(clf.decision_function(xt), axis=1)
+    # Measured (seed 0): ECE 0.027 (untempered softmax: far overconfident-low, log-loss 0.81),
+    # mean |p - p*| 0.056, log-loss 0.554 vs Bayes 0.500. Bounds leave ~2x room for the
+    # sampling error of 3000 test points (ECE's is ~0.01) while a wrong temperature (T = 1
+    # here, or the in-sample fit, T ~ 0) fails every one of them.
+    assert _ece(proba, yt) < 0.06
+    assert np.abs(proba - pt).mean() < 0.1
+    assert log_loss(yt, proba) < log_loss(yt, pt) + 0.1
+    assert log_loss(yt, proba) < log_loss(yt, raw) - 0.15
+    assert 0.0 < clf.temperature_ < 1.0
+    # Off by default (like SVC): no predict_proba attribute, so sklearn will not call it.
+    assert not hasattr(NTKClassifier().fit(x, y), "predict_proba")
+    with pytest.raises(ValueError, match="at least 2 training points"):
+        NTKClassifier(probability=True).fit(x[:4], [0, 0, 0, 1])
+    with pytest.raises(ValueError, match="calibration_folds"):
+        NTKClassifier(probability=True, calibration_folds=1).fit(x, y)
 
 
 def test_binary_decision_function_and_svc_path():

@@ -38,6 +38,7 @@ import numpy as np
 import scipy.linalg
 import torch
 from sklearn.base import BaseEstimator, ClassifierMixin, RegressorMixin
+from sklearn.utils.metaestimators import available_if
 from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import check_is_fitted, validate_data
 
@@ -224,18 +225,22 @@ class _KernelRegression(_InfiniteWidth):
         if isinstance(t, bool) or not isinstance(t, (int, float, np.number)) or not t >= 0:
             raise ValueError(f"t must be a number >= 0 or math.inf, got {t!r}")
 
-    def _fit_targets(self, x: np.ndarray, targets: np.ndarray) -> None:
+    def _fit_targets(self, x: np.ndarray, targets: np.ndarray, *, keep_gram: bool = False):
+        """Fit α on (x, targets); returns a copy of K(X, X) when ``keep_gram`` (else None)."""
         self._check_flow_params()
         k = self._gram(x)
-        if math.isinf(self.t):
-            # The Gram matrix is ours: let the Cholesky factor overwrite it.
-            alpha = kernel_ridge_solve(k, targets, ridge=self.ridge, overwrite=True)
-        else:
-            alpha = dual_coefficients(
-                k, targets, ridge=self.ridge, t=float(self.t), learning_rate=self.learning_rate
-            )
+        kept = k.clone() if keep_gram else None
+        self.dual_coef_ = self._solve(k, targets, overwrite=True).cpu().numpy()
         self.X_fit_ = x
-        self.dual_coef_ = alpha.cpu().numpy()
+        return kept
+
+    def _solve(self, k: torch.Tensor, targets, *, overwrite: bool = False) -> torch.Tensor:
+        if math.isinf(self.t):
+            # overwrite: the Gram matrix is ours, the Cholesky factor may replace it.
+            return kernel_ridge_solve(k, targets, ridge=self.ridge, overwrite=overwrite)
+        return dual_coefficients(
+            k, targets, ridge=self.ridge, t=float(self.t), learning_rate=self.learning_rate
+        )
 
     def _outputs(self, x) -> np.ndarray:
         check_is_fitted(self)
@@ -293,22 +298,101 @@ class NTKClassifier(ClassifierMixin, _KernelRegression):
         "Classifier by kernel regression on one-hot targets with the infinite-width NTK/NNGP "
         "(Arora et al. 2019, 2020); predicts the argmax of the k outputs.\n"
         + _DOC_PARAMS
-        + """
+        + """    probability : bool, default False. Fit a temperature for :meth:`predict_proba`.
+    calibration_folds : int >= 2, default 5. Folds of the cross-validated outputs the
+        temperature is fitted on (fewer when a class has fewer members; at least 2 per class).
+
+    Probabilities (``probability=True``)
+    ------------------------------------
+    The outputs f(x) ∈ R^k regress one-hot targets, so they are not probabilities; on the
+    training points they nearly interpolate the targets (ridge ~ 0), so a scale fitted there
+    would be overconfident. ``fit`` therefore computes out-of-fold outputs on the training data
+    (stratified ``calibration_folds``-fold cross-validation, unshuffled hence deterministic, each
+    fold solved on a slice of the one training Gram matrix) and fits one temperature T > 0 by
+    minimising their multinomial log-loss; ``predict_proba(x) = softmax(f(x) / T)``. This is
+    temperature scaling (Guo, Pleiss, Sun & Weinberger 2017, "On calibration of modern neural
+    networks", ICML): one parameter, so it cannot overfit the calibration set, and it keeps the
+    argmax, so ``predict`` and ``predict_proba`` agree (Platt's two parameters per class with
+    ``sklearn.calibration.CalibratedClassifierCV`` can be wrapped around the estimator instead).
+    The log-loss is convex in 1/T, found by bounded Brent search on 1/T ∈ [0, 1e4]. Costs
+    ``calibration_folds`` extra solves of size ~(1 − 1/folds) n.
+
     Attributes
     ----------
     classes_ : the class labels (sorted). X_fit_, dual_coef_ : as in NTKRegressor (k columns,
-    one per class). n_features_in_ : d.
+    one per class). n_features_in_ : d. temperature_ : T (``probability=True`` only).
     """
     )
+
+    def __init__(
+        self,
+        depth=3,
+        activation="relu",
+        w_std=2**0.5,
+        b_std=0.1,
+        kernel="ntk",
+        ridge=1e-6,
+        t=math.inf,
+        learning_rate=1.0,
+        device=None,
+        probability=False,
+        calibration_folds=5,
+    ):
+        super().__init__(
+            depth=depth,
+            activation=activation,
+            w_std=w_std,
+            b_std=b_std,
+            kernel=kernel,
+            ridge=ridge,
+            t=t,
+            learning_rate=learning_rate,
+            device=device,
+        )
+        self.probability = probability
+        self.calibration_folds = calibration_folds
 
     def fit(self, X, y):
         x, y = validate_data(self, X, y, dtype=np.float64)
         check_classification_targets(y)
+        if not isinstance(self.probability, (bool, np.bool_)):
+            raise ValueError(f"probability must be True or False, got {self.probability!r}")
+        check_int(self.calibration_folds, "calibration_folds", minimum=2)
         self.classes_, idx = np.unique(y, return_inverse=True)
         onehot = np.zeros((len(y), len(self.classes_)))
         onehot[np.arange(len(y)), idx] = 1.0
-        self._fit_targets(x, onehot)
+        if self.probability and np.bincount(idx).min() < 2:
+            raise ValueError(
+                "probability=True needs at least 2 training points of every class (the "
+                f"temperature is fitted out of fold); got a class with {np.bincount(idx).min()} "
+                f"sample(s), class counts {np.bincount(idx).tolist()}"
+            )
+        gram = self._fit_targets(x, onehot, keep_gram=bool(self.probability))
+        if self.probability:
+            self.temperature_ = self._fit_temperature(gram, onehot, idx)
+        elif hasattr(self, "temperature_"):
+            del self.temperature_
         return self
+
+    def _fit_temperature(self, gram: torch.Tensor, onehot: np.ndarray, idx: np.ndarray):
+        from scipy.optimize import minimize_scalar
+        from scipy.special import log_softmax
+        from sklearn.model_selection import StratifiedKFold
+
+        folds = min(int(self.calibration_folds), int(np.bincount(idx).min()))
+        if len(self.classes_) < 2:
+            return 1.0
+        out = np.empty_like(onehot)
+        for tr, te in StratifiedKFold(folds).split(onehot, idx):
+            tr_, te_ = torch.as_tensor(tr), torch.as_tensor(te)
+            alpha = self._solve(gram[tr_][:, tr_], onehot[tr], overwrite=True)
+            out[te] = (gram[te_][:, tr_] @ alpha.to(gram.device)).cpu().numpy()
+
+        def nll(beta):
+            return -float(np.mean(log_softmax(beta * out, axis=1)[np.arange(len(idx)), idx]))
+
+        beta = minimize_scalar(nll, bounds=(0.0, 1e4), method="bounded", options={"xatol": 1e-6})
+        return 1.0 / max(float(beta.x), 1e-12)
 
     def decision_function(self, X):
         """Outputs f(x): (m, k) for k > 2 classes, f_1 − f_0 (m,) for two (sklearn's convention)."""
@@ -318,6 +402,22 @@ class NTKClassifier(ClassifierMixin, _KernelRegression):
     def predict(self, X):
         outputs = self._outputs(X)
         return self.classes_[np.argmax(outputs, axis=1)]
+
+    @available_if(lambda self: self.probability)
+    def predict_proba(self, X):
+        """softmax(f(x) / temperature_): (m, k) class probabilities, columns as ``classes_``."""
+        from scipy.special import softmax
+
+        check_is_fitted(self, "temperature_")
+        return softmax(self._outputs(X) / self.temperature_, axis=1)
+
+    @available_if(lambda self: self.probability)
+    def predict_log_proba(self, X):
+        """log of :meth:`predict_proba`, computed stably (log-softmax)."""
+        from scipy.special import log_softmax
+
+        check_is_fitted(self, "temperature_")
+        return log_softmax(self._outputs(X) / self.temperature_, axis=1)
 
 
 class NTKSVC(ClassifierMixin, _InfiniteWidth):
