@@ -120,7 +120,6 @@ def du_bounds(
     try:
         if out_ is not None:
             io.check_suffix(out_, (".json",))
-            io.check_new_outputs([out_], overwrite)
         x, y = _du_problem(data, n, dim, data_seed, standardize, labels, seed, non_unit)
         nn_, d = x.shape
         h_inf = cv.gram_infinity(x)
@@ -219,7 +218,6 @@ def du_train(
 
     try:
         io.check_suffix(out_, (".npz",))
-        io.check_new_outputs([out_, out_.with_suffix(".json")], overwrite)
         torch_dtype = io.torch_dtype(dtype)
         x, y = _du_problem(data, n, dim, data_seed, standardize, labels, seed, non_unit)
         h_inf = cv.gram_infinity(x)
@@ -287,6 +285,7 @@ def du_train(
             for key in ("kernel_hinf", "kernel_h0"):
                 gap = np.linalg.norm(res.outputs - arrays[key], axis=1).max() / scale
                 summary[f"prediction_gap_{key[7:]}"] = float(gap)
+        io.check_new_outputs([out_, out_.with_suffix(".json")], overwrite)  # both before either
         io.save_arrays(out_, arrays, overwrite=overwrite)
         io.write_json(out_.with_suffix(".json"), summary, overwrite=overwrite)
     except (ValueError, TypeError, OSError, FloatingPointError) as error:

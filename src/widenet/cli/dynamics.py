@@ -137,7 +137,6 @@ def predict(
     try:
         io.check_suffix(out_, (".npz",))
         json_out = out_.with_suffix(".json")
-        io.check_new_outputs([out_, json_out], overwrite)
         if kernel_name not in ("ntk", "nngp"):
             raise ValueError(f"--kernel must be ntk or nngp, got {kernel_name!r}")
         if not learning_rate > 0:
@@ -193,6 +192,7 @@ def predict(
             outputs=int(y_train.shape[1]),
             seconds=pred.seconds,
         )
+        io.check_new_outputs([out_, json_out], overwrite)  # both before either
         io.save_arrays(out_, arrays, overwrite=overwrite)
         io.write_json(json_out, metrics, overwrite=overwrite)
     except (ValueError, TypeError, OSError, torch.linalg.LinAlgError) as error:

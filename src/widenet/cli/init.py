@@ -109,8 +109,6 @@ def signal_cmd(
     from widenet import io
 
     try:
-        if out_ is not None:
-            io.check_new_outputs([out_], overwrite)
         torch_dtype = io.torch_dtype(dtype)
         x = io.load_inputs(data, n, seed=data_seed, standardize=standardize, dtype=torch_dtype)
         if model_path is not None:

@@ -116,7 +116,6 @@ def kernel(
         if get not in ("ntk", "nngp"):
             raise ValueError(f"--get must be ntk or nngp, got {get!r}")
         io.check_suffix(out_, (".npy", ".npz"))
-        io.check_new_outputs([out_], overwrite)
         x = io.load_inputs(
             data, n, seed=data_seed, standardize=standardize, dtype=io.torch_dtype(dtype)
         )
@@ -197,7 +196,6 @@ def ntk(
         return
     try:
         io.check_suffix(out_, (".npy", ".npz"))
-        io.check_new_outputs([out_], overwrite)
         torch_dtype = io.torch_dtype(dtype)
         x = io.load_inputs(data, n, seed=data_seed, standardize=standardize, dtype=torch_dtype)
         arch = wn.mlp(depth=depth, activation=activation, w_std=w_std, b_std=b_std)
@@ -241,7 +239,6 @@ def h_infinity(
 
     try:
         io.check_suffix(out_, (".npy", ".npz"))
-        io.check_new_outputs([out_], overwrite)
         x = io.load_inputs(
             data, n, seed=data_seed, standardize=standardize, dtype=io.torch_dtype(dtype)
         )

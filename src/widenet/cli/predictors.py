@@ -95,7 +95,6 @@ def fit_predict(
 
     try:
         io.check_suffix(out_, (".npz",))
-        io.check_new_outputs([out_, out_.with_suffix(".json")], overwrite)
         if model not in ("classifier", "regressor", "svc"):
             raise ValueError(f"--model must be classifier, regressor or svc, got {model!r}")
         (t,) = parse_times([time_])
@@ -137,6 +136,7 @@ def fit_predict(
         arrays = {"predictions": np.asarray(pred)}
         if y_test is not None:
             arrays["test_targets"] = np.asarray(y_test)
+        io.check_new_outputs([out_, out_.with_suffix(".json")], overwrite)  # both before either
         io.save_arrays(out_, arrays, overwrite=overwrite)
         io.write_json(out_.with_suffix(".json"), metrics, overwrite=overwrite)
     except (ValueError, TypeError, OSError, torch.linalg.LinAlgError) as error:

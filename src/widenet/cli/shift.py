@@ -138,7 +138,6 @@ def covariate_weights(
 
     try:
         io.check_suffix(out_, (".npy", ".npz"))
-        io.check_new_outputs([out_, out_.with_suffix(".json")], overwrite)
         true = None
         if _bundled_pair(source, target):
             x, _ = load_dataset(source, standardize=standardize is not False, dtype=torch.float64)
@@ -176,6 +175,7 @@ def covariate_weights(
             summary["relative_error"] = float(
                 np.linalg.norm(cw.weights - true) / np.linalg.norm(true)
             )
+        io.check_new_outputs([out_, out_.with_suffix(".json")], overwrite)  # both before either
         io.save_arrays(out_, arrays, "weights", overwrite=overwrite)
         io.write_json(out_.with_suffix(".json"), summary, overwrite=overwrite)
     except (ValueError, TypeError, OSError) as error:
@@ -270,7 +270,6 @@ def label_shift(
 
     try:
         io.check_suffix(out_, (".json",))
-        io.check_new_outputs([out_], overwrite)
         if not 0 < holdout < 1:
             raise ValueError(f"--holdout must be in (0, 1), got {holdout}")
         rng = np.random.default_rng(seed)
@@ -416,7 +415,6 @@ def weighted_fit(
 
     try:
         io.check_suffix(out_, (".npy", ".npz"))
-        io.check_new_outputs([out_], overwrite)
         if weights is not None and label_weights is not None:
             raise ValueError("give at most one of --weights and --label-weights")
         xs, xp = _features("--train", train), _features("--predict", predict)

@@ -223,7 +223,6 @@ def solve(
 
     try:
         io.check_suffix(out_, (".npz",))
-        io.check_new_outputs([out_], overwrite)
         if scheduler is not None and "://" not in scheduler:
             raise ValueError(
                 f"--scheduler must be a Dask address tcp://host:port, got {scheduler!r}"
