@@ -25,6 +25,8 @@ from __future__ import annotations
 
 import json
 import math
+import warnings
+import zipfile
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
@@ -184,13 +186,22 @@ def load_inputs(
     dtype=None,
     option: str = "--data",
     n_option: str = "--n",
+    at_most: int | None = None,
 ):
     """Inputs ``(n, d)`` as a torch tensor: a bundled set's name or a ``.npy``/``.csv`` file.
 
     ``n`` (``1 <= n <=`` the number of points): a file's first ``n`` rows (files are taken as
     given), a seeded random subset of a bundled set. ``standardize`` z-scores the features
-    (default: on for bundled sets, off for files).
+    (default: on for bundled sets, off for files). ``at_most`` (with ``n=None``): a default
+    size, ``n = at_most`` when the data has that many points, else all of them.
     """
+    if n is None and at_most is not None:
+        x = load_inputs(
+            data, seed=seed, standardize=standardize, dtype=dtype, option=option, n_option=n_option
+        )
+        if len(x) <= at_most:
+            return x
+        n = at_most
     import torch
 
     from widenet.data import DATASETS, load_dataset
@@ -273,7 +284,7 @@ def load_weights(path, option: str, n_rows: int) -> np.ndarray:
             if "pickle" in str(err).lower():
                 raise _refuse_pickle(path, option, "pickled objects") from None
             raise ValueError(f"{option}: {err}") from None
-        except (OSError, EOFError) as err:  # zipfile.BadZipFile is an OSError subclass? no
+        except (OSError, EOFError, zipfile.BadZipFile) as err:
             raise ValueError(f"{option}: cannot read {path} as .npz: {err}") from None
         return np.asarray(_numeric(w, path, option), dtype=np.float64)
     w = load_targets(path, option, n_rows)
@@ -460,7 +471,9 @@ def load_state_dict(path, option: str = "--model") -> dict:
                 "safetensors.torch.save_file(model.state_dict(), path)"
             ) from None
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():  # torch warns about the protocol of files it refuses
+            warnings.filterwarnings("ignore", message="Detected pickle protocol")
+            state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # UnpicklingError, RuntimeError, EOFError, ...: the message says
         raise ValueError(
             f"{option}: {path} is not a weights file (a torch.save state dict, loadable with "
@@ -517,7 +530,11 @@ def write_json(path, payload, *, overwrite: bool = False, option: str = "--out")
 
 
 def save_arrays(
-    path, arrays: Mapping[str, Any], which: str | None = None, *, overwrite: bool = False,
+    path,
+    arrays: Mapping[str, Any],
+    which: str | None = None,
+    *,
+    overwrite: bool = False,
     option: str = "--out",
 ) -> Path:
     """``.npz`` (every array) or ``.npy`` (``arrays[which]``), refusing an existing file unless

@@ -87,7 +87,9 @@ def signal_cmd(
     b_var: Annotated[float, typer.Option("--b-var", help="sigma_b^2 of --init critical.")] = 0.0,
     seed: Annotated[int, typer.Option("--seed", help="Seed of the weights and cotangent.")] = 0,
     data: DataOpt = "digits",
-    n: Annotated[int | None, typer.Option("--n", help="Number of points.")] = 256,
+    n: Annotated[
+        int | None, typer.Option("--n", help="Number of points (default: 256, or all if fewer).")
+    ] = None,
     dtype: DtypeOpt = "float64",
     standardize: StandardizeOpt = None,
     data_seed: DataSeedOpt = 0,
@@ -110,7 +112,9 @@ def signal_cmd(
 
     try:
         torch_dtype = io.torch_dtype(dtype)
-        x = io.load_inputs(data, n, seed=data_seed, standardize=standardize, dtype=torch_dtype)
+        x = io.load_inputs(
+            data, n, seed=data_seed, standardize=standardize, dtype=torch_dtype, at_most=256
+        )
         if model_path is not None:
             model = _model(model_path, trust_pickle, activation, parameterization, w_std, b_std)
             model.eval()

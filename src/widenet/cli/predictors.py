@@ -158,7 +158,12 @@ def random_features_cmd(
     out_: Annotated[Path, typer.Option("--out", "-o", help="Output .json with the curves over N.")],
     train: TrainOpt = "digits",
     test: TestOpt = "digits",
-    n_train: NTrainOpt = 200,
+    n_train: Annotated[
+        int | None,
+        typer.Option(
+            "--n-train", help="Training points (default: 200, or all rows of a smaller file)."
+        ),
+    ] = None,
     n_test: NTestOpt = None,
     train_targets: TrainTargetsOpt = None,
     test_targets: TestTargetsOpt = None,
@@ -196,6 +201,9 @@ def random_features_cmd(
 
     try:
         io.check_suffix(out_, (".json",))
+        if n_train is None:  # 200 points, or a file's rows when it has fewer
+            rows = 200 if io.is_bundled(train) else len(io.load_inputs(train, option="--train"))
+            n_train = min(200, rows)
         split = (train, test, n_train, n_test, "onehot", train_targets, test_targets, standardize)
         x_train, y_train, x_test, y_test, what = io.load_train_test(*split, data_seed)
         if y_test is None:
