@@ -445,3 +445,28 @@ def test_the_payload_does_run_when_unpickled(tmp_path):
     torch.save(Payload(marker), tmp_path / "evil.pt")
     torch.load(tmp_path / "evil.pt", weights_only=False)
     assert marker.exists()
+
+
+# ---- widenet verify STORE ---------------------------------------------------------------------
+
+
+def test_verify_store_exit_status(files, tmp_path):
+    from widenet import scale
+
+    if not hasattr(scale, "verify_store"):
+        pytest.skip("kernel stores without checksums (scale.verify_store) on this branch")
+    store = tmp_path / "V.zarr"
+    x = files["dir"] / "x.npy"
+    r = _invoke("kernel", "--data", x, "--depth", "1", "--tile", "8", "--out", store)
+    assert r.exit_code == 0, r.output
+    good = _invoke("verify", store)
+    assert good.exit_code == 0, good.output
+    assert "0 bad" in good.output
+    chunks = sorted(p for p in (store / "ntk").rglob("*") if p.is_file() and "c" in p.parts)
+    assert chunks, "no chunk files found in the store"
+    chunks[0].write_bytes(b"\x00garbage" * 16)  # a chunk overwritten after its done marker
+    bad = _invoke("verify", store)
+    assert bad.exit_code == 1, bad.output
+    assert "1 bad" in bad.output
+    missing = _invoke("verify", tmp_path / "nothing.zarr")
+    assert missing.exit_code == 2

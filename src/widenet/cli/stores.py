@@ -307,3 +307,26 @@ def solve(
         table.add_row(label, f"{mse_value:.4g}", "" if bound is None else f"{bound:.3g}")
     console.print(table)
     saved(out_)
+
+
+@command()
+def verify(
+    store_path: Annotated[Path, typer.Argument(help="Kernel store (.zarr) to check.")],
+) -> None:
+    """Check every done tile of a kernel store against its recorded checksums.
+
+    Exit status 0 when every done tile reads back intact, 1 when a tile is bad (listed with
+    its reason; rerunning the `widenet kernel` command that made the store recomputes it), 2 on
+    an error (no store at STORE_PATH, not a widenet store).
+    """
+    from widenet import scale
+
+    if not hasattr(scale, "verify_store"):  # pragma: no cover - until the checksummed stores land
+        raise fail("this widenet's kernel stores carry no checksums (scale.verify_store missing)")
+    try:
+        report = scale.verify_store(store_path, progress=True)
+    except (FileNotFoundError, ValueError, OSError) as error:
+        raise fail(str(error)) from None
+    out().print(report.summary(), soft_wrap=True, markup=False)
+    if not report.ok:
+        raise typer.Exit(1)
