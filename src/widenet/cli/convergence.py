@@ -211,80 +211,32 @@ def du_train(
     gram_lambda_min; with --kernel, the trained outputs and the closed-form H-inf and H(0)
     predictions at every step. The summary (rates, bounds) goes to OUT with a .json suffix.
     """
-    import numpy as np
 
     from widenet import convergence as cv
-    from widenet import dynamics, io
+    from widenet import io
 
     try:
         io.check_suffix(out_, (".npz",))
         torch_dtype = io.torch_dtype(dtype)
         x, y = _du_problem(data, n, dim, data_seed, standardize, labels, seed, non_unit)
-        h_inf = cv.gram_infinity(x)
-        lam0 = cv.lambda0(x, h_inf=h_inf)
-        eta = step_size
-        if eta is None:
-            eta = step_size_scale * dynamics.critical_learning_rate(h_inf, loss="sum")
-        net = cv.TwoLayerReLU(
-            x.shape[1], width, antisymmetric=antisymmetric, seed=seed, dtype=torch_dtype
-        )
-        xd, yd = x.to(torch_dtype), y.to(torch_dtype)
-        u0 = net(xd).detach().double()
-        h0 = cv.gram(net, xd) if kernel else None
-        steps = list(range(epochs + 1)) if kernel else None
         with progress_bar() as bar:
-            res = cv.track(
-                net,
-                xd,
-                yd,
+            run = cv.du_training_run(
+                x,
+                y,
+                width,
                 epochs,
-                eta,
+                step_size=step_size,
+                step_size_scale=step_size_scale,
+                antisymmetric=antisymmetric,
                 gram_every=gram_every,
-                output_steps=steps,
-                lambda0_value=lam0,
-                non_unit=non_unit,
+                kernel=kernel,
                 allow_divergent=allow_divergent,
+                non_unit=non_unit,
+                seed=seed,
+                dtype=torch_dtype,
                 progress=bar,
             )
-        arrays = {
-            "loss": res.loss,
-            "pattern_change": res.pattern_change,
-            "max_distance": res.max_distance,
-            "gram_steps": res.gram_steps,
-            "gram_change": res.gram_change,
-            "gram_lambda_min": res.gram_lambda_min,
-            "labels": y.numpy(),
-        }
-        if kernel:
-            arrays["outputs"] = res.outputs
-            arrays["kernel_hinf"] = cv.kernel_prediction(h_inf, y, steps, eta, u0=u0).numpy()
-            arrays["kernel_h0"] = cv.kernel_prediction(h0, y, steps, eta, u0=u0).numpy()
-        summary = {
-            "n": int(x.shape[0]),
-            "d": int(x.shape[1]),
-            "width": width,
-            "epochs": epochs,
-            "step_size": eta,
-            "lambda0": lam0,
-            "lambda_min_h0": res.lambda_min_h0,
-            "lambda_max_h0": res.lambda_max_h0,
-            "final_loss": float(res.loss[-1]),
-            "final_relative_error": float(res.relative_error[-1]),
-            "pattern_change": float(res.pattern_change[-1]),
-            "max_distance": float(res.max_distance[-1]),
-            "measured_rate": res.measured_rate,
-            "predicted_rate": res.predicted_rate,
-            "kernel_rate_hinf": res.kernel_rate_hinf,
-            "kernel_rate_h0": res.kernel_rate_h0,
-            "drift_bound": res.drift_bound,
-            "flow_drift_bound": res.flow_drift_bound,
-            "seconds": res.seconds,
-        }
-        if kernel:
-            scale = float(np.linalg.norm(arrays["labels"] - u0.numpy()))
-            for key in ("kernel_hinf", "kernel_h0"):
-                gap = np.linalg.norm(res.outputs - arrays[key], axis=1).max() / scale
-                summary[f"prediction_gap_{key[7:]}"] = float(gap)
+        arrays, summary = run.arrays, run.summary
         io.check_new_outputs([out_, out_.with_suffix(".json")], overwrite)  # both before either
         io.save_arrays(out_, arrays, overwrite=overwrite)
         io.write_json(out_.with_suffix(".json"), summary, overwrite=overwrite)
