@@ -710,8 +710,8 @@ def du_training_run(
     The step size is ``step_size`` or ``step_size_scale`` × the critical rate
     2/(λ_min + λ_max) of H^∞ (:func:`widenet.dynamics.critical_learning_rate`, loss
     ½Σ(f − y)²); :func:`track` records the run; with ``kernel=True`` the outputs are compared
-    at every step with the kernel predictions u(k) = y − (I − η H)^k (y − u(0)) for H = H^∞ and H = H(0)
-    (:func:`kernel_prediction`; Du, Zhai, Poczos, Singh 2019, ICLR, arXiv:1810.02054).
+    at every step with the kernel predictions u(k) = y − (I − η H)^k (y − u(0)) for H = H^∞
+    and H = H(0) (:func:`kernel_prediction`; Du, Zhai, Poczos, Singh 2019, ICLR, arXiv:1810.02054).
     ``x`` (n, d) float64 unit-norm inputs, ``y`` (n,) labels; the network is built in ``dtype``
     with ``seed``.
     """
