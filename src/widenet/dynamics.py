@@ -844,3 +844,8 @@ def infinite_width_predict(
         del gp
     seconds = dict(kernels=kernel_seconds, dynamics=time.perf_counter() - t0)
     return InfiniteWidthPrediction(t, flow.train, flow.test, test_variance, seconds)
+
+
+# Public names of the argument checks that widenet.scale's streamed solvers share.
+check_loss = _check_loss
+check_times = _times

@@ -40,7 +40,7 @@ from torch import nn
 from torch.func import functional_call, grad, jvp
 
 from widenet._checks import as_tensor, check_finite, check_inputs, check_int, check_real
-from widenet.empirical import _quiet_jit_deprecation
+from widenet.empirical import quiet_jit_deprecation as _quiet_jit_deprecation
 
 __all__ = [
     "CriticalPoint",

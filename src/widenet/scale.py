@@ -105,7 +105,10 @@ from widenet._checks import as_tensor, check_finite, check_int, check_real
 from widenet._version import __version__
 from widenet.architectures import DEFAULT_TILE as ENGINE_TILE
 from widenet.architectures import MLP
-from widenet.kernels import _check_finite_result, _check_tile, _resolve_get, tile_grid
+from widenet.kernels import check_finite_result as _check_finite_result
+from widenet.kernels import check_tile as _check_tile
+from widenet.kernels import resolve_get as _resolve_get
+from widenet.kernels import tile_grid
 
 __all__ = [
     "FORMAT",
@@ -1182,7 +1185,7 @@ def kernel_ridge(
         ValueError: the kernel plus ridge is not positive definite (Cholesky fails, or CG meets
             a direction of non-positive curvature), or CG did not converge in maxiter.
     """
-    from widenet.empirical import _memory_limit
+    from widenet.empirical import memory_limit as _memory_limit
 
     store = _square_store(store, which)
     n = store.shape[0]
@@ -1328,7 +1331,8 @@ def gradient_flow_mse(
     """
     from scipy.sparse.linalg import LinearOperator, eigsh
 
-    from widenet.dynamics import _check_loss, _times
+    from widenet.dynamics import check_loss as _check_loss
+    from widenet.dynamics import check_times as _times
 
     store = _square_store(store, which)
     n = store.shape[0]

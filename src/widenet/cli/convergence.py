@@ -53,8 +53,7 @@ def _du_problem(data, n, dim, data_seed, standardize, labels, label_seed, non_un
 
     from widenet import convergence as cv
     from widenet import io
-    from widenet.data import DATASETS, load_dataset
-    from widenet.experiments._common import parity_targets
+    from widenet.data import DATASETS, load_dataset, parity_targets
 
     if data == "sphere":
         if n is None:

@@ -196,8 +196,7 @@ def random_features_cmd(
     import torch
 
     from widenet import io
-    from widenet.experiments.double_descent import feature_counts
-    from widenet.random_features import sweep
+    from widenet.random_features import feature_counts, sweep
 
     try:
         io.check_suffix(out_, (".json",))
