@@ -148,3 +148,42 @@ def test_du_bounds_against_the_explicit_gram_matrices():
     assert rows["lambda_min_h0"] == pytest.approx(ev[0], rel=1e-9, abs=1e-12)
     assert rows["lambda_max_h0"] == pytest.approx(ev[-1], rel=1e-9)
     assert rows["width_over_bound"] == pytest.approx(300 / rows["width_bound"], rel=1e-12)
+
+
+def test_label_shift_from_classifier_with_a_perfect_black_box():
+    """Separable classes make the fitted classifier exact, so C_hat is diagonal and BBSE's
+    weights must be the ratio of the target's and the held-out source's class frequencies,
+    counted here directly."""
+    from sklearn.linear_model import LogisticRegression
+
+    from widenet import shift
+
+    rng = np.random.default_rng(0)
+    ys = np.repeat([0, 1, 2], [100, 100, 100])
+    yt = np.repeat([0, 1, 2], [30, 60, 90])
+    centres = np.eye(3) * 20.0
+
+    def points(y):
+        return centres[y] + 0.1 * rng.standard_normal((len(y), 3))
+
+    xs, xt = points(ys), points(yt)
+    res = shift.label_shift_from_classifier(
+        LogisticRegression(max_iter=1000), xs, ys, xt, holdout=0.5, seed=1
+    )
+    perm = np.random.default_rng(1).permutation(300)
+    held = ys[perm[:150]]
+    p = np.bincount(held, minlength=3) / 150
+    q = np.bincount(yt, minlength=3) / len(yt)
+    np.testing.assert_allclose(res.estimate.confusion, np.diag(p), atol=1e-12)
+    np.testing.assert_allclose(res.estimate.weights, q / p, rtol=1e-10)
+    # The shift test: Pearson's chi2 of the 2 x k table of predicted-label counts (scipy).
+    from scipy.stats import chi2_contingency
+
+    table = [np.bincount(held, minlength=3), np.bincount(yt, minlength=3)]
+    ref = chi2_contingency(table, correction=False)
+    assert res.test.statistic == pytest.approx(ref.statistic, rel=1e-10)
+    assert res.test.p_value == pytest.approx(ref.pvalue, rel=1e-8)
+    summary = res.summary()
+    assert summary["test"]["method"] == "chi2" and len(summary["confusion"]) == 3
+    with pytest.raises(ValueError, match="holdout"):
+        shift.label_shift_from_classifier(LogisticRegression(), xs, ys, xt, holdout=1.0)
