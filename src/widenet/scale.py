@@ -882,22 +882,46 @@ def _client(scheduler):
 
 
 def local_cluster(workers: int = 2, *, threads_per_worker: int = 1):
-    """A ``distributed.LocalCluster`` of ``workers`` processes on 127.0.0.1, no dashboards.
+    """A ``distributed.LocalCluster`` of ``workers`` processes on 127.0.0.1, no HTTP servers.
 
-    Scheduler, nannies and workers listen on the loopback interface only. Use it as a context
+    Listening: the scheduler's and each worker's and nanny's comm port (tcp, random ports),
+    all on 127.0.0.1; nothing else. In distributed (checked with 2026.8) a scheduler and every
+    worker start an HTTP server whatever ``dashboard_address`` says (``None`` means the
+    default port 8787, ``":0"`` a random port, both serving the JSON/Prometheus/health
+    routes): here they serve no routes and are stopped once up, the workers' by a worker
+    plugin that also stops the HTTP server of a worker a nanny restarts. Use it as a context
     manager and connect with ``distributed.Client(cluster)``.
     """
+    import dask
     import distributed
+    from distributed.diagnostics.plugin import WorkerPlugin
 
-    return distributed.LocalCluster(
-        n_workers=check_int(workers, "workers", minimum=1),
-        threads_per_worker=check_int(threads_per_worker, "threads_per_worker", minimum=1),
-        processes=True,
-        host="127.0.0.1",
-        dashboard_address=None,
-        worker_dashboard_address=None,
-        silence_logs=50,
-    )
+    class NoHttpServer(WorkerPlugin):
+        name = "widenet-no-http-server"
+
+        def setup(self, worker):
+            worker.http_server.stop()
+
+    no_routes = {"distributed.scheduler.http.routes": [], "distributed.worker.http.routes": []}
+    with dask.config.set(no_routes):
+        cluster = distributed.LocalCluster(
+            n_workers=check_int(workers, "workers", minimum=1),
+            threads_per_worker=check_int(threads_per_worker, "threads_per_worker", minimum=1),
+            processes=True,
+            host="127.0.0.1",
+            dashboard_address=None,
+            worker_dashboard_address=None,
+            scheduler_kwargs=dict(dashboard=False, dashboard_address="127.0.0.1:0"),
+            silence_logs=50,
+        )
+    try:
+        cluster.scheduler.http_server.stop()
+        with distributed.Client(cluster, set_as_default=False) as client:
+            client.register_plugin(NoHttpServer())
+    except BaseException:
+        cluster.close()
+        raise
+    return cluster
 
 
 # --------------------------------------------------------------------------------------------
