@@ -652,9 +652,16 @@ class KernelStore:
         try:
             block = np.asarray(self.array(which)[rows, cols])
         except (ValueError, OSError, TypeError) as err:
+            if rows.stop - rows.start > t or cols.stop - cols.start > t:
+                for i0 in range(rows.start, rows.stop, t):  # find the unreadable tile
+                    for j0 in range(cols.start, cols.stop, t):
+                        self.read(
+                            which,
+                            slice(i0, min(i0 + t, rows.stop)),
+                            slice(j0, min(j0 + t, cols.stop)),
+                        )
             raise CorruptStoreError(
-                f"{self.path}: the {which} tiles of rows {rows.start}:{rows.stop}, columns "
-                f"{cols.start}:{cols.stop} (tile {rows.start // t}, {cols.start // t}) are "
+                f"{self.path}: tile ({rows.start // t}, {cols.start // t}) of {which} is "
                 f"unreadable ({err}); {_REPAIR}"
             ) from None
         finite = np.isfinite(block)
