@@ -147,9 +147,16 @@ def _all_finite(k: torch.Tensor) -> bool:
 
 def _check_finite_result(k: torch.Tensor, what: str) -> None:
     if not _all_finite(k):
+        advice = (
+            "rescale the inputs or pass dtype=torch.float64"
+            if k.dtype != torch.float64
+            else "rescale the inputs (e.g. standardise them: the kernel scales with the inputs' "
+            "squared norms and, for deep or large-w_std networks, grows by a factor per layer) "
+            "or use fewer layers or a smaller w_std"
+        )
         raise FloatingPointError(
             f"the {what} kernel overflowed in {k.dtype} (input norms too large for this dtype); "
-            "rescale the inputs or pass dtype=torch.float64"
+            f"{advice}"
         )
 
 
