@@ -154,6 +154,11 @@ def _times(t, name: str, *, integer: bool, allow_inf: bool) -> np.ndarray:
         raise ValueError(f"{name} is empty; give at least one time")
     if integer:
         if arr.dtype == bool or not np.issubdtype(arr.dtype, np.integer):
+            if np.issubdtype(arr.dtype, np.floating) and not np.all(np.isfinite(arr)):
+                raise ValueError(
+                    f"{name} must be finite integers (numbers of steps), got {t!r}; the "
+                    "converged solution is gradient_flow_mse(..., t=math.inf)"
+                )
             if not (np.issubdtype(arr.dtype, np.floating) and np.all(arr == np.round(arr))):
                 raise ValueError(f"{name} must be integers (numbers of steps), got {t!r}")
         arr = arr.astype(np.int64)
@@ -304,7 +309,8 @@ def _refuse_contradictions(k: torch.Tensor, y: torch.Tensor, name: str, why: str
             f"(K_ii + K_jj − 2 K_ij ≤ {rel:.2g} (K_ii + K_jj)) but have different targets "
             f"({y2[i].tolist()} and {y2[j].tolist()}; {len(bad)} such pair(s)): no function "
             f"fits both, so {why} is refused; remove or merge the duplicates, or pass "
-            "diag_reg > 0 (the regularised solution averages them)"
+            "diag_reg > 0 (kernel ridge regression: its output at such an input averages the "
+            "targets)"
         )
 
 
