@@ -310,6 +310,9 @@ def test_corrupted_chunks_detected_reported_and_recomputed(tmp_path):
         scale.CorruptStoreError, match=r"C\.zarr: tile \(1, 1\) of nngp is unreadable"
     ):
         st.load("nngp")
+    # verify=False trusts the markers (no read of the done tiles): nothing is recomputed.
+    st = scale.kernel_to_zarr(ARCH, x, out=path, tile=16, verify=False)
+    assert st.written_tiles == st.repaired_tiles == ()
     # Resume: the bad tiles are recomputed, the count reported, and the store is whole again.
     st = scale.kernel_to_zarr(ARCH, x, out=path, tile=16)
     assert st.repaired_tiles == report.bad_tiles

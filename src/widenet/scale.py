@@ -31,13 +31,24 @@ benchmarks/README.md).
 Safety. The store's attributes (``attrs["widenet"]``) record the architecture (or the model's
 structure and a hash of its parameters), a SHA-256 of the inputs, shape, dtype, tile size,
 kernels and the library version. Each tile has a done marker (array ``done``, one chunk per
-tile) written only after both kernels' chunks of the tile and of its mirror were written (Zarr's
-local store writes each chunk to a temporary file and renames it, so a chunk is never seen half
-written). Running the same call again (the default ``resume=True``) recomputes only the tiles
-without a marker, after checking that the metadata match: a store made by another architecture,
-other inputs, dtype, tile or version is refused with :class:`StoreMismatchError` rather than
-mixed. Killing a run at any moment (SIGKILL, a dead Dask worker) loses at most the tiles in
-flight.
+tile) written only after both kernels' chunks of the tile and of its mirror, and their CRC32C
+checksums (array ``checksum``, computed from the tile buffers already in memory), were written
+(Zarr's local store and the O_DIRECT writer write each chunk to a temporary file and rename it,
+so a chunk is never seen half written). A new store is built under a temporary name beside its
+path (``.NAME.PID.HEX.creating``) and renamed into place, so a kill during creation leaves no
+store (the temporary of a dead process is removed by the next run). Running the same call again
+(the default ``resume=True``) checks that the metadata match (a store made by another
+architecture, other inputs, dtype, tile or version is refused with :class:`StoreMismatchError`
+rather than mixed), verifies every done tile against its checksums (``verify=True``: one read of
+the done tiles), clears the markers of bad ones and recomputes them with the unfinished ones
+(``store.repaired_tiles``). Killing a run at any moment (SIGKILL, a dead Dask worker) loses at
+most the tiles in flight; a chunk changed, truncated or lost later is found by the checksums
+(:func:`verify_store`), and a reader meeting an unreadable or non-finite tile stops with
+:class:`CorruptStoreError` naming the store and the tile. Only a directory that is a widenet
+store is ever deleted (``overwrite=True``). One writer at a time: the call holds an advisory
+``flock`` on the store's ``zarr.json`` (:class:`_StoreLock` says what holds on shared file
+systems) for its whole run, during which its threads, processes or Dask workers write under it;
+a second writer gets :class:`StoreBusyError`.
 
 Schedulers. ``"threads"`` (in-process; ``workers`` threads, default 1: torch's intra-op threads
 already use the cores), ``"processes"`` (a pool of ``workers`` spawned processes, the tiler sent
@@ -71,7 +82,8 @@ Using an existing cluster: start a scheduler and workers the usual way (``dask s
 Dask Kubernetes operator's ``KubeCluster``), make the store path visible to every worker (a
 shared file system mounted at the same path), and pass ``scheduler=cluster.scheduler_address``
 or a ``Client`` (CLI: ``--scheduler tcp://host:8786``). widenet itself never opens a port; the
-test suite's and the benchmark's clusters (:func:`local_cluster`) listen on 127.0.0.1 only.
+test suite's and the benchmark's clusters (:func:`local_cluster`) listen on 127.0.0.1 only, with no
+HTTP server.
 
 Measured (2-core shared development machine, load average 8-14 from other jobs, so absolute
 times are inflated): the test suite's stores of 64-256 points are bit-identical to
@@ -1226,6 +1238,7 @@ def kernel_to_zarr(
     torch_threads: int | None = None,
     resume: bool = True,
     overwrite: bool = False,
+    verify: bool = True,
     progress: bool = False,
     direct_io: bool = True,
     extra_metadata: dict | None = None,
@@ -1256,7 +1269,10 @@ def kernel_to_zarr(
             "processes" with ``workers`` given, the CPU count / workers).
         resume: an existing store with the same metadata is completed (only tiles without a
             done marker are computed); False refuses an existing store.
-        overwrite: delete an existing store and start again.
+        overwrite: delete an existing store and start again (only a widenet kernel store:
+            any other directory, or a file, is refused with FileExistsError).
+        verify: on resuming, check every done tile against its recorded CRC32C checksums (one
+            read of the done tiles) and recompute the bad ones (``repaired_tiles``).
         progress: a rich progress bar with ETA over the tiles (stderr).
         direct_io: write whole chunks with O_DIRECT, bypassing the page cache, where the file
             system supports it (Linux; falls back silently per chunk otherwise); False writes
@@ -1265,11 +1281,17 @@ def kernel_to_zarr(
 
     Returns:
         The :class:`KernelStore`; ``written_tiles`` lists the (row, column) tile indices this
-        call computed.
+        call computed, ``repaired_tiles`` those among them that were marked done but failed
+        their checksums.
 
     Raises:
         StoreMismatchError: ``out`` holds a store of another computation.
-        FileExistsError: ``out`` exists and ``resume`` is False (and not ``overwrite``).
+        FileExistsError: ``out`` exists and ``resume`` is False (and not ``overwrite``); or
+            ``out`` is a file, or a non-empty directory that is not a widenet kernel store.
+        StoreBusyError: another process is writing the store.
+        ValueError: a bad argument, e.g. ``scheduler`` (checked before anything is created).
+        OSError: the Dask scheduler at the given address cannot be reached.
+        WorkerDiedError: a worker process of ``scheduler="processes"`` died; rerun to resume.
     """
     tile = _check_tile(tile)
     if x2 is x1:
@@ -1316,7 +1338,9 @@ def kernel_to_zarr(
     with contextlib.ExitStack() as stack:
         # Connect to a Dask scheduler before anything is created: a wrong address fails here.
         client = stack.enter_context(_client(scheduler)) if kind == "dask" else scheduler
-        lock, repaired = _open_for_writing(path, meta, x1.dtype, resume, overwrite, progress)
+        lock, repaired = _open_for_writing(
+            path, meta, x1.dtype, resume, overwrite, verify, progress
+        )
         stack.callback(lock.release)
         store = KernelStore(path)
         todo = store.pending()
@@ -1342,7 +1366,7 @@ def kernel_to_zarr(
     return store
 
 
-def _open_for_writing(path: Path, meta, dtype, resume, overwrite, progress):
+def _open_for_writing(path: Path, meta, dtype, resume, overwrite, verify, progress):
     """(held lock, tiles found bad and marked undone) for a new, overwritten or resumed store.
 
     Only a widenet kernel store is ever deleted (``overwrite``) or resumed; any other
@@ -1380,7 +1404,7 @@ def _open_for_writing(path: Path, meta, dtype, resume, overwrite, progress):
             marked = [
                 (r.start // store.tile, c.start // store.tile)
                 for r, c in store.grid()
-                if done[r.start // store.tile, c.start // store.tile]
+                if verify and done[r.start // store.tile, c.start // store.tile]
             ]
             with _progress(len(marked), f"verifying {path.name}", progress) as advance:
                 bad = _check_tiles(store, marked, advance)
