@@ -481,3 +481,22 @@ def test_cuda_matches_cpu(arch):
     torch.testing.assert_close(gpu.ntk.cpu(), cpu.ntk, rtol=1e-10, atol=1e-12)
     net = arch.network(in_shape=(2, 5, 4), width=8, seed=0, device="cuda")
     assert net(x.float().cuda()).device.type == "cuda"
+
+
+# --- 8. every consumer of an architecture takes any architecture ------------------------------
+
+
+@pytest.mark.parametrize("symmetric", [True, False], ids=["symmetric", "cross"])
+def test_kernel_to_zarr_of_a_cnn_equals_kernel(tmp_path, symmetric):
+    pytest.importorskip("zarr")
+    from widenet import scale
+
+    x1 = _images(13, dtype=torch.float32)
+    x2 = None if symmetric else _images(6, seed=1, dtype=torch.float32)
+    st = scale.kernel_to_zarr(GAP, x1, x2, out=tmp_path / "K.zarr", tile=8, block=4)
+    k = GAP.kernel(x1, x2, tile=4)
+    # The store is assembled from the same tiler calls as kernel(tile=block): the same bits.
+    assert torch.equal(st.load("nngp", dtype=torch.float32), k.nngp)
+    assert torch.equal(st.load("ntk", dtype=torch.float32), k.ntk)
+    assert st.meta["architecture"]["kind"] == "serial"
+    assert st.meta["architecture"]["layers"] == GAP.spec()
