@@ -125,7 +125,7 @@ except ImportError:  # pragma: no cover - not POSIX: no writer lock
 from widenet._checks import as_tensor, check_finite, check_int, check_real
 from widenet._version import __version__
 from widenet.architectures import DEFAULT_TILE as ENGINE_TILE
-from widenet.architectures import MLP
+from widenet.architectures import MLP, Architecture
 from widenet.kernels import check_finite_result as _check_finite_result
 from widenet.kernels import check_tile as _check_tile
 from widenet.kernels import resolve_get as _resolve_get
@@ -344,7 +344,9 @@ class _EmpiricalSource:
         return {"ntk": theta}
 
 
-def _arch_metadata(arch: MLP, width) -> dict:
+def _arch_metadata(arch: Architecture, width) -> dict:
+    if not isinstance(arch, MLP):
+        return dict(kind="serial", layers=arch.spec(), width=width)
     act = arch.activation
     return dict(
         kind="mlp",
@@ -386,7 +388,7 @@ def _block_size(block, tile: int) -> int:
 
 def _make_source(kernel, x1, x2, *, get, dtype, width, tile, block, ntk_options):
     """(source, x1, x2, gets, architecture metadata) for an MLP or a torch model."""
-    if isinstance(kernel, MLP):
+    if isinstance(kernel, Architecture):
         need_nngp, need_ntk = _resolve_get(get)
         if ntk_options:
             raise ValueError(
