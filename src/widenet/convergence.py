@@ -66,7 +66,14 @@ import torch
 from torch import nn
 
 from widenet import dynamics
-from widenet._checks import as_tensor, check_finite, check_inputs, check_int, check_real
+from widenet._checks import (
+    as_tensor,
+    check_device,
+    check_finite,
+    check_inputs,
+    check_int,
+    check_real,
+)
 from widenet.kernels import h_infinity
 
 __all__ = [
@@ -134,6 +141,7 @@ class TwoLayerReLU(nn.Module):
         super().__init__()
         in_dim = check_int(in_dim, "in_dim", minimum=1)
         width = check_int(width, "width", minimum=1)
+        device = None if device is None else check_device(device)
         if antisymmetric and width % 2:
             raise ValueError(f"antisymmetric initialisation needs an even width, got {width}")
         if generator is None:
@@ -270,7 +278,19 @@ def lambda0(x, *, h_inf: torch.Tensor | None = None) -> float:
             "lambda0 = 0, and Du et al.'s Theorem 3.1 (no two inputs parallel) fails; remove "
             "duplicated directions"
         )
-    h = gram_infinity(x) if h_inf is None else h_inf.to(_F64)
+    if h_inf is None:
+        h = gram_infinity(x)
+    else:
+        h = as_tensor(h_inf, "h_inf", dtype=_F64)
+        n = x.shape[0]
+        if h.shape != (n, n):
+            raise ValueError(
+                f"h_inf must be H-infinity of x, shape ({n}, {n}) for the {n} rows of x, got "
+                f"{tuple(h.shape)}"
+            )
+        check_finite(h, "h_inf")
+        if not torch.allclose(h, h.T, rtol=1e-10, atol=0.0):
+            raise ValueError("h_inf must be symmetric (H-infinity is a Gram matrix)")
     ev = torch.linalg.eigvalsh(h)
     lam, lmax = float(ev[0]), float(ev[-1])
     tol = h.shape[0] * torch.finfo(_F64).eps * max(lmax, 1e-300)

@@ -42,6 +42,7 @@ __all__ = [
     "GaussianPrediction",
     "InfiniteWidthPrediction",
     "Prediction",
+    "coinciding_pairs",
     "critical_learning_rate",
     "gp_ensemble_mse",
     "gradient_descent_mse",
@@ -155,6 +156,11 @@ def _times(t, name: str, *, integer: bool, allow_inf: bool) -> np.ndarray:
         raise ValueError(f"{name} is empty; give at least one time")
     if integer:
         if arr.dtype == bool or not np.issubdtype(arr.dtype, np.integer):
+            if np.issubdtype(arr.dtype, np.floating) and not np.all(np.isfinite(arr)):
+                raise ValueError(
+                    f"{name} must be finite integers (numbers of steps), got {t!r}; the "
+                    "converged solution is gradient_flow_mse(..., t=math.inf)"
+                )
             if not (np.issubdtype(arr.dtype, np.floating) and np.all(arr == np.round(arr))):
                 raise ValueError(f"{name} must be integers (numbers of steps), got {t!r}")
         arr = arr.astype(np.int64)
@@ -270,7 +276,49 @@ def _eig(k: torch.Tensor, name: str, diag_reg: float, *, vectors: bool = True) -
     return _Eig(values, lmax, tol, vectors=full, reflectors=reflectors, tridiagonal=s)
 
 
-def _require_invertible(e: _Eig, name: str, why: str) -> None:
+def coinciding_pairs(k: torch.Tensor, rel: float | None = None) -> torch.Tensor:
+    r"""(m, 2) indices i < j of training points that coincide in the kernel's feature space
+    to its rounding level: ||φ(x_i) − φ(x_j)||² = K_ii + K_jj − 2 K_ij ≤ rel (K_ii + K_jj).
+
+    ``rel`` defaults to 8 √eps of k's dtype, the rounding level of a computed kernel for
+    (near-)identical inputs: an eps-sized error in a correlation ρ ≈ 1 becomes √eps in the
+    arc-cosine kernels (θ = arccos ρ ≈ √(2 (1 − ρ))), so the rows of two identical inputs can
+    differ by that much (measured 1.7e-8 relative in float64, 9e-4 in float32, ReLU depth 10,
+    d = 500, before :func:`widenet.kernels.duplicate_ids` made such rows bit-identical).
+    """
+    if rel is None:
+        rel = 8.0 * math.sqrt(torch.finfo(k.dtype).eps)
+    k = k.detach().to(_F64)
+    d = k.diagonal()
+    dist = d[:, None] + d[None, :] - (k + k.T)
+    close = dist <= rel * (d[:, None] + d[None, :]).abs()
+    return torch.nonzero(torch.triu(close, diagonal=1))
+
+
+def _refuse_contradictions(k: torch.Tensor, y: torch.Tensor, name: str, why: str) -> None:
+    """Identical inputs (to the kernel's rounding level) with different targets: no function
+    interpolates them, and an inverse would return different outputs for one input."""
+    rel = 8.0 * math.sqrt(torch.finfo(k.dtype).eps)
+    pairs = coinciding_pairs(k, rel)
+    if not len(pairs):
+        return
+    y2 = y.reshape(y.shape[0], -1)
+    bad = [(int(i), int(j)) for i, j in pairs.tolist() if not torch.equal(y2[i], y2[j])]
+    if bad:
+        i, j = bad[0]
+        raise ValueError(
+            f"{name}: training points {i} and {j} are identical to the kernel's rounding level "
+            f"(K_ii + K_jj − 2 K_ij ≤ {rel:.2g} (K_ii + K_jj)) but have different targets "
+            f"({y2[i].tolist()} and {y2[j].tolist()}; {len(bad)} such pair(s)): no function "
+            f"fits both, so {why} is refused; remove or merge the duplicates, or pass "
+            "diag_reg > 0 (kernel ridge regression: its output at such an input averages the "
+            "targets)"
+        )
+
+
+def _require_invertible(e: _Eig, name: str, why: str, k=None, y=None, reg: float = 0.0) -> None:
+    if k is not None and y is not None and not reg:
+        _refuse_contradictions(k, y, name, why)
     lmin = float(e.values.min())
     if lmin <= e.tol:
         raise ValueError(
@@ -412,9 +460,11 @@ def gradient_flow_mse(
         ntk_train_train, y_train, ntk_test_train, f0_train, f0_test, learning_rate, loss
     )
     times = _times(t, "t", integer=False, allow_inf=True)
-    e = _eig(k, "ntk_train_train", _check_reg(diag_reg))
+    reg = _check_reg(diag_reg)
+    e = _eig(k, "ntk_train_train", reg)
     if np.any(np.isinf(times)):
-        _require_invertible(e, "ntk_train_train", "t = inf (the converged solution)")
+        why = "t = inf (the converged solution)"
+        _require_invertible(e, "ntk_train_train", why, k, y, reg)
     decay, g = _flow_factors(e.values, times, lr / _scale(loss, y), e.tol)
     return _predict(e, decay, g, y, f0, k_test, f0t, dtype, device)
 
@@ -565,7 +615,7 @@ def gp_ensemble_mse(
 
     e = _eig(ntk, "ntk_train_train", reg)
     if np.any(np.isinf(times)):
-        _require_invertible(e, "ntk_train_train", "t = inf")
+        _require_invertible(e, "ntk_train_train", "t = inf", ntk, y, reg)
     _eig(nngp, "nngp_train_train", reg, vectors=False)  # PSD check only
     k_xx = nngp.to(device=device, dtype=_F64)
     k_xx = 0.5 * (k_xx + k_xx.T) + reg * torch.eye(n, dtype=_F64, device=device)

@@ -39,7 +39,14 @@ import torch
 from torch import nn
 from torch.func import functional_call, grad, jvp
 
-from widenet._checks import as_tensor, check_finite, check_inputs, check_int, check_real
+from widenet._checks import (
+    as_tensor,
+    check_finite,
+    check_in_features,
+    check_inputs,
+    check_int,
+    check_real,
+)
 from widenet.empirical import quiet_jit_deprecation as _quiet_jit_deprecation
 
 __all__ = [
@@ -120,6 +127,7 @@ def with_parameters(model, theta) -> nn.Module:
 def _data(model: nn.Module, x, y, dtype):
     device = next(model.parameters()).device
     x = check_inputs(x, "x", dtype=dtype, device=device)
+    check_in_features(model, x, "x")
     y = as_tensor(y, "y", dtype=dtype, device=device)
     if y.ndim == 1:
         y = y[:, None]
