@@ -451,10 +451,6 @@ def test_the_payload_does_run_when_unpickled(tmp_path):
 
 
 def test_verify_store_exit_status(files, tmp_path):
-    from widenet import scale
-
-    if not hasattr(scale, "verify_store"):
-        pytest.skip("kernel stores without checksums (scale.verify_store) on this branch")
     store = tmp_path / "V.zarr"
     x = files["dir"] / "x.npy"
     r = _invoke("kernel", "--data", x, "--depth", "1", "--tile", "8", "--out", store)
