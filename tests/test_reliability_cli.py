@@ -466,3 +466,19 @@ def test_verify_store_exit_status(files, tmp_path):
     assert "1 bad" in bad.output
     missing = _invoke("verify", tmp_path / "nothing.zarr")
     assert missing.exit_code == 2
+
+
+@pytest.mark.parametrize(
+    "line",
+    [
+        ["du-bounds", "--data", "sphere", "--n", "-5"],
+        ["du-bounds", "--data", "iris", "--n", "0"],
+        ["signal", "--data", "iris", "--n", "-1"],
+        ["predict", "--train", "iris", "--test", "iris", "--n-train", "-3", "--out", "OUT.npz"],
+    ],
+    ids=lambda line: " ".join(line[:2]),
+)
+def test_n_is_checked_in_every_command(tmp_path, line):
+    args = [tmp_path / a if a.startswith("OUT") else a for a in line]
+    result = _invoke(*args)
+    assert result.exit_code == 2 and "--n" in result.output, result.output

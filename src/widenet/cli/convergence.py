@@ -58,6 +58,8 @@ def _du_problem(data, n, dim, data_seed, standardize, labels, label_seed, non_un
     if data == "sphere":
         if n is None:
             raise ValueError("--n is required for --data sphere")
+        if n < 1:
+            raise ValueError(f"--n must be an integer >= 1, got {n}")
         x, raw = load_dataset("sphere", n=n, seed=data_seed, dim=dim, dtype=torch.float64)
     else:
         x = io.load_inputs(data, n, seed=data_seed, standardize=standardize)
