@@ -482,3 +482,23 @@ def test_n_is_checked_in_every_command(tmp_path, line):
     args = [tmp_path / a if a.startswith("OUT") else a for a in line]
     result = _invoke(*args)
     assert result.exit_code == 2 and "--n" in result.output, result.output
+
+
+def test_signal_reads_a_weights_file_as_the_same_network(files, tmp_path):
+    """--model WEIGHTS builds the network from the file's shapes and --activation: its report
+    equals the library's on the original network (the file round-trips exactly)."""
+    import json
+
+    import widenet as wn
+    from widenet import io, networks
+
+    path = files["dir"] / "m.safetensors"
+    out = tmp_path / "s.json"
+    result = _invoke("signal", "--model", path, "--data", files["dir"] / "x.npy", "--out", out)
+    assert result.exit_code == 0, result.output
+    net = networks.mlp_from_state_dict(io.load_state_dict(path), "relu")
+    x = io.load_inputs(str(files["dir"] / "x.npy"), dtype=torch.float32)
+    ref = wn.signal_propagation(net, x, seed=0, threshold=100.0)
+    got = json.loads(out.read_text())
+    np.testing.assert_allclose(got["forward_variance"], ref.forward_variance, rtol=1e-6)
+    assert got["verdict"] == ref.verdict
