@@ -77,12 +77,14 @@ from widenet._checks import (
 from widenet.kernels import h_infinity
 
 __all__ = [
+    "DuRun",
     "GD_DRIFT_FACTOR",
     "TrackResult",
     "TwoLayerReLU",
     "WidthBound",
     "activation_pattern",
     "drift_bound",
+    "du_training_run",
     "flow_envelope",
     "gram",
     "gram_infinity",
@@ -688,3 +690,113 @@ def track(
         fit_steps=tuple(int(v) for v in fit),
         seconds=seconds,
     )
+
+
+@dataclass(frozen=True)
+class DuRun:
+    """What :func:`du_training_run` returns: the tracked run and its kernel comparison.
+
+    ``arrays`` holds per-step records (``loss``, ``pattern_change``, ``max_distance``,
+    ``gram_steps``, ``gram_change``, ``gram_lambda_min``, ``labels`` and, with ``kernel=True``,
+    the trained ``outputs`` u(k) and the closed-form predictions ``kernel_hinf``/``kernel_h0``);
+    ``summary`` the scalars (η, λ0, rates, drift bounds, final loss and, with ``kernel=True``,
+    ``prediction_gap_hinf``/``prediction_gap_h0`` = max_k ‖u(k) − u_H(k)‖ / ‖y − u(0)‖).
+    """
+
+    track: TrackResult
+    arrays: dict
+    summary: dict
+
+
+def du_training_run(
+    x,
+    y,
+    width: int,
+    epochs: int,
+    *,
+    step_size: float | None = None,
+    step_size_scale: float = 0.25,
+    antisymmetric: bool = False,
+    gram_every: int = 1,
+    kernel: bool = True,
+    allow_divergent: bool = False,
+    non_unit: str = "normalize",
+    seed: int = 0,
+    dtype: torch.dtype = torch.float32,
+    progress: Callable | None = None,
+) -> DuRun:
+    """Train Du et al.'s two-layer ReLU network by full-batch GD and compare with the theory.
+
+    The step size is ``step_size`` or ``step_size_scale`` × the critical rate
+    2/(λ_min + λ_max) of H^∞ (:func:`widenet.dynamics.critical_learning_rate`, loss
+    ½Σ(f − y)²); :func:`track` records the run; with ``kernel=True`` the outputs are compared
+    at every step with the kernel predictions u(k) = y − (I − η H)^k (y − u(0)) for H = H^∞
+    and H = H(0) (:func:`kernel_prediction`; Du, Zhai, Poczos, Singh 2019, ICLR, arXiv:1810.02054).
+    ``x`` (n, d) float64 unit-norm inputs, ``y`` (n,) labels; the network is built in ``dtype``
+    with ``seed``.
+    """
+    x = torch.as_tensor(x)
+    y = torch.as_tensor(y)
+    h_inf = gram_infinity(x)
+    lam0 = lambda0(x, h_inf=h_inf)
+    eta = step_size
+    if eta is None:
+        eta = step_size_scale * dynamics.critical_learning_rate(h_inf, loss="sum")
+    net = TwoLayerReLU(x.shape[1], width, antisymmetric=antisymmetric, seed=seed, dtype=dtype)
+    xd, yd = x.to(dtype), y.to(dtype)
+    u0 = net(xd).detach().double()
+    h0 = gram(net, xd) if kernel else None
+    steps = list(range(epochs + 1)) if kernel else None
+    res = track(
+        net,
+        xd,
+        yd,
+        epochs,
+        eta,
+        gram_every=gram_every,
+        output_steps=steps,
+        lambda0_value=lam0,
+        non_unit=non_unit,
+        allow_divergent=allow_divergent,
+        progress=progress,
+    )
+    arrays = {
+        "loss": res.loss,
+        "pattern_change": res.pattern_change,
+        "max_distance": res.max_distance,
+        "gram_steps": res.gram_steps,
+        "gram_change": res.gram_change,
+        "gram_lambda_min": res.gram_lambda_min,
+        "labels": y.numpy(),
+    }
+    if kernel:
+        arrays["outputs"] = res.outputs
+        arrays["kernel_hinf"] = kernel_prediction(h_inf, y, steps, eta, u0=u0).numpy()
+        arrays["kernel_h0"] = kernel_prediction(h0, y, steps, eta, u0=u0).numpy()
+    summary = {
+        "n": int(x.shape[0]),
+        "d": int(x.shape[1]),
+        "width": width,
+        "epochs": epochs,
+        "step_size": eta,
+        "lambda0": lam0,
+        "lambda_min_h0": res.lambda_min_h0,
+        "lambda_max_h0": res.lambda_max_h0,
+        "final_loss": float(res.loss[-1]),
+        "final_relative_error": float(res.relative_error[-1]),
+        "pattern_change": float(res.pattern_change[-1]),
+        "max_distance": float(res.max_distance[-1]),
+        "measured_rate": res.measured_rate,
+        "predicted_rate": res.predicted_rate,
+        "kernel_rate_hinf": res.kernel_rate_hinf,
+        "kernel_rate_h0": res.kernel_rate_h0,
+        "drift_bound": res.drift_bound,
+        "flow_drift_bound": res.flow_drift_bound,
+        "seconds": res.seconds,
+    }
+    if kernel:
+        scale = float(np.linalg.norm(arrays["labels"] - u0.numpy()))
+        for key in ("kernel_hinf", "kernel_h0"):
+            gap = np.linalg.norm(res.outputs - arrays[key], axis=1).max() / scale
+            summary[f"prediction_gap_{key[7:]}"] = float(gap)
+    return DuRun(res, arrays, summary)

@@ -40,12 +40,14 @@ from widenet._checks import as_tensor, check_finite, check_real
 __all__ = [
     "LOSSES",
     "GaussianPrediction",
+    "InfiniteWidthPrediction",
     "Prediction",
     "coinciding_pairs",
     "critical_learning_rate",
     "gp_ensemble_mse",
     "gradient_descent_mse",
     "gradient_flow_mse",
+    "infinite_width_predict",
     "max_learning_rate",
     "nngp_posterior",
     "ode_dynamics",
@@ -807,3 +809,93 @@ def ode_dynamics(
     out = torch.from_numpy(states).reshape((len(times),) + shape).to(dtype=dtype, device=device)
     test = out[:, n:] if k_test is not None else None
     return Prediction(out[:, :n], test)
+
+
+@dataclass(frozen=True)
+class InfiniteWidthPrediction:
+    """What :func:`infinite_width_predict` returns (numpy-free: tensors on the inputs' device).
+
+    ``train_mean`` (T, n, k) and ``test_mean`` (T, m, k) are the ensemble-mean outputs at each
+    time; ``test_variance`` (T, m) the per-point predictive variance of the ensemble over
+    initialisations (None unless ``variance=True``); ``seconds`` the wall time of the kernels
+    and of the dynamics.
+    """
+
+    times: torch.Tensor
+    train_mean: torch.Tensor
+    test_mean: torch.Tensor
+    test_variance: torch.Tensor | None
+    seconds: dict
+
+
+def infinite_width_predict(
+    arch,
+    x_train,
+    y_train,
+    x_test,
+    times,
+    *,
+    kernel: str = "ntk",
+    learning_rate: float = 1.0,
+    diag_reg: float = 0.0,
+    variance: bool = True,
+) -> InfiniteWidthPrediction:
+    """Closed-form predictions of the infinite-width network ``arch`` trained by gradient flow on
+    the MSE loss ``L = 1/(2N) Σ (f − y)²`` (N = ``y_train.numel()``), from f₀ = 0.
+
+    The chain: the infinite-width kernels of ``arch`` (a :class:`widenet.MLP`) on the train and
+    test points, then :func:`gradient_flow_mse` with the chosen kernel Θ (``"ntk"``: gradient
+    descent on every layer; ``"nngp"``: on the readout only),
+
+        f_test(t) = Θ(x, X) Θ(X, X)⁻¹ (I − e^{−η Θ(X, X) t / N}) y,
+
+    and, with ``variance=True``, the per-point variance of the Gaussian process that the
+    ensemble of trained networks follows (:func:`gp_ensemble_mse`; Lee et al. 2019, eqs. 15–16),
+    which needs a (T, m, m) buffer. ``times`` may hold ``inf`` (the converged network).
+
+    Lee, Xiao, Schoenholz, Bahri, Novak, Sohl-Dickstein, Pennington (2019). Wide Neural Networks
+    of Any Depth Evolve as Linear Models Under Gradient Descent. NeurIPS. arXiv:1902.06720.
+    """
+    import time
+
+    if kernel not in ("ntk", "nngp"):
+        raise ValueError(f"kernel must be ntk or nngp, got {kernel!r}")
+    if not learning_rate > 0:
+        raise ValueError(f"learning_rate must be > 0, got {learning_rate}")
+    if not diag_reg >= 0:
+        raise ValueError(f"diag_reg must be >= 0, got {diag_reg}")
+    xtr, xte = torch.as_tensor(x_train), torch.as_tensor(x_test)
+    yt = torch.as_tensor(y_train)
+    if yt.ndim == 1:
+        yt = yt[:, None]
+    t0 = time.perf_counter()
+    k_tt = arch.kernel(xtr)
+    k_xt = arch.kernel(xte, xtr)
+    k_xx = arch.kernel(xte, get="nngp") if variance else None
+    kernel_seconds = time.perf_counter() - t0
+    t = torch.as_tensor(np.asarray(times, dtype=np.float64))
+    opts = dict(learning_rate=learning_rate, loss="mean", diag_reg=diag_reg)
+    theta_tt = k_tt.ntk if kernel == "ntk" else k_tt.nngp
+    theta_xt = k_xt.ntk if kernel == "ntk" else k_xt.nngp
+    t0 = time.perf_counter()
+    flow = gradient_flow_mse(
+        theta_tt,
+        yt,
+        t,
+        ntk_test_train=theta_xt,
+        f0_train=torch.zeros_like(yt),
+        f0_test=torch.zeros(len(xte), yt.shape[1], dtype=yt.dtype),
+        **opts,
+    )
+    test_variance = None
+    if variance:
+        gp = gp_ensemble_mse(k_tt.nngp, theta_tt, k_xt.nngp, theta_xt, k_xx.nngp, yt, t, **opts)
+        test_variance = torch.diagonal(gp.covariance, dim1=-2, dim2=-1).clone()
+        del gp
+    seconds = dict(kernels=kernel_seconds, dynamics=time.perf_counter() - t0)
+    return InfiniteWidthPrediction(t, flow.train, flow.test, test_variance, seconds)
+
+
+# Public names of the argument checks that widenet.scale's streamed solvers share.
+check_loss = _check_loss
+check_times = _times

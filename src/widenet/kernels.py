@@ -345,3 +345,9 @@ def h_infinity(x1, x2=None) -> torch.Tensor:
             g.diagonal().copy_(q1)
         rho, _ = correlation(q1[:, None], g, q2[None, :])
         return g * (math.pi - torch.arccos(rho)) / (2.0 * math.pi)
+
+
+# Public names of the checks that widenet.scale shares with the in-memory engine.
+check_finite_result = _check_finite_result
+check_tile = _check_tile
+resolve_get = _resolve_get

@@ -125,8 +125,11 @@ except ImportError:  # pragma: no cover - not POSIX: no writer lock
 from widenet._checks import as_tensor, check_finite, check_int, check_real
 from widenet._version import __version__
 from widenet.architectures import DEFAULT_TILE as ENGINE_TILE
-from widenet.architectures import MLP
-from widenet.kernels import _check_finite_result, _check_tile, _resolve_get, tile_grid
+from widenet.architectures import MLP, Architecture
+from widenet.kernels import check_finite_result as _check_finite_result
+from widenet.kernels import check_tile as _check_tile
+from widenet.kernels import resolve_get as _resolve_get
+from widenet.kernels import tile_grid
 
 __all__ = [
     "FORMAT",
@@ -343,7 +346,9 @@ class _EmpiricalSource:
         return {"ntk": theta}
 
 
-def _arch_metadata(arch: MLP, width) -> dict:
+def _arch_metadata(arch: Architecture, width) -> dict:
+    if not isinstance(arch, MLP):
+        return dict(kind="serial", layers=arch.spec(), width=width)
     act = arch.activation
     return dict(
         kind="mlp",
@@ -385,7 +390,7 @@ def _block_size(block, tile: int) -> int:
 
 def _make_source(kernel, x1, x2, *, get, dtype, width, tile, block, ntk_options):
     """(source, x1, x2, gets, architecture metadata) for an MLP or a torch model."""
-    if isinstance(kernel, MLP):
+    if isinstance(kernel, Architecture):
         need_nngp, need_ntk = _resolve_get(get)
         if ntk_options:
             raise ValueError(
@@ -1667,7 +1672,7 @@ def kernel_ridge(
         ValueError: the kernel plus ridge is not positive definite (Cholesky fails, or CG meets
             a direction of non-positive curvature), or CG did not converge in maxiter.
     """
-    from widenet.empirical import _memory_limit
+    from widenet.empirical import memory_limit as _memory_limit
 
     store = _square_store(store, which)
     n = store.shape[0]
@@ -1813,7 +1818,8 @@ def gradient_flow_mse(
     """
     from scipy.sparse.linalg import LinearOperator, eigsh
 
-    from widenet.dynamics import _check_loss, _times
+    from widenet.dynamics import check_loss as _check_loss
+    from widenet.dynamics import check_times as _times
 
     store = _square_store(store, which)
     n = store.shape[0]

@@ -120,6 +120,10 @@ def _labels(y, name: str, n: int | None = None) -> np.ndarray:
     return y.astype(np.int64)
 
 
+# The public name (the command line validates label files with it).
+class_labels = _labels
+
+
 def _classes(classes, *label_sets) -> np.ndarray:
     if classes is None:
         return np.unique(np.concatenate(label_sets))
