@@ -89,7 +89,10 @@ Measured (2-core shared development machine, load average 8-14 from other jobs, 
 times are inflated): the test suite's stores of 64-256 points are bit-identical to
 ``arch.kernel(x, tile=...)``; a writer SIGKILLed once 5 or more of its 78 tiles were done and
 then rerun computed exactly the missing ones (tests/test_scale.py); a Dask worker SIGKILLed
-once 10 or more of 210 tiles were done lost none (tests/test_scale_dask.py). Benchmark figures
+once 10 or more of 210 tiles were done lost none (tests/test_scale_dask.py); a writer
+SIGKILLed at chosen steps of its log (during creation, inside a chunk write, between a tile's
+chunks and its checksum or marker, and again while resuming) and rerun gave a store equal bit
+for bit to an uninterrupted one (tests/test_reliability_store.py). Benchmark figures
 are in ``benchmarks/README.md`` (``benchmarks/bench_scale.py``).
 """
 
