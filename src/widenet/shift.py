@@ -59,6 +59,7 @@ probabilities. Neural Computation 14.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -81,6 +82,9 @@ __all__ = [
     "feature_shift",
     "fit_weighted",
     "fit_weighted_sklearn",
+    "LabelShiftAnalysis",
+    "analyze_label_shift",
+    "label_shift_from_classifier",
     "label_shift_test",
     "sample_with_prior",
     "tweak_one_prior",
@@ -117,6 +121,10 @@ def _labels(y, name: str, n: int | None = None) -> np.ndarray:
     elif y.dtype.kind not in "iub":
         raise ValueError(f"{name} must be integer class labels, got dtype {y.dtype}")
     return y.astype(np.int64)
+
+
+# The public name (the command line validates label files with it).
+class_labels = _labels
 
 
 def _classes(classes, *label_sets) -> np.ndarray:
@@ -262,6 +270,33 @@ def _odds_to_weights(p: np.ndarray, prior_ratio: float, name: str) -> np.ndarray
     return prior_ratio * p / (1.0 - p)
 
 
+# E_p[w] = E_p[q/p] = 1 for the true weights; a mean of the raw weights below this says the
+# source sample carries almost none of the target's mass (the domains barely overlap).
+MIN_RAW_MEAN = 0.05
+
+
+def _check_overlap(raw: np.ndarray, p: np.ndarray) -> None:
+    """Refuse weights that say the domains do not overlap; warn when they barely do."""
+    if not np.all(np.isfinite(raw)) or not raw.any():
+        raise ValueError(
+            "the domain classifier gives P(target | x) = 0 at every source point (max "
+            f"{float(np.max(p)):.3g}): the source and target domains do not overlap, so the "
+            "importance weights q(x)/p(x) are zero or undefined everywhere on the source and "
+            "no reweighting of it can represent the target. Check that x_source and x_target "
+            "describe the same features (same scaling), or use a less confident classifier"
+        )
+    mean = float(raw.mean())
+    if mean < MIN_RAW_MEAN:
+        warnings.warn(
+            f"the raw importance weights have mean {mean:.3g} over the source points, where "
+            f"E_p[q/p] = 1 (below {MIN_RAW_MEAN}): the source and target domains barely "
+            "overlap, and normalised weights near 1 would hide it; the reweighted estimates "
+            "are not reliable",
+            RuntimeWarning,
+            stacklevel=3,
+        )
+
+
 def covariate_shift_weights(
     x_source,
     x_target,
@@ -331,6 +366,7 @@ def covariate_shift_weights(
         p = cross_val_predict(clone(model), x, d, cv=cv, method="predict_proba")[: len(xs), 1]
     prior_ratio = len(xs) / len(xt)
     raw = _odds_to_weights(p, prior_ratio, "x_source")
+    _check_overlap(raw, p)
     w = raw if clip is None else np.minimum(raw, clip)
     n_clipped = 0 if clip is None else int((raw > clip).sum())
     scale = 1.0 / w.mean() if normalize else 1.0
@@ -858,3 +894,97 @@ def fit_weighted_sklearn(estimator, x, y, weights, *, clone: bool = True):
     if not has_fit_parameter(model, "sample_weight"):
         raise TypeError(f"{type(model).__name__}.fit does not accept sample_weight")
     return model.fit(xs, y, sample_weight=w)
+
+
+@dataclass(frozen=True)
+class LabelShiftAnalysis:
+    """:func:`analyze_label_shift`'s result: the BBSE estimate and the shift test."""
+
+    estimate: LabelShiftEstimate
+    test: ShiftTest
+
+    def summary(self) -> dict:
+        """A JSON-ready dict: the estimate's summary, the confusion matrix and the test."""
+        out = dict(self.estimate.summary())
+        out["confusion"] = self.estimate.confusion.tolist()
+        out["test"] = {
+            "method": self.test.method,
+            "statistic": self.test.statistic,
+            "p_value": self.test.p_value,
+            "dof": self.test.dof,
+        }
+        return out
+
+
+def analyze_label_shift(
+    source_pred,
+    source_labels,
+    target_pred,
+    *,
+    classes=None,
+    regularization: float = 0.0,
+    test: str = "chi2",
+    seed: int = 0,
+) -> LabelShiftAnalysis:
+    """Black-box shift estimation and detection from a model's predictions.
+
+    :func:`bbse` on the predictions (hard labels or probabilities) and
+    :func:`label_shift_test` of p(f(x)) = q(f(x)) on the hard predictions (the argmax of
+    probabilities), with ``test`` = ``"chi2"``, ``"g"`` or ``"permutation"`` (Lipton, Wang,
+    Smola 2018, sections 3 and 5).
+    """
+    est = bbse(
+        source_pred, source_labels, target_pred, classes=classes, regularization=regularization
+    )
+    hard = [
+        np.asarray(p) if np.asarray(p).ndim == 1 else est.classes[np.asarray(p).argmax(1)]
+        for p in (source_pred, target_pred)
+    ]
+    result = label_shift_test(*hard, classes=est.classes, method=test, seed=seed)
+    return LabelShiftAnalysis(est, result)
+
+
+def label_shift_from_classifier(
+    classifier,
+    x_source,
+    y_source,
+    x_target,
+    *,
+    holdout: float = 0.4,
+    soft: bool = False,
+    regularization: float = 0.0,
+    test: str = "chi2",
+    seed: int = 0,
+    rng: np.random.Generator | None = None,
+) -> LabelShiftAnalysis:
+    """BBSE with a black box fitted here: ``classifier`` (a scikit-learn estimator with
+    ``predict``/``predict_proba``) is fitted on a seeded random ``1 − holdout`` share of the
+    labelled source, and its predictions on the held-out source and on the target go to
+    :func:`analyze_label_shift` (probabilities with ``soft``). Lipton et al. (2018) require the
+    confusion matrix from data the model was not fitted on: hence the split. The split is
+    drawn from ``rng`` (default ``np.random.default_rng(seed)``); ``seed`` also seeds the
+    permutation test.
+    """
+    xs = _features(x_source, "x_source")
+    xt = _features(x_target, "x_target")
+    ys = _labels(y_source, "y_source", len(xs))
+    if xs.shape[1] != xt.shape[1]:
+        raise ValueError(f"x_source has {xs.shape[1]} features but x_target has {xt.shape[1]}")
+    if not 0 < holdout < 1:
+        raise ValueError(f"holdout must be in (0, 1), got {holdout}")
+    perm = (np.random.default_rng(seed) if rng is None else rng).permutation(len(xs))
+    n_ho = int(round(holdout * len(xs)))
+    if n_ho < 1 or n_ho >= len(xs):
+        raise ValueError(f"holdout (--holdout) {holdout} leaves no training or held-out points")
+    tr, ho = perm[n_ho:], perm[:n_ho]
+    model = classifier.fit(xs[tr], ys[tr])
+    classes = model.classes_
+    if soft:
+        ps, pt = model.predict_proba(xs[ho]), model.predict_proba(xt)
+        if len(classes) != len(np.unique(ys[ho])):
+            raise ValueError("soft (--soft): every class must appear in the held-out source labels")
+    else:
+        ps, pt = model.predict(xs[ho]), model.predict(xt)
+    return analyze_label_shift(
+        ps, ys[ho], pt, classes=classes, regularization=regularization, test=test, seed=seed
+    )
