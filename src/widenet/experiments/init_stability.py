@@ -223,6 +223,7 @@ def _finite(v: float) -> float | None:
     "mean-field) and trainability on digits (Glorot & Bengio 2010; He et al. 2015).",
     config=InitStabilityConfig,
     metrics=METRICS,
+    key="baseline_loss",
 )
 def run(config: InitStabilityConfig, ctx: lab.RunContext) -> dict:
     import widenet as wn

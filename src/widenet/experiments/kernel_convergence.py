@@ -114,6 +114,7 @@ def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
     "training (NTK change between n^-1/2 and n^-1).",
     config=KernelConvergenceConfig,
     metrics=METRICS,
+    key="slope",
 )
 def run(config: KernelConvergenceConfig, ctx: lab.RunContext) -> dict:
     import widenet as wn
