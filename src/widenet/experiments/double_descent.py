@@ -452,7 +452,9 @@ def _plot_sweep(ctx, res, kernel_error, kernel_mse, title, name):
         ("‖β‖ (min-norm coefficients)", None, res.coef_norm, None, "log"),
     ]
     for ax, (label, train, test, limit, yscale) in zip(axes, panels, strict=True):
-        ax.plot(counts, test, "o-", ms=3, label="test")
+        # ‖β‖ is a property of the fit, not of a data split: its legend names it.
+        what = "test" if train is not None else "‖β‖_F of the fit to the training set"
+        ax.plot(counts, test, "o-", ms=3, label=what)
         if train is not None:
             ax.plot(
                 counts,

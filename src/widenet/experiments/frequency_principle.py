@@ -325,14 +325,14 @@ def _plot_peaks(ctx, x, y, outs, epochs, errors, peaks, threshold):
         origin="lower",
         cmap="viridis",
         vmin=0.0,
-        vmax=1.0,
+        vmax=max(1.0, float(np.nanmax(errors))),  # the colour bar covers every value
         extent=(epochs[0], epochs[-1], -0.5, len(peaks) - 0.5),
         interpolation="nearest",
     )
     ax1.set_yticks(range(len(peaks)), [f"k = {int(k)}" for k in peaks])
     ax1.set_xlabel("epoch")
     ax1.set_title(f"relative error |ĥ_k − ŷ_k| / |ŷ_k| at the DFT peaks (< {threshold}: fit)")
-    fig.colorbar(im, ax=ax1)
+    fig.colorbar(im, ax=ax1, label="relative error Δ_F(k)")
     ax2.plot(x.numpy(), y.numpy(), "k-", lw=2, label="target")
     for frac in (0.05, 0.25, 1.0):
         i = min(len(epochs) - 1, int(round(frac * (len(epochs) - 1))))

@@ -62,12 +62,13 @@ from __future__ import annotations
 
 from typing import ClassVar
 
+import matplotlib.colors
 import numpy as np
 import pydantic
 
 from widenet import lab
 from widenet.experiments._common import Widths
-from widenet.report import PaperComparison, format_value
+from widenet.report import PaperComparison, format_value, text_color_for
 
 METRICS = {
     "points": "one object per grid point: gamma, gamma_prime, slope (S_w, the log-log slope of "
@@ -216,10 +217,15 @@ def _plot_heatmap(ctx, config, results):
         return np.concatenate([[2 * v[0] - mid[0]], mid, [2 * v[-1] - mid[-1]]])
 
     ex, ey = edges(gs), edges(gps)
-    # Colours saturate at |S_w| = 1 so that the sign, the point of the diagram, stays visible
-    # next to the steep slopes far in the linear regime (the numbers are written in the cells).
-    mesh = ax.pcolormesh(ex, ey, grid, cmap="coolwarm", vmin=-1.0, vmax=1.0, shading="flat")
-    fig.colorbar(mesh, ax=ax, label="slope S_w of log RD vs log m", extend="both")
+    # White at S_w = 0 and each sign on its own linear scale, so that the sign, the point of
+    # the diagram, stays visible next to the steep slopes far in the linear regime; the colour
+    # bar covers the whole range of the data (at least [-1, 1]).
+    finite = grid[np.isfinite(grid)]
+    lo = min(-1.0, float(finite.min())) if finite.size else -1.0
+    hi = max(1.0, float(finite.max())) if finite.size else 1.0
+    norm = matplotlib.colors.TwoSlopeNorm(vmin=lo, vcenter=0.0, vmax=hi)
+    mesh = ax.pcolormesh(ex, ey, grid, cmap="coolwarm", norm=norm, shading="flat")
+    fig.colorbar(mesh, ax=ax, label="slope S_w of log RD vs log m")
     for r in results:
         ax.annotate(
             f"{r['slope']:.2f}",
@@ -228,6 +234,7 @@ def _plot_heatmap(ctx, config, results):
             xytext=(0, 6),
             ha="center",
             fontsize=9,
+            color=text_color_for(mesh.cmap(norm(r["slope"]))),
         )
     _boundary(ax, ex[-1], ey[0])
     named: dict[tuple[float, float], list[str]] = {}
