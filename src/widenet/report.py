@@ -463,10 +463,11 @@ def render_doc(doc: str) -> str:
         return ""
     try:
         from docutils.core import publish_parts
+        from docutils.writers import html5_polyglot
 
         parts = publish_parts(
             source=_prepare_rst(doc),
-            writer="html5",
+            writer=html5_polyglot.Writer(),
             settings_overrides={
                 "report_level": 5,
                 "halt_level": 5,
