@@ -316,3 +316,28 @@ def test_demo_only_validation(tiny, tmp_path):
     with pytest.raises(ValueError, match="at least one"):
         lab.run_demo(tmp_path / "d", only=[])
     assert not (tmp_path / "d").exists()  # nothing ran
+
+
+def test_threads_limit_blas_pools_during_the_run_only(tiny, tmp_path):
+    from threadpoolctl import threadpool_info
+
+    def pools():
+        return {p["filepath"]: p["num_threads"] for p in threadpool_info()}
+
+    seen = {}
+
+    def probe(config, ctx):
+        seen["during"] = set(pools().values())
+        return {}
+
+    before = pools()
+    lab.register("tiny-probe", summary="x", config=TinyConfig, metrics={})(probe)
+    try:
+        lab.run_experiment("tiny-probe", quick=True, out=tmp_path / "p", threads=1)
+    finally:
+        lab.unregister("tiny-probe")
+    assert seen["during"] <= {1}
+    after = pools()
+    # Pools present before the run get their limits back (one a library loads during the run
+    # keeps the limit: its default is unknown).
+    assert {k: after[k] for k in before} == before

@@ -561,7 +561,9 @@ def run_experiment(
     force : if False and ``out`` already holds a complete run of the same experiment, config
         and seed, return that run (``result.skipped``) instead of running again.
     quiet : silence progress bars (default: quiet unless stderr is a terminal).
-    threads : torch CPU threads for this run (restored afterwards); default: torch's setting.
+    threads : torch CPU threads for this run, and the BLAS/OpenMP threads of NumPy, SciPy and
+        scikit-learn (threadpoolctl); restored afterwards (a BLAS or OpenMP library first loaded
+        during the run keeps the limit); default: the libraries' settings.
         On a busy machine, 1 can be many times faster than oversubscribed cores.
     """
     from widenet import report
@@ -594,8 +596,15 @@ def run_experiment(
     command = shlex.join([Path(sys.argv[0]).name, *sys.argv[1:]]) if sys.argv else ""
     started, t0 = _now(), time.perf_counter()
     saved_threads = torch.get_num_threads()
+    blas_limits = None
     try:
         if threads is not None:
+            # NumPy/SciPy/scikit-learn's BLAS and OpenMP pools too (restored on exit): on a busy
+            # machine their spinning threads slow the run down as torch's do. Before torch's
+            # setting, which changes torch's OpenMP pool, so that the originals are recorded.
+            from threadpoolctl import threadpool_limits
+
+            blas_limits = threadpool_limits(limits=int(threads))
             torch.set_num_threads(int(threads))
         _seed_everything(seed)
         metrics = exp.run(config, ctx)
@@ -643,6 +652,8 @@ def run_experiment(
         shutil.rmtree(staging, ignore_errors=True)
         raise
     finally:
+        if blas_limits is not None:
+            blas_limits.restore_original_limits()
         torch.set_num_threads(saved_threads)
     return result
 
