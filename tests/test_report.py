@@ -341,3 +341,14 @@ def test_threads_limit_blas_pools_during_the_run_only(tiny, tmp_path):
     # Pools present before the run get their limits back (one a library loads during the run
     # keeps the limit: its default is unknown).
     assert {k: after[k] for k in before} == before
+
+
+def test_combined_environment_shows_differences_once(tiny, tmp_path):
+    _, results = lab.run_demo(tmp_path / "demo", only=["tiny", "tiny-b"])
+    results[1].versions = {**results[1].versions, "torch": "0.0-other"}
+    html = report.render_combined(results)
+    env = next(t for t in tables(html) if t[0] == ["item", "value"])
+    torch_row = next(row for row in env if row[0] == "torch")
+    assert "0.0-other (tiny-b)" in torch_row[1] and "(tiny)" in torch_row[1]
+    python_row = next(row for row in env if row[0] == "python")
+    assert "(" not in python_row[1]  # the same for both: shown once, plainly

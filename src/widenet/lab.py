@@ -18,7 +18,7 @@ run's seed, runs the function in a staging folder and, only once it returned, wr
 
     <out>/config.yaml    resolved config, seed, quick flag, versions, command line, timings
     <out>/metrics.json   the returned dict (strict JSON: NaN/inf and unknown types refused)
-    <out>/figures/*.png  figures saved with ``ctx.save_figure``
+    <out>/figures/*.png  figures saved with ``ctx.save_figure`` (150 dpi; an SVG copy beside each)
     <out>/report.html    a self-contained report (figures inlined)
 
 and moves the staging folder into place, so an interrupted run leaves no half-written folder.

@@ -541,6 +541,23 @@ def _env_rows(result: RunResult) -> list[tuple[str, str]]:
     return [(k, str(v)) for k, v in result.versions.items()]
 
 
+def _combined_env(results: Sequence[RunResult]) -> list[tuple[str, str]]:
+    """The environment of several runs: one value per item, or each value with its runs."""
+    keys: list[str] = []
+    for r in results:
+        keys += [k for k in r.versions if k not in keys]
+    rows = []
+    for key in keys:
+        by_value: dict[str, list[str]] = {}
+        for r in results:
+            by_value.setdefault(str(r.versions.get(key, "—")), []).append(r.name)
+        if len(by_value) == 1:
+            rows.append((key, next(iter(by_value))))
+        else:
+            rows.append((key, "; ".join(f"{v} ({', '.join(n)})" for v, n in by_value.items())))
+    return rows
+
+
 def _kv_table(rows: Sequence[tuple[str, str]], headers: Sequence[str]) -> str:
     body = "".join(f'<tr><th>{_e(k)}</th><td class="val">{_e(v)}</td></tr>' for k, v in rows)
     head = "".join(f"<th>{_e(h)}</th>" for h in headers)
@@ -681,7 +698,7 @@ def render_combined(results: Sequence[RunResult], title: str = "widenet demo") -
         "<th>status</th><th>key number (this run)</th><th>reference</th><th>time</th></tr>"
         f"</thead><tbody>{''.join(rows)}</tbody></table></div>"
     )
-    env_rows: list[tuple[str, str]] = _env_rows(results[0]) if results else []
+    env_rows = _combined_env(results)
     env = '<h2 id="environment">Environment</h2>\n' + _kv_table(env_rows, ("item", "value"))
     failed = sum(1 for r in results if r.error)
     header = (
