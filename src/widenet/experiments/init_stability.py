@@ -347,7 +347,9 @@ def _plot_heatmaps(ctx, config, keys, out, baseline):
             rel_top,
             config,
         )
-    fig.colorbar(im, ax=list(axes[0]), shrink=0.8)
+    # Arrows on the colour bar when log ratios beyond +-8 are clipped (their text gives them).
+    clipped = bool(finite.size) and float(finite.max()) > log_span
+    fig.colorbar(im, ax=list(axes[0]), shrink=0.8, extend="both" if clipped else "neither")
     fig.colorbar(im2, ax=list(axes[1]), shrink=0.8)
     fig.suptitle(
         f"Gradient health (top) and trainability after {config.steps} momentum GD steps "
