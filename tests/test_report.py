@@ -183,9 +183,14 @@ def tiny():
     lab.register("tiny", summary="Tiny.", config=TinyConfig, metrics=metrics, paper=tiny_paper)(
         tiny_run
     )
-    lab.register("tiny-b", summary="Tiny b.", config=TinyConfig, metrics=metrics, key="error")(
-        tiny_run
-    )
+    lab.register(
+        "tiny-b",
+        summary="Tiny b.",
+        config=TinyConfig,
+        metrics=metrics,
+        key="error",
+        reference="0.01 (theory)",
+    )(tiny_run)
     yield
     lab.unregister("tiny")
     lab.unregister("tiny-b")
@@ -222,7 +227,7 @@ def test_combined_report_structure(tiny, tmp_path):
     assert [row[0] for row in summary[1:]] == ["tiny", "tiny-b"]
     assert summary[1][2] == "error: 0.1" and "Someone (2020)" in summary[1][3]
     assert "not the paper's size" in summary[1][3]
-    assert summary[2][2] == "error: 0.1" and summary[2][3] == ""
+    assert summary[2][2] == "error: 0.1" and summary[2][3] == "0.01 (theory)"
     # Figures inline, with a link to the SVG copy beside the run.
     assert html.count("data:image/png;base64,") == 2
     assert 'href="tiny/figures/line.svg"' in html and "<script" not in html
@@ -256,6 +261,14 @@ def test_figures_are_150_dpi_png_with_svg_copy(tiny, tmp_path):
     # Deterministic: the same run gives the same bytes.
     again = lab.run_experiment("tiny", quick=True, out=tmp_path / "r2")
     assert again.figures[0].with_suffix(".svg").read_bytes() == svg.read_bytes()
+
+
+def test_comparison_key_row():
+    rows = [("a", "1", "2"), ("b", "3", "4")]
+    base = dict(reference="r", paper_conditions="p", run_conditions="q", rows=rows)
+    assert report.PaperComparison(**base).key == ("a", "1", "2")
+    assert report.PaperComparison(**base, key_row=-1).key == ("b", "3", "4")
+    assert report.PaperComparison(**{**base, "rows": []}).key is None
 
 
 def test_text_colour_follows_cell_darkness():

@@ -118,6 +118,7 @@ class Experiment:
     doc: str = ""
     paper: Callable[[Mapping[str, Any], Mapping[str, Any]], PaperComparison] | None = None
     key: str | None = None
+    reference: str | None = None
 
     def resolve(self, *, quick: bool = False, overrides=None) -> Config:
         """The config for this experiment; see :func:`resolve_config`."""
@@ -138,6 +139,7 @@ def register(
     doc: str | None = None,
     paper: Callable[[Mapping[str, Any], Mapping[str, Any]], PaperComparison] | None = None,
     key: str | None = None,
+    reference: str | None = None,
 ) -> Callable[[Callable], Callable]:
     """Decorator registering ``fn(config, ctx) -> dict`` as the experiment ``name``.
 
@@ -146,7 +148,7 @@ def register(
     else its module's. ``paper(config, metrics) -> PaperComparison`` (config and metrics as
     saved, plain JSON types) gives the report's "paper vs widenet" table for an experiment that
     reproduces a paper; ``key`` names the metric the combined report's summary shows when there
-    is no paper comparison.
+    is no paper comparison, and ``reference`` the value it is compared with (e.g. a theory's).
     """
     if key is not None and key not in metrics:
         raise ValueError(f"key {key!r} is not one of the documented metrics")
@@ -167,7 +169,15 @@ def register(
             raise ValueError(f"an experiment named {name!r} is already registered")
         text = doc or inspect.getdoc(fn) or inspect.getdoc(sys.modules.get(fn.__module__)) or ""
         _REGISTRY[name] = Experiment(
-            name, summary, config, fn, dict(metrics), text, paper=paper, key=key
+            name,
+            summary,
+            config,
+            fn,
+            dict(metrics),
+            text,
+            paper=paper,
+            key=key,
+            reference=reference,
         )
         return fn
 

@@ -58,7 +58,7 @@ table { border-collapse: collapse; margin: 6px 0 10px; font-size: .92em; }
 th, td { text-align: left; vertical-align: top; padding: 4px 12px 4px 0;
   border-bottom: 1px solid var(--line); }
 th { font-weight: 600; white-space: nowrap; }
-td.num, th.num { font-variant-numeric: tabular-nums; text-align: right; }
+td.num, th.num { font-variant-numeric: tabular-nums; text-align: right; white-space: nowrap; }
 code, pre, td.val { font-family: ui-monospace, SFMono-Regular, Menlo, Consolas, monospace;
   font-size: .9em; }
 td.val { overflow-wrap: anywhere; max-width: 640px; min-width: 6em; }
@@ -113,6 +113,7 @@ class PaperComparison:
     verdict : one line: does this run reproduce the paper's finding?
     same_size : whether this run has the paper's size; if not the report says plainly that the
         numbers are not like-for-like.
+    key_row : the row the combined report's summary table shows.
     """
 
     reference: str
@@ -121,11 +122,16 @@ class PaperComparison:
     rows: Sequence[tuple[str, str, str]] = field(default_factory=tuple)
     verdict: str = ""
     same_size: bool = False
+    key_row: int = 0
 
     @property
     def key(self) -> tuple[str, str, str] | None:
-        """The first row: the number the combined report's summary shows."""
-        return tuple(self.rows[0]) if self.rows else None
+        """Row ``key_row`` (default the first): the number the combined report's summary shows."""
+        if not self.rows:
+            return None
+        return tuple(
+            self.rows[self.key_row if -len(self.rows) <= self.key_row < len(self.rows) else 0]
+        )
 
 
 def render_comparison(comparison: PaperComparison) -> str:
@@ -654,7 +660,7 @@ def _key_number(result: RunResult, comparison: PaperComparison | None) -> tuple[
     exp = result.experiment
     key = getattr(exp, "key", None) if exp is not None else None
     if key and key in result.metrics:
-        return f"{key}: {_inline(result.metrics[key])}", ""
+        return f"{key}: {_inline(result.metrics[key])}", getattr(exp, "reference", None) or ""
     for k, v in result.metrics.items():
         if _is_number(v):
             return f"{k}: {_fmt_scalar(v)}", ""
@@ -691,7 +697,7 @@ def render_combined(results: Sequence[RunResult], title: str = "widenet demo") -
         rows.append(
             f'<tr><th><a href="#{_anchor(r.name)}">{_e(r.name)}</a></th><td>{status}</td>'
             f"<td>{_e(key)}</td><td>{_e(ref)}</td>"
-            f'<td class="num">{_e(_fmt_scalar(float(r.wall_seconds)))} s</td></tr>'
+            f'<td class="num">{float(r.wall_seconds):.1f} s</td></tr>'
         )
     summary = (
         '<h2 id="summary">Summary</h2>\n<div class="scroll"><table><thead><tr><th>experiment</th>'

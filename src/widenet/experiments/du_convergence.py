@@ -231,6 +231,7 @@ def paper_comparison(config: dict, metrics: dict) -> PaperComparison:
         rows=rows,
         verdict=verdict,
         same_size=same,
+        key_row=-2,  # the pattern-change slope: the finding the summary shows
     )
 
 

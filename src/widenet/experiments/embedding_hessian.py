@@ -179,6 +179,7 @@ def paper_comparison(config: dict, metrics: dict) -> PaperComparison:
         rows=rows,
         verdict=verdict,
         same_size=config["n"] >= 40,  # the full size of this experiment (a theorem's check)
+        key_row=-1,  # the widest network
     )
 
 

@@ -119,6 +119,7 @@ class KernelConvergenceConfig(lab.Config):
     config=KernelConvergenceConfig,
     metrics=METRICS,
     key="slope",
+    reference="-0.5 (theory: error ∝ width^-1/2)",
 )
 def run(config: KernelConvergenceConfig, ctx: lab.RunContext) -> dict:
     import widenet as wn
