@@ -514,3 +514,31 @@ def test_kernel_to_zarr_of_a_cnn_equals_kernel(tmp_path, symmetric):
     assert torch.equal(st.load("ntk", dtype=torch.float32), k.ntk)
     assert st.meta["architecture"]["kind"] == "serial"
     assert st.meta["architecture"]["layers"] == GAP.spec()
+
+
+# --- 9. duplicate inputs ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, F64])
+@pytest.mark.parametrize("arch", [GAP, VEC], ids=["gap", "vec"])
+def test_duplicate_inputs_give_equal_kernel_rows(arch, dtype):
+    # As for the MLP (test_reliability.py): a repeated input's pair entry is the diagonal's
+    # exactly (its position-diagonal is pinned to the per-input variances, so rho = 1 exactly
+    # where ReLU's arccos has infinite slope: without it the rows differ by ~sqrt(eps)), and its
+    # row is the original's to rounding (the mirrored half of a symmetric kernel sums the
+    # position pairs in the other orientation: measured <= 1 ulp), across blocks and tiles.
+    from widenet import dynamics
+
+    eps = torch.finfo(dtype).eps
+    x = _images(9, dtype=dtype)
+    x[7] = x[1]
+    for tile in (512, 4):
+        k = arch.kernel(x, tile=tile)
+        for kern in (k.nngp, k.ntk):
+            assert kern[1, 7] == kern[1, 1] == kern[7, 7]
+            torch.testing.assert_close(kern[1], kern[7], rtol=4 * eps, atol=0)
+            assert dynamics.coinciding_pairs(kern).tolist() == [[1, 7]]
+    # Across a cross kernel: a test point equal to a training point has the training row.
+    xt = torch.cat([x[2:3], _images(2, seed=5, dtype=dtype)])
+    kx = arch.kernel(xt, x)
+    torch.testing.assert_close(kx.ntk[0], arch.kernel(x).ntk[2], rtol=4 * eps, atol=0)

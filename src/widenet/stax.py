@@ -88,7 +88,7 @@ from widenet import activations as _act
 from widenet import covariance as cov
 from widenet import layers as modules
 from widenet._checks import check_int, check_real
-from widenet.kernels import Kernel, KernelTile, tile_grid
+from widenet.kernels import Kernel, KernelTile, duplicate_ids, tile_grid
 
 PARAMETERIZATIONS = modules.PARAMETERIZATIONS
 _ORDER = {"vector": 0, "diag": 1, "full": 2}
@@ -821,16 +821,26 @@ def _to_layout(k: KernelState, layout: str, batch_ndim: int) -> KernelState:
 
 
 class _Variances:
-    """Supplies (var1, var2) to layers that use variances and records them (per-point mode)."""
+    """Supplies (var1, var2) to the layers that use variances.
 
-    def __init__(self, mode: str, store1=None, store2=None, rows=None, cols=None):
-        self.mode = mode  # "self": batch (n,), x with itself; "pairs": batch (n1, n2)
+    ``mode="self"`` (batch (n,), each input with itself): reads them off the covariance and
+    records them per layer. ``mode="pairs"`` (batch (n1, n2)): reads them from the per-input
+    records ``store1``/``store2`` at ``rows``/``cols``, and *pins* the pairs ``pins = (i, j)``
+    (an input with itself or with an exact duplicate): their position-diagonal covariance is
+    set to those variances, so that rho = 1 exactly there (arccos has infinite slope at 1, so
+    a rounding-level difference would grow to ~sqrt(eps)) and a duplicate input's row is the
+    original's bit for bit.
+    """
+
+    def __init__(self, mode: str, store1=None, store2=None, rows=None, cols=None, pins=None):
+        self.mode = mode
         self.store1, self.store2 = store1, store2  # uid -> (n, *S) position-diagonal variances
         self.rows, self.cols = rows, cols
+        self.pins = pins
         self.record: dict[int, torch.Tensor] = {}
-        self.from_block = store1 is None  # pairs of a diagonal block: read them off the block
 
-    def __call__(self, step: Step, k: KernelState):
+    def __call__(self, step: Step, k: KernelState) -> KernelState:
+        """``k`` with var1, var2 set (and its pinned pairs' variances written in)."""
         d = len(k.spatial) if k.layout != "vector" else 0
         s = tuple(k.spatial) if k.layout != "vector" else ()
         if self.mode == "self":
@@ -839,17 +849,26 @@ class _Variances:
             self.record[step.uid] = v
             if k.layout == "full":
                 n = v.shape[0]
-                return v.reshape(n, *s, *(1,) * d), v.reshape(n, *(1,) * d, *s)
-            return v, v
-        if self.from_block:
-            v = torch.diagonal(k.nngp, dim1=0, dim2=1).movedim(-1, 0)
-            v1 = v2 = (v if k.layout != "full" else _pos_diag_view(v, d)).clone()
-        else:
-            v1, v2 = self.store1[step.uid][self.rows], self.store2[step.uid][self.cols]
+                return k.replace(var1=v.reshape(n, *s, *(1,) * d), var2=v.reshape(n, *(1,) * d, *s))
+            return k.replace(var1=v, var2=v)
+        v1, v2 = self.store1[step.uid][self.rows], self.store2[step.uid][self.cols]
+        if self.pins is not None:
+            i, j = self.pins
+            nngp = k.nngp if k.owned else k.nngp.clone()
+            if k.layout == "full":
+                p = math.prod(s)
+                flat = nngp.view(*nngp.shape[:2], p, p)
+                ar = torch.arange(p, device=nngp.device)
+                flat[i[:, None], j[:, None], ar, ar] = v1.reshape(-1, p)[i]
+            else:
+                nngp[i, j] = v1[i]
+            k = k.replace(nngp=nngp)  # (owned unchanged: it covers the NTK too)
         n1, n2 = v1.shape[0], v2.shape[0]
         if k.layout == "full":
-            return v1.reshape(n1, 1, *s, *(1,) * d), v2.reshape(1, n2, *(1,) * d, *s)
-        return v1.reshape(n1, 1, *s), v2.reshape(1, n2, *s)
+            return k.replace(
+                var1=v1.reshape(n1, 1, *s, *(1,) * d), var2=v2.reshape(1, n2, *(1,) * d, *s)
+            )
+        return k.replace(var1=v1.reshape(n1, 1, *s), var2=v2.reshape(1, n2, *s))
 
 
 def _pos_diag_view(k: torch.Tensor, d: int) -> torch.Tensor:
@@ -875,8 +894,7 @@ def run_steps(steps, k: KernelState, variances: _Variances, batch_ndim: int) -> 
             k = KernelState(nngp, ntk, step.out_shape, step.out_layout, True, k.need_ntk)
             continue
         if step.layer.uses_variances:
-            var1, var2 = variances(step, k)
-            k = k.replace(var1=var1, var2=var2)
+            k = variances(step, k)
         out = step.layer.kernel_map(k)
         # A layer keeps its input's layout (or gives a vector); the next step may take the
         # position-diagonal of a "full" output.
@@ -954,6 +972,9 @@ class StaxTiler:
     var2: dict
     need_ntk: bool
     block: int
+    # Duplicate inputs: equal rows of x1 and x2 share an id (None when no row repeats).
+    g1: torch.Tensor | None = None
+    g2: torch.Tensor | None = None
 
     @property
     def symmetric(self) -> bool:
@@ -965,12 +986,18 @@ class StaxTiler:
 
     def _block(self, rows: slice, cols: slice, self_pairs: bool) -> KernelState:
         xb = self.x1 if self.x2 is None else self.x2
-        if self_pairs:
-            v = _Variances("pairs")
-            k0 = input_state(self.x1[rows], None, self.plan.in_layout, self.need_ntk)
+        device = self.x1.device
+        if self.g1 is not None:
+            same = self.g1[rows][:, None] == self.g2[cols][None, :]
+            pins = same.nonzero(as_tuple=True) if bool(same.any()) else None
+        elif self_pairs:
+            ar = torch.arange(rows.stop - rows.start, device=device)
+            pins = (ar, ar)
         else:
-            v = _Variances("pairs", self.var1, self.var2, rows, cols)
-            k0 = input_state(self.x1[rows], xb[cols], self.plan.in_layout, self.need_ntk)
+            pins = None
+        v = _Variances("pairs", self.var1, self.var2, rows, cols, pins)
+        x2 = None if self_pairs else xb[cols]
+        k0 = input_state(self.x1[rows], x2, self.plan.in_layout, self.need_ntk)
         return run_steps(self.plan.steps, k0, v, 2)
 
     def __call__(self, rows: slice, cols: slice) -> Kernel:
@@ -1003,7 +1030,12 @@ def stax_tiler(plan: Plan, x1, x2, *, need_ntk: bool, budget: int | None = None)
     var1, _ = self_kernels(plan, x1, False, budget)
     var2 = var1 if x2 is None else self_kernels(plan, x2, False, budget)[0]
     block = block_side(plan, x1.dtype, budget, x1.device)
-    return StaxTiler(plan, x1, x2, var1, var2, need_ntk, block)
+    g1, g2 = duplicate_ids(
+        x1.reshape(x1.shape[0], -1), None if x2 is None else x2.reshape(x2.shape[0], -1)
+    )
+    if g1 is not None and x2 is None:
+        g2 = g1
+    return StaxTiler(plan, x1, x2, var1, var2, need_ntk, block, g1, g2)
 
 
 def stax_tiles(tiler: StaxTiler, tile: int) -> Iterator[KernelTile]:
