@@ -4,6 +4,7 @@ consistency of the tiled engine, errors naming the layer, the finite networks, s
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -174,14 +175,33 @@ def test_serial_of_dense_layers_equals_mlp(activation, parameterization):
     x1, x2 = torch.randn(6, 5, generator=g, dtype=F64), torch.randn(4, 5, generator=g, dtype=F64)
     mlp = wn.mlp(2, activation, w_std=1.2, b_std=0.3, parameterization=parameterization)
     arch = wn.serial(*mlp.layers)
+    assert arch.fully_connected() == mlp
     width = 50 if parameterization == "standard" else None
-    for a, b in (
-        (mlp.kernel(x1, x2, width=width), arch.kernel(x1, x2, width=width)),
-        (mlp.kernel(x1, width=width), arch.kernel(x1, width=width)),
-    ):
-        # Same closed forms (or quadrature rule) in another order of operations.
-        torch.testing.assert_close(a.nngp, b.nngp, rtol=1e-10, atol=1e-12)
-        torch.testing.assert_close(a.ntk, b.ntk, rtol=1e-10, atol=1e-12)
+    for args in ((x1, x2), (x1,)):
+        a = mlp.kernel(*args, width=width)
+        # A serial stack of that form takes the fused recursion: the same bits.
+        b = arch.kernel(*args, width=width)
+        assert torch.equal(a.nngp, b.nngp) and torch.equal(a.ntk, b.ntk)
+        # The general layer-by-layer engine: the same closed forms (or quadrature rule) in
+        # another order of operations.
+        c = wn.Architecture.kernel(arch, *args, width=width)
+        torch.testing.assert_close(a.nngp, c.nngp, rtol=1e-10, atol=1e-12)
+        torch.testing.assert_close(a.ntk, c.ntk, rtol=1e-10, atol=1e-12)
+
+
+def test_fully_connected_recognises_only_mlp_stacks():
+    assert wn.serial(wn.Dense(), wn.Relu(), wn.Dense(1)).fully_connected() == wn.mlp(1)
+    assert wn.serial(wn.Dense(), wn.Relu(), wn.Dense(1, w_std=2.0)).fully_connected() is None
+    assert wn.serial(wn.Dense(), wn.Relu(), wn.Erf(), wn.Dense(1)).fully_connected() is None
+    assert (
+        wn.serial(wn.Dense(), wn.Relu(), wn.Dense(), wn.Erf(), wn.Dense(1)).fully_connected()
+        is None
+    )
+    assert (
+        wn.serial(wn.Dense(b_std=None), wn.Relu(), wn.Dense(1, b_std=None)).fully_connected()
+        is None
+    )
+    assert wn.serial(wn.Dense(), wn.LayerNorm(), wn.Relu(), wn.Dense(1)).fully_connected() is None
 
 
 def test_get_selects_kernels():
@@ -542,3 +562,32 @@ def test_duplicate_inputs_give_equal_kernel_rows(arch, dtype):
     xt = torch.cat([x[2:3], _images(2, seed=5, dtype=dtype)])
     kx = arch.kernel(xt, x)
     torch.testing.assert_close(kx.ntk[0], arch.kernel(x).ntk[2], rtol=4 * eps, atol=0)
+
+
+def test_quadrature_activation_in_a_cnn(monkeypatch):
+    # The quadrature path (any elementwise callable) on spatial covariances, in chunks (made
+    # small here so that several are used): erf by quadrature against the closed-form erf
+    # (accuracy of the rule: <= 2e-13 relative, widenet.activations).
+    from widenet import activations as A
+
+    monkeypatch.setattr(stax, "_QUADRATURE_CHUNK", 64)
+    x = _images(3, c=1, h=3, w=3)
+    quad_erf = A.quadrature(
+        torch.erf, "erf_quadrature", derivative=lambda t: 2 / math.sqrt(math.pi) * torch.exp(-t * t)
+    )
+
+    def stack(act):
+        return wn.serial(
+            wn.Conv(kernel_size=2, w_std=1.3, b_std=0.2),
+            act,
+            wn.AvgPool(2, stride=1, padding="same"),
+            wn.Conv(kernel_size=2, w_std=1.2),
+            act,
+            wn.GlobalAvgPool(),
+            wn.Dense(1),
+        )
+
+    exact = stack(wn.Erf()).kernel(x)
+    quad = stack(wn.Activation(quad_erf)).kernel(x)
+    torch.testing.assert_close(quad.nngp, exact.nngp, rtol=1e-10, atol=0)
+    torch.testing.assert_close(quad.ntk, exact.ntk, rtol=1e-10, atol=0)
