@@ -591,3 +591,33 @@ def test_quadrature_activation_in_a_cnn(monkeypatch):
     quad = stack(wn.Activation(quad_erf)).kernel(x)
     torch.testing.assert_close(quad.nngp, exact.nngp, rtol=1e-10, atol=0)
     torch.testing.assert_close(quad.ntk, exact.ntk, rtol=1e-10, atol=0)
+
+
+def test_workspace_memory_bounded(monkeypatch):
+    # Every covariance an activation sees is one workspace block (block^2 pairs x P^2
+    # positions) or one chunk of the per-input pass, never the whole n x n x P^2 tensor.
+    from widenet import activations as A
+
+    base = A.relu()
+    largest = [0]
+
+    def spy(q1, c, q2, need_dot):
+        largest[0] = max(largest[0], c.numel())
+        return base.dual(q1, c, q2, need_dot)
+
+    act = wn.Activation(A.Activation("relu_spy", torch.relu, spy))
+    arch = wn.serial(wn.Conv(kernel_size=3), act, wn.GlobalAvgPool(), wn.Dense(1))
+    x = _images(40, c=1, h=4, w=4, dtype=torch.float32)
+    plan = arch.plan(x.shape[1:])
+    # A workspace of 30 inputs' covariances: blocks of 5 x 5 pairs, chunks of 30 inputs.
+    monkeypatch.setattr(stax, "WORKSPACE_BYTES", plan.largest * 4 * stax.WORKSPACE_TENSORS * 30)
+    side = stax.block_side(plan, torch.float32)
+    p2 = 16 * 16
+    per_point = stax.workspace_bytes("cpu") // (plan.largest * 4 * stax.WORKSPACE_TENSORS)
+    assert (side, per_point) == (5, 30)
+    k = arch.kernel(x)
+    assert 0 < largest[0] <= max(side * side, per_point) * p2
+    torch.testing.assert_close(
+        k.ntk,
+        wn.serial(wn.Conv(kernel_size=3), wn.Relu(), wn.GlobalAvgPool(), wn.Dense(1)).kernel(x).ntk,
+    )
