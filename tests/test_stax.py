@@ -621,3 +621,20 @@ def test_workspace_memory_bounded(monkeypatch):
         k.ntk,
         wn.serial(wn.Conv(kernel_size=3), wn.Relu(), wn.GlobalAvgPool(), wn.Dense(1)).kernel(x).ntk,
     )
+
+
+def test_block_pool_leaves_thread_settings(monkeypatch):
+    # On the CPU the workspace blocks run in a pool of single-threaded workers; the caller's
+    # intra-op thread count is unchanged and the result equals the one-thread computation.
+    monkeypatch.setattr(stax, "WORKSPACE_BYTES", 2**16)
+    x = _images(12)
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        pooled = GAP.kernel(x)
+        assert torch.get_num_threads() == 2
+        torch.set_num_threads(1)
+        serial_ = GAP.kernel(x)
+    finally:
+        torch.set_num_threads(before)
+    assert torch.equal(pooled.ntk, serial_.ntk) and torch.equal(pooled.nngp, serial_.nngp)
