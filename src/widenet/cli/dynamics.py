@@ -10,15 +10,20 @@ import typer
 from rich.table import Table
 
 from widenet.cli._common import (
-    DATA_HELP,
+    B_STD,
     DYNAMICS,
+    W_STD,
     ActivationOpt,
     BStdOpt,
+    DataSeedOpt,
     DepthOpt,
+    NTestOpt,
+    NTrainOpt,
     OverwriteOpt,
-    SplitSeedOpt,
     StandardizeOpt,
+    TestOpt,
     TestTargetsOpt,
+    TrainOpt,
     TrainTargetsOpt,
     WStdOpt,
     fail,
@@ -65,21 +70,10 @@ def predict(
             "--out", "-o", help="Output .npz (times, test_mean, test_variance); metrics in .json."
         ),
     ],
-    train: Annotated[str, typer.Option("--train", help="Training inputs: " + DATA_HELP)] = "digits",
-    test: Annotated[
-        str,
-        typer.Option(
-            "--test", help="Test inputs: a .npy/.csv file, or the same bundled set as --train."
-        ),
-    ] = "digits",
-    n_train: Annotated[
-        int | None,
-        typer.Option("--n-train", help="Training points (default: the rest of a bundled set)."),
-    ] = None,
-    n_test: Annotated[
-        int | None,
-        typer.Option("--n-test", help="Test points (default: 20% of a bundled set)."),
-    ] = None,
+    train: TrainOpt = "digits",
+    test: TestOpt = "digits",
+    n_train: NTrainOpt = None,
+    n_test: NTestOpt = None,
     targets: Annotated[
         str,
         typer.Option(
@@ -116,10 +110,10 @@ def predict(
     ] = True,
     depth: DepthOpt = 3,
     activation: ActivationOpt = "relu",
-    w_std: WStdOpt = 2**0.5,
-    b_std: BStdOpt = 0.0,
+    w_std: WStdOpt = W_STD,
+    b_std: BStdOpt = B_STD,
     standardize: StandardizeOpt = None,
-    data_seed: SplitSeedOpt = 0,
+    data_seed: DataSeedOpt = 0,
     overwrite: OverwriteOpt = False,
 ) -> None:
     """Closed-form predictions of the infinite-width network trained by gradient flow on MSE.
