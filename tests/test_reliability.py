@@ -167,6 +167,40 @@ def test_device_helper_clear_errors():
             check_device(f"cuda:{torch.cuda.device_count()}")
 
 
+def _device_entry_points():
+    """Every public function or class of widenet that takes ``device=`` (issue 16)."""
+    from widenet import estimators, layers, phases
+    from widenet import random_features as rf
+
+    return {
+        "mlp.network": lambda d: wn.mlp(2).network(3, 8, seed=0, device=d),
+        "serial.network": lambda d: wn.serial(wn.Dense(8), wn.Relu(), wn.Dense(1)).network(
+            3, 8, seed=0, device=d
+        ),
+        "layers.Dense": lambda d: layers.Dense(3, 2, device=d),
+        "relu_features": lambda d: rf.relu_features(3, 4, seed=0, device=d),
+        "fourier_features": lambda d: rf.fourier_features(3, 4, seed=0, device=d),
+        "phases.init_params": lambda d: phases.init_params(
+            phases.Scaling(4, 1.0, 1.0, 1.0), 3, generator=torch.Generator(), device=d
+        ),
+        "infinite_width_gram": lambda d: estimators.infinite_width_gram(np.eye(3), device=d),
+        "TwoLayerReLU": lambda d: convergence.TwoLayerReLU(2, 4, seed=0, device=d),
+    }
+
+
+@pytest.mark.parametrize("name", sorted(_device_entry_points()))
+def test_every_device_argument_goes_through_check_device(name):
+    build = _device_entry_points()[name]
+    build("cpu")  # a valid device is accepted
+    build(torch.device("cpu"))
+    # check_device's own message (torch's would be a RuntimeError without the hint).
+    with pytest.raises(ValueError, match="device must be 'cpu', 'cuda'.*did you mean 'cuda'"):
+        build("gpu")
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="CUDA is not available on this machine"):
+            build("cuda")
+
+
 def test_overflow_advice_fits_the_dtype():
     arch = wn.mlp(3, "relu", math.sqrt(2.0), 0.1)
     x = torch.randn(4, 3, generator=torch.Generator().manual_seed(0))
