@@ -176,7 +176,8 @@ def du_train(
 
     OUT (.npz) holds per step: loss, pattern_change, max_distance; gram_steps, gram_change,
     gram_lambda_min; with --kernel, the trained outputs and the closed-form H-inf and H(0)
-    predictions at every step. The summary (rates, bounds) goes to OUT with a .json suffix.
+    predictions at every step and their gaps (gap_hinf, gap_h0). The summary (rates, bounds)
+    goes to OUT with a .json suffix.
     """
 
     from widenet import convergence as cv
