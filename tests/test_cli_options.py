@@ -156,3 +156,18 @@ def test_n_alias_counts_training_points(tmp_path):
     result = _invoke(*args, "-N", 20, "-N", 40, "--out", out)
     assert result.exit_code == 0, result.output
     assert json.loads(out.read_text())["threshold"] == 40  # N = n: the training set's size
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--tile", 8], "--tile is for a .zarr --out"),
+        (["--scheduler", "processes"], "--scheduler and --workers are for a .zarr"),
+    ],
+)
+def test_ntk_refuses_store_options_without_a_store(tmp_path, args, message):
+    # --tile, --scheduler mean the store's tile and scheduler: not silently ignored in memory.
+    out = tmp_path / "T.npy"
+    result = _invoke("ntk", "--width", 8, "--data", "iris", "--n", 4, *args, "--out", out)
+    assert result.exit_code == 2 and message in result.output, result.output
+    assert not out.exists()

@@ -49,8 +49,8 @@ TileOpt = Annotated[
     int | None,
     typer.Option(
         "--tile",
-        help="Tile size, memory O(tile^2) (default: the engine's in memory; a .zarr store's "
-        "chunk tile, 4096).",
+        help="Tile size, memory O(tile^2) (default 512 in memory, widenet.architectures."
+        "DEFAULT_TILE; 4096 for a .zarr store, its chunk tile widenet.scale.STORE_TILE).",
     ),
 ]
 X2Opt = Annotated[
@@ -205,6 +205,10 @@ def ntk(
         )
         return
     try:
+        if tile is not None:
+            raise ValueError("--tile is for a .zarr --out (the empirical NTK is not tiled)")
+        if scheduler != "threads" or workers is not None:
+            raise ValueError("--scheduler and --workers are for a .zarr --out (a kernel store)")
         io.check_suffix(out_, (".npy", ".npz"))
         torch_dtype = io.torch_dtype(dtype)
         x = io.load_inputs(data, n, seed=data_seed, standardize=standardize, dtype=torch_dtype)
