@@ -6,8 +6,11 @@ The kernel-store items (2, 3, 6 and the fault injection of 7) are in test_reliab
 
 from __future__ import annotations
 
+import functools
 import math
+import tempfile
 import warnings
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -167,6 +170,14 @@ def test_device_helper_clear_errors():
             check_device(f"cuda:{torch.cuda.device_count()}")
 
 
+@functools.cache
+def _kernel_file() -> Path:
+    """A small saved Kernel (one per test session, in a temporary folder)."""
+    path = Path(tempfile.mkdtemp(prefix="widenet-test-")) / "k.npz"
+    wn.Kernel(torch.eye(2), torch.eye(2)).save(path)
+    return path
+
+
 def _device_entry_points():
     """Every public function or class of widenet that takes ``device=`` (issue 16)."""
     from widenet import estimators, layers, phases
@@ -185,6 +196,7 @@ def _device_entry_points():
         ),
         "infinite_width_gram": lambda d: estimators.infinite_width_gram(np.eye(3), device=d),
         "TwoLayerReLU": lambda d: convergence.TwoLayerReLU(2, 4, seed=0, device=d),
+        "Kernel.load": lambda d: wn.Kernel.load(_kernel_file(), device=d),
     }
 
 
