@@ -399,7 +399,9 @@ if __name__ == "__main__":
     parser.add_argument("--width", type=int, default=None)
     parser.add_argument("--n", type=int, default=None)
     parser.add_argument("--mode", action="append", choices=("trace", "full", "diagonal"))
-    parser.add_argument("--impl", action="append", choices=("auto", "structured", "jacobian", "ntvp"))
+    parser.add_argument(
+        "--impl", action="append", choices=("auto", "structured", "jacobian", "ntvp")
+    )
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--no-recipe", action="store_true")
     parser.add_argument("--limit-gib", type=float, default=4.0)

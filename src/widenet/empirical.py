@@ -282,7 +282,7 @@ def _explain_shape_error(model, stack, x) -> str | None:
     inp = args[0] if args and isinstance(args[0], torch.Tensor) else None
     if inp is None:
         return None
-    what = f"x1 of shape {tuple(x.shape)} (features {tuple(x.shape[1:])})"
+    what = f"x1 with features of shape {tuple(x.shape[1:])}"
     if isinstance(module, nn.Linear) and inp.shape[-1] != module.in_features:
         return (
             f"{what} does not fit the model: its layer {name!r} (Linear) expects "
@@ -383,9 +383,12 @@ def _hooked(units):
             h.remove()
 
 
-def _batch_dim(shape, n: int):
-    """The one dim of size n, None for none, "?" when ambiguous."""
-    dims = [i for i, s in enumerate(shape) if s == n]
+def _batch_dim(shape, n: int, alt=None, m: int = 0):
+    """The one dim of size n (and of size m on the batch of m samples, shape alt), None for
+    none, "?" when ambiguous."""
+    if alt is not None and len(alt) != len(shape):
+        return "?"
+    dims = [i for i, s in enumerate(shape) if s == n and (alt is None or alt[i] == m)]
     return dims[0] if len(dims) == 1 else (None if not dims else "?")
 
 
@@ -447,18 +450,25 @@ def _find_units(model, selected, xp, base, output_fn) -> tuple[list, list]:
     return out, general
 
 
-def _record_dims(unit: _Unit, n: int, probe: bool) -> bool:
-    """Find (probe) or check the batch dims of the unit's inputs and tapped outputs."""
+def _record_dims(unit: _Unit, n: int, probe: bool, alt=None) -> bool:
+    """Find (probe: the dims of size n that have size m on a batch of m samples, alt = (shapes,
+    m)) or check the batch dims of the unit's inputs and tapped outputs."""
     if len(unit.records) != 1:
         return False
     leaves, _, taps = unit.records[0]
     if not taps:
         return False
     if probe:
+        if alt is None:
+            return False
+        (ins, outs), m = alt
+        if len(ins) != len(leaves) or len(outs) != len(taps):
+            return False
         unit.in_dims = [
-            _batch_dim(t.shape, n) if isinstance(t, torch.Tensor) else None for t in leaves
+            _batch_dim(t.shape, n, a, m) if isinstance(t, torch.Tensor) else None
+            for t, a in zip(leaves, ins, strict=True)
         ]
-        unit.out_dims = [_batch_dim(t.shape, n) for t in taps]
+        unit.out_dims = [_batch_dim(t.shape, n, a, m) for t, a in zip(taps, outs, strict=True)]
         unit.in_shapes = [
             tuple(s for i, s in enumerate(t.shape) if i != d)
             if isinstance(t, torch.Tensor)
@@ -512,13 +522,13 @@ def _positions(unit: _Unit, leaves, g: torch.Tensor):
         return xs, gs
     n = x.shape[0]
     ks, st, dil = m.kernel_size, m.stride, m.dilation
-    if x.ndim == 3:  # Conv1d as a Conv2d of height 1
-        x, g = x.unsqueeze(2), g.unsqueeze(3)
-        ks, st, dil = (1, ks[0]), (1, st[0]), (1, dil[0])
-    pad = m._reversed_padding_repeated_twice
+    pad = m._reversed_padding_repeated_twice  # what forward pads with ("same" included)
     if any(pad):
         mode = "constant" if m.padding_mode == "zeros" else m.padding_mode
         x = F.pad(x, pad, mode=mode)
+    if x.ndim == 3:  # Conv1d as a Conv2d of height 1
+        x, g = x.unsqueeze(2), g.unsqueeze(3)
+        ks, st, dil = (1, ks[0]), (1, st[0]), (1, dil[0])
     cols = F.unfold(x, ks, dilation=dil, stride=st)  # (n, C_in·kh·kw, L)
     G = m.groups
     xs = cols.view(n, G, -1, cols.shape[-1]).transpose(2, 3)  # (n, G, S, fi)
@@ -645,7 +655,36 @@ def _unit_jac(unit: _Unit, record, gs: list) -> torch.Tensor:
     return _jac_linear(unit, xs, g, 0, g.shape[-1])
 
 
-def _probe(model, selected, units, xp, base, output_fn):
+def _alt_shapes(model, units, xq, base, output_fn) -> dict:
+    """Shapes of every unit's input and output leaves on a batch of another size."""
+    shapes: dict = {}
+
+    def hook_for(u):
+        def hook(module, args, kwargs, output):
+            ins = [
+                t.shape if isinstance(t, torch.Tensor) else None
+                for t in tree_flatten((args, kwargs))[0]
+            ]
+            outs = [
+                t.shape
+                for t in tree_flatten(output)[0]
+                if isinstance(t, torch.Tensor) and t.is_floating_point()
+            ]
+            shapes.setdefault(u.name, []).append((ins, outs))
+
+        return hook
+
+    handles = [u.module.register_forward_hook(hook_for(u), with_kwargs=True) for u in units]
+    try:
+        with torch.no_grad():
+            _call_model(model, base, xq, output_fn, xq.shape[0])
+    finally:
+        for h in handles:
+            h.remove()
+    return {name: (v[0], xq.shape[0]) for name, v in shapes.items() if len(v) == 1}
+
+
+def _probe(model, selected, units, xp, xq, base, output_fn):
     """Keep the units whose per-sample gradients match autograd; measure memory per sample."""
     n = xp.shape[0]
     leaves = {}
@@ -659,7 +698,8 @@ def _probe(model, selected, units, xp, base, output_fn):
             return _call_model(model, params, xp, output_fn, n)
 
     f, saved = _saved_bytes(run)
-    ok = [_record_dims(u, n, probe=True) for u in units]
+    alt = _alt_shapes(model, units, xq, base, output_fn)
+    ok = [_record_dims(u, n, probe=True, alt=alt.get(u.name)) for u in units]
     units = [u for u, good in zip(units, ok, strict=True) if good]
     taps_bytes = sum(t.numel() * t.element_size() for u in units for t in u.records[0][2])
     stats = dict(k=f.shape[1], saved=saved / n, taps=taps_bytes / n)
@@ -735,10 +775,16 @@ def _geometry(u: _Unit, xp):
         u.flops = _module_flops(u)
         return
     leaves, _, taps = u.records[0]
-    g = taps[0].new_zeros((1, *taps[0].shape))
-    xs, gs = _positions(u, leaves, g)
-    u.groups, u.positions, u.fan_in = xs.shape[1], xs.shape[2], xs.shape[3]
-    u.fan_out = gs.shape[-1]
+    x, y, m = leaves[0], taps[0], u.module
+    if u.kind == "linear":
+        d = u.in_dims[0]
+        u.positions = x.numel() // (x.shape[d] * x.shape[-1])
+        u.fan_in, u.fan_out = x.shape[-1], y.shape[-1]
+    else:
+        u.groups = m.groups
+        u.positions = math.prod(y.shape[2:])
+        u.fan_in = m.in_channels // m.groups * math.prod(m.kernel_size)
+        u.fan_out = m.out_channels // m.groups
 
 
 def _module_flops(u: _Unit) -> float:
@@ -886,7 +932,8 @@ def _plan(model, selected, x1, x2, mode, implementation, memory_limit, chunk_siz
     units, general = [], list(selected)
     if implementation != "ntvp":
         cands, general = _find_units(model, selected, xp, base, output_fn)
-        units, stats = _probe(model, selected, cands, xp, base, output_fn)
+        xq = _probe_batch(x1, x2, n_p + 1)
+        units, stats = _probe(model, selected, cands, xp, xq, base, output_fn)
         covered = {full for u in units for full in u.params.values()}
         general = [nm for nm in selected if nm not in covered]
     else:
