@@ -18,7 +18,7 @@ the same run. ``uptime``'s load average is recorded with every figure: the machi
 
 Usage:
     python benchmarks/bench_empirical_ntk_models.py                 # the issue's sizes (long)
-    python benchmarks/bench_empirical_ntk_models.py --quick         # ResNet w16 n32, transformer n64
+    python benchmarks/bench_empirical_ntk_models.py --quick    # ResNet w16 n32, transformer n64
     python benchmarks/bench_empirical_ntk_models.py --model resnet18 --width 16 --n 32
 Writes benchmarks/results/empirical_ntk_models.json.
 """

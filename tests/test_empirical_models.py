@@ -17,9 +17,9 @@ import warnings
 import pytest
 import torch
 import torch.nn.functional as F
+from test_empirical import data, reduce, reference_ntk, rel_err
 from torch import nn
 
-from test_empirical import data, reduce, reference_ntk, rel_err
 from widenet.empirical import (
     EmpiricalNTKTiles,
     _plan,

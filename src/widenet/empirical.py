@@ -392,17 +392,32 @@ def _batch_dim(shape, n: int, alt=None, m: int = 0):
     return dims[0] if len(dims) == 1 else (None if not dims else "?")
 
 
-def _find_units(model, selected, xp, base, output_fn) -> tuple[list, list]:
-    """Assign each selected parameter to the innermost module called exactly once."""
+def _find_units(model, selected, xq, base, output_fn) -> tuple[list, list, dict]:
+    """Assign each selected parameter to the innermost module called exactly once.
+
+    Also returns, per module name, the shapes of its input and output leaves on the batch xq
+    (compared with the probe batch's to find batch dims) and xq's size.
+    """
     calls: dict[int, int] = {}
+    shapes: dict[int, tuple] = {}
 
-    def count(module, args):
+    def count(module, args, kwargs, output):
         calls[id(module)] = calls.get(id(module), 0) + 1
+        ins = [
+            t.shape if isinstance(t, torch.Tensor) else None
+            for t in tree_flatten((args, kwargs))[0]
+        ]
+        outs = [
+            t.shape
+            for t in tree_flatten(output)[0]
+            if isinstance(t, torch.Tensor) and t.is_floating_point()
+        ]
+        shapes[id(module)] = ((ins, outs), xq.shape[0])
 
-    handles = [m.register_forward_pre_hook(count) for m in model.modules()]
+    handles = [m.register_forward_hook(count, with_kwargs=True) for m in model.modules()]
     try:
         with torch.no_grad():
-            _call_model(model, base, xp, output_fn, xp.shape[0])
+            _call_model(model, base, xq, output_fn, xq.shape[0])
     finally:
         for h in handles:
             h.remove()
@@ -447,7 +462,8 @@ def _find_units(model, selected, xp, base, output_fn) -> tuple[list, list]:
     for u in out:
         if u.kind != "generic" and not set(u.params) <= {"weight", "bias"}:
             u.kind = "generic"
-    return out, general
+    alt = {u.name: shapes[id(u.module)] for u in out if calls.get(id(u.module)) == 1}
+    return out, general, alt
 
 
 def _record_dims(unit: _Unit, n: int, probe: bool, alt=None) -> bool:
@@ -655,36 +671,7 @@ def _unit_jac(unit: _Unit, record, gs: list) -> torch.Tensor:
     return _jac_linear(unit, xs, g, 0, g.shape[-1])
 
 
-def _alt_shapes(model, units, xq, base, output_fn) -> dict:
-    """Shapes of every unit's input and output leaves on a batch of another size."""
-    shapes: dict = {}
-
-    def hook_for(u):
-        def hook(module, args, kwargs, output):
-            ins = [
-                t.shape if isinstance(t, torch.Tensor) else None
-                for t in tree_flatten((args, kwargs))[0]
-            ]
-            outs = [
-                t.shape
-                for t in tree_flatten(output)[0]
-                if isinstance(t, torch.Tensor) and t.is_floating_point()
-            ]
-            shapes.setdefault(u.name, []).append((ins, outs))
-
-        return hook
-
-    handles = [u.module.register_forward_hook(hook_for(u), with_kwargs=True) for u in units]
-    try:
-        with torch.no_grad():
-            _call_model(model, base, xq, output_fn, xq.shape[0])
-    finally:
-        for h in handles:
-            h.remove()
-    return {name: (v[0], xq.shape[0]) for name, v in shapes.items() if len(v) == 1}
-
-
-def _probe(model, selected, units, xp, xq, base, output_fn):
+def _probe(model, selected, units, xp, alt, base, output_fn):
     """Keep the units whose per-sample gradients match autograd; measure memory per sample."""
     n = xp.shape[0]
     leaves = {}
@@ -698,7 +685,6 @@ def _probe(model, selected, units, xp, xq, base, output_fn):
             return _call_model(model, params, xp, output_fn, n)
 
     f, saved = _saved_bytes(run)
-    alt = _alt_shapes(model, units, xq, base, output_fn)
     ok = [_record_dims(u, n, probe=True, alt=alt.get(u.name)) for u in units]
     units = [u for u, good in zip(units, ok, strict=True) if good]
     taps_bytes = sum(t.numel() * t.element_size() for u in units for t in u.records[0][2])
@@ -931,9 +917,9 @@ def _plan(model, selected, x1, x2, mode, implementation, memory_limit, chunk_siz
     xp = _probe_batch(x1, x2, n_p)
     units, general = [], list(selected)
     if implementation != "ntvp":
-        cands, general = _find_units(model, selected, xp, base, output_fn)
         xq = _probe_batch(x1, x2, n_p + 1)
-        units, stats = _probe(model, selected, cands, xp, xq, base, output_fn)
+        cands, general, alt = _find_units(model, selected, xq, base, output_fn)
+        units, stats = _probe(model, selected, cands, xp, alt, base, output_fn)
         covered = {full for u in units for full in u.params.values()}
         general = [nm for nm in selected if nm not in covered]
     else:
