@@ -1542,3 +1542,9 @@ def empirical_nngp(
     if mode == "diagonal":
         return f1[:, None, :] * f2[None, :, :]
     return f1[:, None, :, None] * f2[None, :, None, :]
+
+
+# Public names of the helpers that linearize, landscape and scale share with this module.
+check_no_batch_coupling = _check_no_batch_coupling
+memory_limit = _memory_limit
+quiet_jit_deprecation = _quiet_jit_deprecation
