@@ -280,14 +280,52 @@ def test_convolutions_every_route(case):
             assert rel_err(got, reduce(ref, mode)) < TOL64, (impl, mode)
 
 
-def test_widenet_ntk_conv_if_present():
-    """widenet's own NTK-parameterised conv layer, when the architecture module provides one."""
-    import widenet.layers as L
+def stax_networks():
+    """Networks built by widenet's layer algebra (NTK-parameterised widenet.layers.Conv)."""
+    import widenet as wn
 
-    conv_cls = getattr(L, "Conv", None) or getattr(L, "Conv2d", None)
-    if conv_cls is None:
-        pytest.skip("widenet.layers has no convolution layer yet")
-    pytest.skip("widenet.layers.Conv: covered once its constructor is settled")
+    conv2d = wn.serial(
+        wn.Conv(kernel_size=3, padding="same", w_std=1.5, b_std=0.3),
+        wn.Relu(),
+        wn.Conv(kernel_size=(2, 3), stride=(2, 1), padding="circular", w_std=1.3, b_std=0.2),
+        wn.Residual(wn.Relu(), wn.Conv(kernel_size=3, padding="same", w_std=1.2)),
+        wn.Relu(),
+        wn.Conv(kernel_size=2, stride=2, padding="valid", w_std=1.1, b_std=0.1),
+        wn.GlobalAvgPool(),
+        wn.Dense(out_features=2, w_std=1.0, b_std=0.1),
+    )
+    conv1d = wn.serial(
+        wn.Conv(kernel_size=3, stride=2, padding="circular", w_std=1.4, b_std=0.2),
+        wn.Relu(),
+        wn.Conv(kernel_size=2, padding="same", w_std=1.2, b_std=0.1, parameterization="standard"),
+        wn.Flatten(),
+        wn.Dense(out_features=2, w_std=1.0),
+    )
+    return {
+        "conv2d": (
+            conv2d.network(in_shape=(2, 6, 6), width=3, seed=0, dtype=torch.float64),
+            (2, 6, 6),
+        ),
+        "conv1d": (conv1d.network(in_shape=(2, 7), width=3, seed=0, dtype=torch.float64), (2, 7)),
+    }
+
+
+@pytest.mark.parametrize("name", ["conv2d", "conv1d"])
+def test_widenet_scaled_convolutions(name):
+    from widenet.layers import Conv as ScaledConv
+
+    model, in_shape = stax_networks()[name]
+    x1, x2 = data(3, *in_shape), data(2, *in_shape, seed=2)
+    ref = reference_ntk(model, x1, x2)
+    for impl, route in (("structured", "gram"), ("jacobian", "jac"), ("auto", None)):
+        plan = plan_of(model, x1, implementation=impl)
+        assert plan.general == [], impl
+        convs = [u for u in plan.units if isinstance(u.module, ScaledConv)]
+        assert convs and all(u.kind == "conv" for u in convs)
+        assert route is None or all(u.route == route for u in convs)
+        for mode in MODES:
+            got = empirical_ntk(model, x1, x2, mode=mode, implementation=impl)
+            assert rel_err(got, reduce(ref, mode)) < TOL64, (impl, mode)
 
 
 # --------------------------------------------------------------------------------------------

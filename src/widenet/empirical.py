@@ -55,7 +55,8 @@ from torch.func import functional_call, jacfwd, jacrev, jvp, vjp, vmap
 from torch.utils._pytree import tree_flatten, tree_unflatten
 
 from widenet._checks import as_tensor, check_finite, check_int, check_pair
-from widenet.layers import Dense
+from widenet.layers import Conv as ScaledConv
+from widenet.layers import Dense, pad_spatial
 
 
 @contextlib.contextmanager
@@ -313,6 +314,8 @@ def _linear_like(m: nn.Module) -> bool:
 
 
 def _conv_like(m: nn.Module) -> bool:
+    if isinstance(m, ScaledConv):  # widenet's NTK-parameterised convolution (arch.network)
+        return type(m).forward is ScaledConv.forward
     return (isinstance(m, nn.Conv1d) and type(m).forward is nn.Conv1d.forward) or (
         isinstance(m, nn.Conv2d) and type(m).forward is nn.Conv2d.forward
     )
@@ -454,8 +457,9 @@ def _find_units(model, selected, xq, base, output_fn) -> tuple[list, list, dict]
                 kind = "conv"
             else:
                 kind = "generic"
-            ws = float(getattr(m, "weight_scale", 1.0)) if isinstance(m, Dense) else 1.0
-            bs = float(getattr(m, "bias_scale", 1.0)) if isinstance(m, Dense) else 1.0
+            scaled = isinstance(m, (Dense, ScaledConv))
+            ws = float(getattr(m, "weight_scale", 1.0)) if scaled else 1.0
+            bs = float(getattr(m, "bias_scale", 1.0)) if scaled else 1.0
             units[unit_name] = _Unit(unit_name, m, kind, {}, ws, bs)
         units[unit_name].params[local] = full
     out = list(units.values())
@@ -537,16 +541,20 @@ def _positions(unit: _Unit, leaves, g: torch.Tensor):
         gs = g.reshape(kg, n, -1, g.shape[-1]).permute(1, 2, 0, 3).unsqueeze(1)
         return xs, gs
     n = x.shape[0]
-    ks, st, dil = m.kernel_size, m.stride, m.dilation
-    pad = m._reversed_padding_repeated_twice  # what forward pads with ("same" included)
-    if any(pad):
-        mode = "constant" if m.padding_mode == "zeros" else m.padding_mode
-        x = F.pad(x, pad, mode=mode)
+    if isinstance(m, ScaledConv):
+        ks, st, dil = m.kernel_size, m.stride, (1,) * len(m.kernel_size)
+        x = pad_spatial(x, m.pads, m.padding_mode)
+    else:
+        ks, st, dil = m.kernel_size, m.stride, m.dilation
+        pad = m._reversed_padding_repeated_twice  # what forward pads with ("same" included)
+        if any(pad):
+            mode = "constant" if m.padding_mode == "zeros" else m.padding_mode
+            x = F.pad(x, pad, mode=mode)
     if x.ndim == 3:  # Conv1d as a Conv2d of height 1
         x, g = x.unsqueeze(2), g.unsqueeze(3)
         ks, st, dil = (1, ks[0]), (1, st[0]), (1, dil[0])
     cols = F.unfold(x, ks, dilation=dil, stride=st)  # (n, C_in·kh·kw, L)
-    G = m.groups
+    G = getattr(m, "groups", 1)
     xs = cols.view(n, G, -1, cols.shape[-1]).transpose(2, 3)  # (n, G, S, fi)
     kg = g.shape[0]
     gs = g.reshape(kg, n, G, -1, cols.shape[-1]).permute(1, 2, 4, 0, 3)  # (n, G, S, kg, fo)
@@ -767,10 +775,10 @@ def _geometry(u: _Unit, xp):
         u.positions = x.numel() // (x.shape[d] * x.shape[-1])
         u.fan_in, u.fan_out = x.shape[-1], y.shape[-1]
     else:
-        u.groups = m.groups
+        u.groups = getattr(m, "groups", 1)
         u.positions = math.prod(y.shape[2:])
-        u.fan_in = m.in_channels // m.groups * math.prod(m.kernel_size)
-        u.fan_out = m.out_channels // m.groups
+        u.fan_in = m.in_channels // u.groups * math.prod(m.kernel_size)
+        u.fan_out = m.out_channels // u.groups
 
 
 def _module_flops(u: _Unit) -> float:
