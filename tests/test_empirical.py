@@ -166,10 +166,10 @@ def test_layernorm_is_a_unit_beside_the_structured_layers():
         model.norm.bias.normal_()
     x1, x2 = data(5, 4), data(3, 4, seed=2)
     plan = plan_of(model, x1)
-    # LayerNorm's per-sample gradients come from vmap of its own vjp, from the same backward.
+    # LayerNorm's per-sample gradients (Σ g ⊙ x̂, Σ g) come from the same backward.
     assert [(u.name, u.kind) for u in plan.units] == [
         ("inp", "linear"),
-        ("norm", "generic"),
+        ("norm", "affine"),
         ("out", "linear"),
     ]
     assert plan.general == []
@@ -224,7 +224,7 @@ def test_cnn_plan_exercises_both_position_contractions():
     by_name = {u.name: u for u in plan.units}
     assert by_name["0"].kind == "conv" and by_name["0"].route == "jac"
     assert by_name["3"].kind == "conv" and by_name["3"].route == "gram"
-    assert by_name["1"].kind == "generic"  # BatchNorm (eval): vmap of its vjp
+    assert by_name["1"].kind == "affine"  # BatchNorm (eval): Σ g ⊙ x̂ per sample
     assert plan.general == []
 
 

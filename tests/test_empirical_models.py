@@ -152,7 +152,7 @@ def test_resnet_every_parameter_has_a_unit_and_routes_follow_cost(resnet_ref):
     plan = plan_of(model, x1)
     assert plan.general == []
     kinds = {u.name: (u.kind, u.route) for u in plan.units}
-    assert kinds["bn"] == ("generic", "jac")  # BatchNorm: vmap of its own vjp
+    assert kinds["bn"] == ("affine", "jac")  # BatchNorm: Σ g ⊙ x̂ per sample
     assert kinds["linear"] == ("linear", "gram")  # one position: Grams always win
     # The stem sees 64 positions: S² (fi + k fo) = 4096·36 per pair against k fo fi = 243
     # for the per-sample gradients.
@@ -194,19 +194,20 @@ def test_resnet_parameter_subset(resnet_ref):
 
 
 def test_resnet_memory_limit_splits_samples_and_outputs(resnet_ref):
-    model, x1, x2, ref12, ref11 = resnet_ref
-    item = 8
-    limit = 60_000  # far below one sample's retained graph: forces blocks of 1 and groups
-    plan = plan_of(model, x1, limit=limit)
     from widenet.empirical import _finish_plan, _size
 
-    _finish_plan(plan, _select_params(model, None), torch.float64)
-    _size(plan, 3, 3, True, item)
-    assert plan.block == 1 and plan.group < 3
-    for mode in MODES:
-        got = empirical_ntk(model, x1, mode=mode, memory_limit_bytes=limit)
-        assert rel_err(got, reduce(ref11, mode)) < TOL64, mode
-    got = empirical_ntk(model, x1, x2, mode="diagonal", memory_limit_bytes=limit)
+    model, x1, x2, ref12, ref11 = resnet_ref
+    # One sample's retained graph and taps take ~37 kB here: 200 kB forces blocks of one sample
+    # and one output per backward, 400 kB all samples with one output per backward.
+    for limit, block in ((200_000, 1), (400_000, 3)):
+        plan = plan_of(model, x1, limit=limit)
+        _finish_plan(plan, _select_params(model, None), torch.float64)
+        _size(plan, 3, 3, True, 8)
+        assert (plan.block, plan.group) == (block, 1)
+        for mode in MODES:
+            got = empirical_ntk(model, x1, mode=mode, memory_limit_bytes=limit)
+            assert rel_err(got, reduce(ref11, mode)) < TOL64, (limit, mode)
+    got = empirical_ntk(model, x1, x2, mode="diagonal", memory_limit_bytes=200_000)
     assert rel_err(got, reduce(ref12, "diagonal")) < TOL64
 
 
@@ -230,8 +231,70 @@ def test_transformer_encoder_matches_float64_autograd(batch_first, norm_first):
     plan = plan_of(model, x1)
     assert plan.general == []
     kinds = {u.name.split(".")[-1]: u.kind for u in plan.units}
-    assert kinds["self_attn"] == "generic" and kinds["norm1"] == "generic"
+    assert kinds["self_attn"] == "generic" and kinds["norm1"] == "affine"
     assert kinds["linear1"] == "linear"  # batch dim 1 when batch_first=False: found by the probe
+
+
+class Gain(nn.Module):
+    """A custom module: its parameters get per-sample gradients by vmap of its own vjp."""
+
+    def __init__(self, c):
+        super().__init__()
+        self.gain = nn.Parameter(torch.linspace(0.5, 1.5, c))
+        self.shift = nn.Parameter(torch.linspace(-0.3, 0.3, c))
+
+    def forward(self, x):
+        return torch.tanh(
+            x * self.gain.view(-1, *([1] * (x.ndim - 2)))
+            + self.shift.view(-1, *([1] * (x.ndim - 2)))
+        )
+
+
+def norms_net():
+    torch.manual_seed(0)
+    model = nn.Sequential(
+        nn.Conv1d(2, 4, 3, padding=1),
+        nn.BatchNorm1d(4),  # on (n, C, L)
+        Gain(4),
+        nn.Flatten(),
+        nn.Linear(24, 5),
+        nn.BatchNorm1d(5),  # on (n, C)
+        nn.LayerNorm(5, bias=False),
+        nn.Tanh(),
+        nn.Linear(5, 2),
+    ).double()
+    gen = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, nn.BatchNorm1d):
+                m.running_mean.copy_(0.2 * torch.randn(m.num_features, generator=gen))
+                m.running_var.copy_(0.5 + torch.rand(m.num_features, generator=gen))
+            if isinstance(m, (nn.BatchNorm1d, nn.LayerNorm)):
+                m.weight.copy_(1 + 0.2 * torch.randn(m.weight.shape, generator=gen))
+            if isinstance(m, nn.BatchNorm1d):
+                m.bias.copy_(0.2 * torch.randn(m.num_features, generator=gen))
+    return model.eval()
+
+
+def test_norms_and_custom_modules():
+    model = norms_net()
+    x1, x2 = data(3, 2, 6), data(2, 2, 6, seed=2)
+    plan = plan_of(model, x1)
+    assert [u.kind for u in plan.units] == [
+        "conv",
+        "affine",
+        "generic",
+        "linear",
+        "affine",
+        "affine",
+        "linear",
+    ]
+    assert plan.general == []
+    ref = reference_ntk(model, x1, x2)
+    for impl in ("auto", "structured", "jacobian"):
+        for mode in MODES:
+            got = empirical_ntk(model, x1, x2, mode=mode, implementation=impl)
+            assert rel_err(got, reduce(ref, mode)) < TOL64, (impl, mode)
 
 
 # --------------------------------------------------------------------------------------------

@@ -321,13 +321,20 @@ def _conv_like(m: nn.Module) -> bool:
     )
 
 
+def _affine_like(m: nn.Module) -> bool:
+    """BatchNorm (eval, running statistics) and LayerNorm: y = x̂ ⊙ weight + bias."""
+    if type(m) in (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d):
+        return m.affine and m.track_running_stats and not m.training
+    return type(m) is nn.LayerNorm and m.elementwise_affine
+
+
 @dataclass
 class _Unit:
     """A module called once per forward whose selected parameters we differentiate locally."""
 
     name: str
     module: nn.Module
-    kind: str  # "linear" | "conv" (factorisable) | "generic" (vmap of the module's vjp)
+    kind: str  # "linear" | "conv" (factorisable), "affine" (norms), "generic" (vmap of vjp)
     params: dict  # local parameter name -> selected (model-level) name
     ws: float = 1.0  # forward uses weight * ws and bias * bs (widenet Dense)
     bs: float = 1.0
@@ -455,6 +462,8 @@ def _find_units(model, selected, xq, base, output_fn) -> tuple[list, list, dict]
                 kind = "linear"
             elif _conv_like(m):
                 kind = "conv"
+            elif _affine_like(m):
+                kind = "affine"
             else:
                 kind = "generic"
             scaled = isinstance(m, (Dense, ScaledConv))
@@ -508,6 +517,18 @@ def _record_dims(unit: _Unit, n: int, probe: bool, alt=None) -> bool:
             if unit.kind == "linear" and (
                 unit.in_dims[0] != unit.out_dims[0] or unit.in_dims[0] == x.ndim - 1
             ):
+                return False
+        if unit.kind == "affine":
+            x = leaves[0]
+            m = unit.module
+            if not isinstance(x, torch.Tensor) or len(taps) != 1:
+                return False
+            if unit.in_dims[0] != unit.out_dims[0]:
+                return False
+            if isinstance(m, nn.LayerNorm):
+                if unit.in_dims[0] >= x.ndim - len(m.normalized_shape):
+                    return False
+            elif unit.in_dims[0] != 0 or x.ndim < 2:
                 return False
         return True
     for t, d, s in zip(leaves, unit.in_dims, unit.in_shapes, strict=True):
@@ -672,9 +693,40 @@ def _saved_bytes(fn) -> tuple:
     return out, sum(seen.values())
 
 
+def _jac_affine(unit: _Unit, record, gs: list) -> torch.Tensor:
+    """Per-sample gradients (n, kg, P) of y = x̂ ⊙ weight + bias: Σ g ⊙ x̂ and Σ g over the
+    positions the affine map is shared by (BatchNorm: spatial; LayerNorm: leading dims)."""
+    m = unit.module
+    x = record[0][0]
+    d = unit.in_dims[0]
+    g = gs[0].movedim(1 + d, 1)  # (kg, n, ...)
+    x = x.movedim(d, 0)
+    if isinstance(m, nn.LayerNorm):
+        xhat = F.layer_norm(x, m.normalized_shape, None, None, m.eps)
+        keep = len(m.normalized_shape)
+        sum_dims = tuple(range(2, g.ndim - keep))
+        flat = lambda t: t.flatten(2)  # noqa: E731
+    else:
+        shape = (1, -1) + (1,) * (x.ndim - 2)
+        var = m.running_var.view(shape) + m.eps
+        xhat = (x - m.running_mean.view(shape)) * var.rsqrt()
+        sum_dims = tuple(range(3, g.ndim))
+        flat = lambda t: t  # noqa: E731
+    parts = []
+    if unit.weight:
+        w = g * xhat.unsqueeze(0)
+        parts.append(flat(w.sum(sum_dims) if sum_dims else w))
+    if unit.bias:
+        parts.append(flat(g.sum(sum_dims) if sum_dims else g))
+    out = parts[0] if len(parts) == 1 else torch.cat(parts, dim=2)
+    return out.transpose(0, 1)
+
+
 def _unit_jac(unit: _Unit, record, gs: list) -> torch.Tensor:
     if unit.kind == "generic":
         return _jac_generic(unit, record, gs)
+    if unit.kind == "affine":
+        return _jac_affine(unit, record, gs)
     xs, g = _positions(unit, record[0], gs[0])
     return _jac_linear(unit, xs, g, 0, g.shape[-1])
 
@@ -767,6 +819,8 @@ def _geometry(u: _Unit, xp):
     u.n_params = sum(_getattr_path(u.module, loc).numel() for loc in u.params)
     if u.kind == "generic":
         u.flops = _module_flops(u)
+        return
+    if u.kind == "affine":
         return
     leaves, _, taps = u.records[0]
     x, y, m = leaves[0], taps[0], u.module
@@ -906,6 +960,8 @@ def _route_costs(u: _Unit, na: int, nb: int, same: bool, k: int, mode: str) -> d
     kk = k * k if mode == "full" else k
     pairs = na * nb / (2 if same else 1)
     sides = na + (0 if same else nb)
+    if u.kind == "affine":
+        return {"jac": pairs * 2 * kk * u.n_params}
     if u.kind == "generic":
         build = sides * k * 3 * max(u.flops, 2 * u.n_params)
         return {"jac": build + pairs * 2 * kk * u.n_params + _EW * sides * k * u.n_params}
@@ -961,7 +1017,7 @@ def _plan(model, selected, x1, x2, mode, implementation, memory_limit, chunk_siz
     plan.fp = fp
     plan.forced_chunk = chunk_size
     for u in units:
-        if u.kind == "generic":
+        if u.kind in ("generic", "affine"):
             u.route = "jac"
         elif implementation == "structured":
             u.route = "gram"
@@ -1194,9 +1250,9 @@ def _unit_term(plan: _Plan, u: _Unit, ra, ga, rb, gb, mode: str, same: bool):
         xa, gA = _positions(u, ra[0], ga[0])
         xb, gB = (xa, gA) if same else _positions(u, rb[0], gb[0])
         return _gram_term(u, xa, gA, xb, gB, mode, plan.tile)
-    if u.kind == "generic":
-        ja = _jac_generic(u, ra, ga)
-        jb = ja if same else _jac_generic(u, rb, gb)
+    if u.kind in ("generic", "affine"):
+        ja = _unit_jac(u, ra, ga)
+        jb = ja if same else _unit_jac(u, rb, gb)
         return _contract(ja, jb, mode)
     xa, gA = _positions(u, ra[0], ga[0])
     xb, gB = (xa, gA) if same else _positions(u, rb[0], gb[0])
