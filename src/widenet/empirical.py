@@ -562,6 +562,18 @@ def _positions(unit: _Unit, leaves, g: torch.Tensor):
         gs = g.reshape(kg, n, -1, g.shape[-1]).permute(1, 2, 0, 3).unsqueeze(1)
         return xs, gs
     n = x.shape[0]
+    x, g, ks, st, dil = _conv_operands(m, x, g)
+    cols = F.unfold(x, ks, dilation=dil, stride=st)  # (n, C_in·kh·kw, L)
+    G = getattr(m, "groups", 1)
+    xs = cols.view(n, G, -1, cols.shape[-1]).transpose(2, 3)  # (n, G, S, fi)
+    kg = g.shape[0]
+    gs = g.reshape(kg, n, G, -1, cols.shape[-1]).permute(1, 2, 4, 0, 3)  # (n, G, S, kg, fo)
+    return xs, gs
+
+
+def _conv_operands(m, x, g):
+    """The padded input as a 2-D batch (n, C, H, W), g as (kg, n, C_out, H', W'), and the
+    kernel size, stride and dilation as pairs (a Conv1d is a Conv2d of height 1)."""
     if isinstance(m, ScaledConv):
         ks, st, dil = m.kernel_size, m.stride, (1,) * len(m.kernel_size)
         x = pad_spatial(x, m.pads, m.padding_mode)
@@ -571,15 +583,48 @@ def _positions(unit: _Unit, leaves, g: torch.Tensor):
         if any(pad):
             mode = "constant" if m.padding_mode == "zeros" else m.padding_mode
             x = F.pad(x, pad, mode=mode)
-    if x.ndim == 3:  # Conv1d as a Conv2d of height 1
+    if x.ndim == 3:
         x, g = x.unsqueeze(2), g.unsqueeze(3)
         ks, st, dil = (1, ks[0]), (1, st[0]), (1, dil[0])
-    cols = F.unfold(x, ks, dilation=dil, stride=st)  # (n, C_in·kh·kw, L)
-    G = getattr(m, "groups", 1)
-    xs = cols.view(n, G, -1, cols.shape[-1]).transpose(2, 3)  # (n, G, S, fi)
+    return x, g, tuple(ks), tuple(st), tuple(dil)
+
+
+def _jac_conv(unit: _Unit, x, g, o0: int, o1: int | None) -> torch.Tensor:
+    """Per-sample gradients (n, kg, P_slice) of a convolution's output channels o0:o1 (per
+    group), by one grouped weight-gradient convolution: the samples (and groups) as groups,
+    the kg outputs as extra output channels. Same columns as _jac_linear."""
+    m = unit.module
+    x, g, ks, st, dil = _conv_operands(m, x, g)
+    n, c_in = x.shape[:2]
     kg = g.shape[0]
-    gs = g.reshape(kg, n, G, -1, cols.shape[-1]).permute(1, 2, 4, 0, 3)  # (n, G, S, kg, fo)
-    return xs, gs
+    G = getattr(m, "groups", 1)
+    fo = g.shape[2] // G
+    o1 = fo if o1 is None else o1
+    oc = o1 - o0
+    go = g.reshape(kg, n, G, fo, *g.shape[3:])[:, :, :, o0:o1]  # (kg, n, G, oc, H', W')
+    parts = []
+    if unit.weight:
+        grad_out = go.permute(1, 2, 0, 3, 4, 5).reshape(1, n * G * kg * oc, *g.shape[3:])
+        shape = (n * G * kg * oc, c_in // G, *ks)
+        _, w, _ = torch.ops.aten.convolution_backward(
+            grad_out,
+            x.reshape(1, n * c_in, *x.shape[2:]),
+            x.new_empty(shape),
+            None,
+            list(st),
+            [0, 0],
+            list(dil),
+            False,
+            [0, 0],
+            n * G,
+            [False, True, False],
+        )
+        w = w.view(n, G, kg, -1).transpose(1, 2).reshape(n, kg, -1)
+        parts.append(w if unit.ws == 1.0 else w * unit.ws)
+    if unit.bias:
+        b = go.sum((4, 5)).permute(1, 0, 2, 3).reshape(n, kg, -1)
+        parts.append(b if unit.bs == 1.0 else b * unit.bs)
+    return parts[0] if len(parts) == 1 else torch.cat(parts, dim=2)
 
 
 def _jac_linear(unit: _Unit, xs, gs, o0: int, o1: int) -> torch.Tensor:
@@ -727,6 +772,8 @@ def _unit_jac(unit: _Unit, record, gs: list) -> torch.Tensor:
         return _jac_generic(unit, record, gs)
     if unit.kind == "affine":
         return _jac_affine(unit, record, gs)
+    if unit.kind == "conv":
+        return _jac_conv(unit, record[0][0], gs[0], 0, None)
     xs, g = _positions(unit, record[0], gs[0])
     return _jac_linear(unit, xs, g, 0, g.shape[-1])
 
@@ -1254,16 +1301,27 @@ def _unit_term(plan: _Plan, u: _Unit, ra, ga, rb, gb, mode: str, same: bool):
         ja = _unit_jac(u, ra, ga)
         jb = ja if same else _unit_jac(u, rb, gb)
         return _contract(ja, jb, mode)
-    xa, gA = _positions(u, ra[0], ga[0])
-    xb, gB = (xa, gA) if same else _positions(u, rb[0], gb[0])
-    na, G, _, fi = xa.shape
-    kg, fo = gA.shape[3], gA.shape[4]
-    per = (na + (0 if same else xb.shape[0])) * kg * G * (fi + 1) * xa.element_size()
+    na, nb = ra[2][0].shape[u.out_dims[0]], rb[2][0].shape[u.out_dims[0]]
+    kg, G, fi, fo = ga[0].shape[0], u.groups, u.fan_in, u.fan_out
+    per = (na + (0 if same else nb)) * kg * G * (fi + 1) * plan.stats["item"]
     oc = max(1, min(fo, int(plan.limit / 8 / per)))
+    if u.kind == "conv":
+        # Per-sample weight gradients by grouped convolution (no im2col of the inputs).
+        def jac(r, g, o0):
+            return _jac_conv(u, r[0][0], g[0], o0, min(fo, o0 + oc))
+    else:
+        xa, gA = _positions(u, ra[0], ga[0])
+        xb, gB = (xa, gA) if same else _positions(u, rb[0], gb[0])
+        sides = {id(ra): (xa, gA), id(rb): (xb, gB)}
+
+        def jac(r, g, o0):
+            xs, gs = sides[id(r)]
+            return _jac_linear(u, xs, gs, o0, min(fo, o0 + oc))
+
     out = None
     for o0 in range(0, fo, oc):
-        ja = _jac_linear(u, xa, gA, o0, o0 + oc)
-        jb = ja if same else _jac_linear(u, xb, gB, o0, o0 + oc)
+        ja = jac(ra, ga, o0)
+        jb = ja if same else jac(rb, gb, o0)
         t = _contract(ja, jb, mode)
         out = t if out is None else out.add_(t)
         del ja, jb
