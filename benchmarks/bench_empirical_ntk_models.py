@@ -225,18 +225,6 @@ def load_average() -> float:
     return os.getloadavg()[0]
 
 
-def timed(fn, repeats: int):
-    """(best seconds, result, load averages seen) over ``repeats`` calls."""
-    best, out, loads = math.inf, None, []
-    for _ in range(repeats):
-        gc.collect()
-        loads.append(load_average())
-        t0 = time.perf_counter()
-        out = fn()
-        best = min(best, time.perf_counter() - t0)
-    return best, out, loads
-
-
 def peak_rss_gib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
 
@@ -282,32 +270,42 @@ def bench_one(
         empirical_ntk(model, x[:2], mode=mode, implementation=impl)
     if recipe:
         recipe_ntk(model, x[:2], mode, 2)
-    ref = None
-    for impl in impls:
-        t, out, loads = timed(
+    # Round-robin: every method once per round, best of the rounds, so that a change of the
+    # machine's load during the run hits all methods alike.
+    methods = {
+        f"widenet {impl}": (
             lambda impl=impl: empirical_ntk(
                 model, x, mode=mode, implementation=impl, memory_limit_bytes=limit_bytes
-            ),
-            repeats,
+            )
         )
-        ref = out if ref is None else ref
-        row["times"][f"widenet {impl}"] = dict(
-            seconds=t, load=loads, rel_diff=rel(out, ref), peak_rss_gib=peak_rss_gib()
-        )
-        print(
-            f"  widenet {impl:<11s} {t:9.3f} s  load {loads}  rel.diff {rel(out, ref):.1e}",
-            flush=True,
-        )
-        del out
+        for impl in impls
+    }
     if recipe:
         block = recipe_block(model, k, limit_bytes, n)
-        t, out, loads = timed(lambda: recipe_ntk(model, x, mode, block), 1)
-        row["times"]["recipe"] = dict(seconds=t, load=loads, block=block, rel_diff=rel(out, ref))
+        methods["recipe"] = lambda: recipe_ntk(model, x, mode, block)
+    best = {name: math.inf for name in methods}
+    loads = {name: [] for name in methods}
+    ref, diffs = None, {}
+    for _ in range(repeats):
+        for name, fn in methods.items():
+            gc.collect()
+            loads[name].append(round(load_average(), 2))
+            t0 = time.perf_counter()
+            out = fn()
+            best[name] = min(best[name], time.perf_counter() - t0)
+            ref = out if ref is None else ref
+            diffs[name] = rel(out, ref)
+            del out
+    for name in methods:
+        row["times"][name] = dict(
+            seconds=best[name], load=loads[name], rel_diff=diffs[name], peak_rss_gib=peak_rss_gib()
+        )
+        if name == "recipe":
+            row["times"][name]["block"] = block
         print(
-            f"  recipe (block {block:4d}) {t:9.3f} s  load {loads}  rel.diff {rel(out, ref):.1e}",
+            f"  {name:<20s} {best[name]:9.3f} s  load {loads[name]}  rel.diff {diffs[name]:.1e}",
             flush=True,
         )
-        del out
     flops = floor_flops(model, x, k, mode)
     row["floor_flops"] = flops
     row["floor_seconds"] = flops / rate
@@ -342,7 +340,7 @@ def main(
     width: int | None = None,
     n: int | None = None,
     modes=("trace",),
-    impls=("auto", "structured", "jacobian"),
+    impls=("auto", "jacobian"),
     repeats: int = 2,
     recipe: bool = True,
     limit_gib: float = 4.0,
@@ -417,7 +415,9 @@ if __name__ == "__main__":
         width=args.width,
         n=args.n,
         modes=tuple(args.mode or ("trace",)),
-        impls=tuple(args.impl or ("auto", "structured", "jacobian")),
+        # "structured" forces the Gram route on every conv: ~S² = 10⁶ per pair of samples on
+        # ResNet's 32×32 maps (minutes); add it with --impl structured.
+        impls=tuple(args.impl or ("auto", "jacobian")),
         repeats=args.repeats,
         recipe=not args.no_recipe,
         limit_gib=args.limit_gib,
