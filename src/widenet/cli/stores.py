@@ -10,7 +10,17 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from widenet.cli._common import KERNELS, OverwriteOpt, fail, flag, out, parse_times, saved, topic
+from widenet.cli._common import (
+    KERNELS,
+    OverwriteOpt,
+    fail,
+    flag,
+    out,
+    parse_times,
+    saved,
+    shape_inputs,
+    topic,
+)
 
 app, command = topic(KERNELS)
 
@@ -63,10 +73,13 @@ def write_kernel_store(
     width,
     network=None,
     direct_io=True,
+    in_shape=None,
 ):
-    """`widenet kernel/ntk --out K.zarr`: write (or complete) a kernel store."""
+    """`widenet kernel/ntk --out K.zarr`: write (or complete) a kernel store. ``arch_options``:
+    the options of ``wn.mlp`` or an architecture (``--arch``); ``in_shape``: ``--in-shape``."""
     import widenet as wn
     from widenet import io, scale
+    from widenet.architectures import Architecture
 
     try:
         torch_dtype = io.torch_dtype(dtype)
@@ -80,7 +93,10 @@ def write_kernel_store(
         xb = None
         if x2 is not None:
             xb = io.load_inputs(x2, standardize=False, dtype=torch_dtype, option="--x2")
-        arch = wn.mlp(**arch_options)
+        x = shape_inputs(x, in_shape)
+        if xb is not None:
+            xb = shape_inputs(xb, in_shape)
+        arch = arch_options if isinstance(arch_options, Architecture) else wn.mlp(**arch_options)
         if network is None:
             source, get = arch, ("nngp", "ntk")
             options = {}
@@ -95,7 +111,7 @@ def write_kernel_store(
             x,
             xb,
             out=out_path,
-            tile=scale.DEFAULT_TILE if tile is None else tile,
+            tile=scale.STORE_TILE if tile is None else tile,
             get=get,
             width=width,
             scheduler=_scheduler_arg(scheduler),
@@ -107,16 +123,22 @@ def write_kernel_store(
             **options,
         )
         seconds = time.perf_counter() - t0
-    except scale.StoreMismatchError as error:
+    except (scale.StoreBusyError, scale.WorkerDiedError) as error:  # RuntimeErrors
         raise fail(str(error)) from None
     except (ValueError, TypeError, OSError, FloatingPointError) as error:
         raise fail(str(error)) from None
     total = len(store.grid())
     n1, n2 = store.shape
+    repaired = len(getattr(store, "repaired_tiles", ()))
     out().print(
         f"{', '.join(store.kernels)} ({n1}x{n2}, {dtype}, tile {store.tile}): computed "
         f"{len(store.written_tiles)} of {total} tiles in {seconds:.2f} s "
-        f"({total - len(store.written_tiles)} were already done)",
+        f"({total - len(store.written_tiles)} were already done"
+        + (
+            f"; {repaired} marked done failed their checksum and were recomputed)"
+            if repaired
+            else ")"
+        ),
         soft_wrap=True,
     )
     saved(Path(out_path))
@@ -321,8 +343,6 @@ def verify(
     """
     from widenet import scale
 
-    if not hasattr(scale, "verify_store"):  # pragma: no cover - until the checksummed stores land
-        raise fail("this widenet's kernel stores carry no checksums (scale.verify_store missing)")
     try:
         report = scale.verify_store(store_path, progress=True)
     except (FileNotFoundError, ValueError, OSError) as error:
