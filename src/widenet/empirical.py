@@ -919,10 +919,11 @@ def _contract(a: torch.Tensor, b: torch.Tensor, mode: str) -> torch.Tensor:
 _EW = 8.0
 
 
-def _gram_term(u: _Unit, xa, ga, xb, gb, mode: str, tile: int) -> torch.Tensor:
+def _gram_term(u: _Unit, xa, ga, xb, gb, mode: str, tile: int, same: bool = False):
     """Σ_grp Σ_{s,t} (g_sc·g'_td)(ws² x_s·x'_t + bs²) over sample tiles of ``tile`` rows.
 
-    x: (n, G, S, fi), g: (n, G, S, kg, fo).
+    x: (n, G, S, fi), g: (n, G, S, kg, fo). same: xb, gb are xa, ga, and only the tiles on and
+    above the diagonal are computed (the others are their mirror images), halving the work.
     """
     na, G, S = xa.shape[:3]
     nb, T = xb.shape[0], xb.shape[2]
@@ -934,7 +935,7 @@ def _gram_term(u: _Unit, xa, ga, xb, gb, mode: str, tile: int) -> torch.Tensor:
         xi = xa[i0:i1].transpose(0, 1).reshape(G, -1, xa.shape[3])
         gi = ga[i0:i1].transpose(0, 1)  # (G, ta, S, kg, fo)
         ta = i1 - i0
-        for j0 in range(0, nb, tile):
+        for j0 in range(i0 if same else 0, nb, tile):
             j1 = min(nb, j0 + tile)
             tb = j1 - j0
             if u.weight:
@@ -961,6 +962,8 @@ def _gram_term(u: _Unit, xa, ga, xb, gb, mode: str, tile: int) -> torch.Tensor:
                 kgr.mul_(kx.view(G, ta * S, 1, tb * T, 1))
                 blk = kgr.view(G, ta, S, kg, tb, T, kg).sum((0, 2, 5)).permute(0, 2, 1, 3)
             out[i0:i1, j0:j1] = blk
+            if same and j0 != i0:
+                out[j0:j1, i0:i1] = _swap(blk, mode)
     return out
 
 
@@ -1296,7 +1299,7 @@ def _unit_term(plan: _Plan, u: _Unit, ra, ga, rb, gb, mode: str, same: bool):
     if u.route == "gram":
         xa, gA = _positions(u, ra[0], ga[0])
         xb, gB = (xa, gA) if same else _positions(u, rb[0], gb[0])
-        return _gram_term(u, xa, gA, xb, gB, mode, plan.tile)
+        return _gram_term(u, xa, gA, xb, gB, mode, plan.tile, same)
     if u.kind in ("generic", "affine"):
         ja = _unit_jac(u, ra, ga)
         jb = ja if same else _unit_jac(u, rb, gb)
