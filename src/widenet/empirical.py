@@ -68,7 +68,7 @@ def _quiet_jit_deprecation():
         yield
 
 
-__all__ = ["empirical_ntk", "empirical_nngp", "empirical_ntk_tiles"]
+__all__ = ["empirical_ntk", "empirical_nngp", "empirical_ntk_tiles", "EmpiricalNTKTiles"]
 
 MODES = ("trace", "full", "diagonal")
 IMPLEMENTATIONS = ("auto", "structured", "jacobian", "ntvp")
