@@ -919,52 +919,128 @@ def _contract(a: torch.Tensor, b: torch.Tensor, mode: str) -> torch.Tensor:
 _EW = 8.0
 
 
-def _gram_term(u: _Unit, xa, ga, xb, gb, mode: str, tile: int, same: bool = False):
-    """Σ_grp Σ_{s,t} (g_sc·g'_td)(ws² x_s·x'_t + bs²) over sample tiles of ``tile`` rows.
+def _gram_tile(u: _Unit, xa, ga, xb, gb, rows: slice, cols: slice, mode: str):
+    """One (rows, cols) tile of Σ_grp Σ_{s,t} (g_sc·g'_td)(ws² x_s·x'_t + bs²), a fresh tensor.
 
-    x: (n, G, S, fi), g: (n, G, S, kg, fo). same: xb, gb are xa, ga, and only the tiles on and
-    above the diagonal are computed (the others are their mirror images), halving the work.
+    x: (n, G, S, fi), g: (n, G, S, kg, fo).
     """
-    na, G, S = xa.shape[:3]
-    nb, T = xb.shape[0], xb.shape[2]
-    kg = ga.shape[3]
-    shape = (na, nb) + {"trace": (), "diagonal": (kg,), "full": (kg, kg)}[mode]
-    out = xa.new_empty(shape)
+    G, S, T, kg = xa.shape[1], xa.shape[2], xb.shape[2], ga.shape[3]
+    xi, xj = xa[rows], xb[cols]
+    ta, tb = xi.shape[0], xj.shape[0]
+    gi, gj = ga[rows], gb[cols]
+    if G == 1 and S == 1 and T == 1 and mode == "trace":
+        # A dense layer: (G Gᵀ) ⊙ (ws² X Xᵀ + bs²), two GEMMs and one fused pass.
+        kgr = gi.reshape(ta, -1) @ gj.reshape(tb, -1).T
+        if not u.weight:
+            return kgr.mul_(u.bs**2)
+        xi2, xj2 = xi.reshape(ta, -1), xj.reshape(tb, -1)
+        if u.bias:
+            bias = xi2.new_tensor(u.bs**2)
+            kx = torch.addmm(bias, xi2, xj2.T, alpha=u.ws**2)
+        else:
+            kx = xi2 @ xj2.T
+            if u.ws != 1.0:
+                kx.mul_(u.ws**2)
+        return kgr.mul_(kx)
+    xi = xi.transpose(0, 1).reshape(G, -1, xa.shape[3])
+    gi = gi.transpose(0, 1)  # (G, ta, S, kg, fo)
+    if u.weight:
+        kx = torch.bmm(xi, xj.transpose(0, 1).reshape(G, -1, xb.shape[3]).mT)
+        if u.ws != 1.0:
+            kx.mul_(u.ws**2)
+        if u.bias:
+            kx.add_(u.bs**2)
+    else:
+        kx = xa.new_full((G, ta * S, tb * T), u.bs**2)
+    gj = gj.transpose(0, 1)
+    if mode == "trace":
+        kgr = torch.bmm(gi.reshape(G, ta * S, -1), gj.reshape(G, tb * T, -1).mT)
+        return kgr.mul_(kx).view(G, ta, S, tb, T).sum((0, 2, 4))
+    if mode == "diagonal":
+        a = gi.permute(0, 3, 1, 2, 4).reshape(G * kg, ta * S, -1)
+        b = gj.permute(0, 3, 1, 2, 4).reshape(G * kg, tb * T, -1)
+        kgr = torch.bmm(a, b.mT).view(G, kg, ta * S, tb * T).mul_(kx.unsqueeze(1))
+        return kgr.view(G, kg, ta, S, tb, T).sum((0, 3, 5)).permute(1, 2, 0)
+    a = gi.reshape(G, ta * S * kg, -1)
+    b = gj.reshape(G, tb * T * kg, -1)
+    kgr = torch.bmm(a, b.mT).view(G, ta * S, kg, tb * T, kg)
+    kgr.mul_(kx.view(G, ta * S, 1, tb * T, 1))
+    return kgr.view(G, ta, S, kg, tb, T, kg).sum((0, 2, 5)).permute(0, 2, 1, 3)
+
+
+def _gram_terms(items: list, out: torch.Tensor, mode: str, tile: int, same: bool) -> None:
+    """Add Σ_units Σ_grp Σ_{s,t} (g_sc·g'_td)(ws² x_s·x'_t + bs²) into ``out`` tile by tile.
+
+    items: (unit, xa, ga, xb, gb) per structured unit. All units are summed per tile before
+    the one write into ``out`` (no n×n intermediate per layer). same: xb, gb are xa, ga, and
+    only the tiles on and above the diagonal are computed (the others are their mirror
+    images), which saves work when the tiles' GEMMs run nearly as fast as the whole one.
+    """
+    na, nb = items[0][1].shape[0], items[0][3].shape[0]
     for i0 in range(0, na, tile):
-        i1 = min(na, i0 + tile)
-        xi = xa[i0:i1].transpose(0, 1).reshape(G, -1, xa.shape[3])
-        gi = ga[i0:i1].transpose(0, 1)  # (G, ta, S, kg, fo)
-        ta = i1 - i0
+        rows = slice(i0, min(na, i0 + tile))
         for j0 in range(i0 if same else 0, nb, tile):
-            j1 = min(nb, j0 + tile)
-            tb = j1 - j0
-            if u.weight:
-                kx = torch.bmm(xi, xb[j0:j1].transpose(0, 1).reshape(G, -1, xb.shape[3]).mT)
-                if u.ws != 1.0:
-                    kx.mul_(u.ws**2)
-                if u.bias:
-                    kx.add_(u.bs**2)
-            else:
-                kx = xa.new_full((G, ta * S, tb * T), u.bs**2)
-            gj = gb[j0:j1].transpose(0, 1)
-            if mode == "trace":
-                kgr = torch.bmm(gi.reshape(G, ta * S, -1), gj.reshape(G, tb * T, -1).mT)
-                blk = kgr.mul_(kx).view(G, ta, S, tb, T).sum((0, 2, 4))
-            elif mode == "diagonal":
-                a = gi.permute(0, 3, 1, 2, 4).reshape(G * kg, ta * S, -1)
-                b = gj.permute(0, 3, 1, 2, 4).reshape(G * kg, tb * T, -1)
-                kgr = torch.bmm(a, b.mT).view(G, kg, ta * S, tb * T).mul_(kx.unsqueeze(1))
-                blk = kgr.view(G, kg, ta, S, tb, T).sum((0, 3, 5)).permute(1, 2, 0)
-            else:
-                a = gi.reshape(G, ta * S * kg, -1)
-                b = gj.reshape(G, tb * T * kg, -1)
-                kgr = torch.bmm(a, b.mT).view(G, ta * S, kg, tb * T, kg)
-                kgr.mul_(kx.view(G, ta * S, 1, tb * T, 1))
-                blk = kgr.view(G, ta, S, kg, tb, T, kg).sum((0, 2, 5)).permute(0, 2, 1, 3)
-            out[i0:i1, j0:j1] = blk
+            cols = slice(j0, min(nb, j0 + tile))
+            acc = None
+            for u, xa, ga, xb, gb in items:
+                t = _gram_tile(u, xa, ga, xb, gb, rows, cols, mode)
+                acc = t if acc is None else acc.add_(t)
+            out[rows, cols] += acc
             if same and j0 != i0:
-                out[j0:j1, i0:i1] = _swap(blk, mode)
-    return out
+                out[cols, rows] += _swap(acc, mode)
+
+
+# Measured seconds of a t×_GEMM_INNER by _GEMM_INNER×t product, per (device, dtype, t).
+_GEMM_SECONDS: dict = {}
+_GEMM_INNER = 512
+# Below this many samples a symmetric kernel is never split into sub-tiles (the measurement
+# would cost more than it can save).
+_TILE_MIN_N = 1024
+
+
+def _gemm_seconds(sizes: list, device: torch.device, dtype: torch.dtype) -> dict:
+    """Seconds of a t×K by K×t GEMM (K = _GEMM_INNER) for each t, measured once per device
+    and dtype: three rounds over all sizes, interleaved so that a burst of load elsewhere on
+    the machine hits them alike, and the median per size."""
+    todo = [t for t in sizes if (device.type, device.index, dtype, t) not in _GEMM_SECONDS]
+    if todo:
+        mats = {t: torch.ones((t, _GEMM_INNER), dtype=dtype, device=device) for t in todo}
+        mats[todo[0]] @ mats[todo[0]].T  # warm the BLAS thread pool
+        times: dict = {t: [] for t in todo}
+        for _ in range(3):
+            for t, a in mats.items():
+                if device.type == "cuda":
+                    torch.cuda.synchronize(device)
+                t0 = time.perf_counter()
+                a @ a.T
+                if device.type == "cuda":
+                    torch.cuda.synchronize(device)
+                times[t].append(time.perf_counter() - t0)
+        for t, v in times.items():
+            _GEMM_SECONDS[(device.type, device.index, dtype, t)] = sorted(v)[1]
+    return {t: _GEMM_SECONDS[(device.type, device.index, dtype, t)] for t in sizes}
+
+
+def _symmetric_tile(n: int, cap: int, device: torch.device, dtype: torch.dtype) -> int:
+    """Rows per sub-tile of a symmetric n×n Gram, chosen by measured GEMM speed.
+
+    Splitting into m×m tiles and computing the m(m+1)/2 on and above the diagonal saves flops
+    ((m+1)/2m of them remain) but smaller GEMMs run below the full one's rate; the tile size
+    with the least measured time m(m+1)/2 · T(⌈n/m⌉) wins (measured once per size, device and
+    dtype, then cached). The whole n×n product must be beaten by 10 % to be split.
+    """
+    if n <= cap and n < _TILE_MIN_N:
+        return n
+    sizes = sorted({-(-n // m) for m in (1, 2, 3, 4)} - set(range(cap + 1, n + 1)))
+    if not sizes:
+        return cap
+    seconds = _gemm_seconds(sizes, device, dtype)
+
+    def cost(t):
+        m = -(-n // t)
+        return m * (m + 1) / 2 * seconds[t] * (1.0 if m > 1 else 0.9)
+
+    return min(sizes, key=cost)
 
 
 # --------------------------------------------------------------------------------------------
@@ -1130,7 +1206,8 @@ def _size(plan: _Plan, n1: int, n2: int, symmetric: bool, item: int) -> None:
     plan.tile = max(1, min(_SYMMETRIC_TILE, int(math.sqrt(0.25 * limit / (worst * item)))))
 
 
-_SYMMETRIC_TILE = 512
+# An upper bound on the rows per Gram tile (besides memory); tests lower it to force tiling.
+_SYMMETRIC_TILE = 1 << 30
 
 
 # --------------------------------------------------------------------------------------------
@@ -1296,10 +1373,6 @@ def _output_grads(plan: _Plan, side: _Side, c0: int, c1: int) -> list:
 
 
 def _unit_term(plan: _Plan, u: _Unit, ra, ga, rb, gb, mode: str, same: bool):
-    if u.route == "gram":
-        xa, gA = _positions(u, ra[0], ga[0])
-        xb, gB = (xa, gA) if same else _positions(u, rb[0], gb[0])
-        return _gram_term(u, xa, gA, xb, gB, mode, plan.tile, same)
     if u.kind in ("generic", "affine"):
         ja = _unit_jac(u, ra, ga)
         jb = ja if same else _unit_jac(u, rb, gb)
@@ -1340,12 +1413,21 @@ def _block(model, plan: _Plan, base, sa: _Side, sb: _Side, same: bool, groups, s
         if plan.units:
             ga = _output_grads(plan, sa, c0, c1)
             gb = ga if same else _output_grads(plan, sb, c0, c1)
+            target = blk[..., c0:c1] if mode == "diagonal" else blk
+            grams = []
             for i, u in enumerate(plan.units):
-                term = _unit_term(plan, u, sa.records[i], ga[i], sb.records[i], gb[i], mode, same)
-                if mode == "diagonal":
-                    blk[..., c0:c1] += term
+                ra, rb = sa.records[i], sb.records[i]
+                if u.route == "gram":
+                    xa, gA = _positions(u, ra[0], ga[i][0])
+                    xb, gB = (xa, gA) if same else _positions(u, rb[0], gb[i][0])
+                    grams.append((u, xa, gA, xb, gB))
                 else:
-                    blk += term
+                    target += _unit_term(plan, u, ra, ga[i], rb, gb[i], mode, same)
+            if grams:
+                tile = plan.tile
+                if same:
+                    tile = _symmetric_tile(na, tile, blk.device, blk.dtype)
+                _gram_terms(grams, target, mode, tile, same)
         step()
     if plan.general:
         if plan.general_impl == "jacobian":
@@ -1428,16 +1510,18 @@ def _compute(model, plan: _Plan, base, x1, x2, progress) -> torch.Tensor:
                 same = x2 is None and j0 == i0
                 sb = sa if same else _forward(model, plan, base, xs2[j0 : j0 + c])
                 blk = _block(model, plan, base, sa, sb, same, groups, step)
+                if blk.shape == result.shape:  # one block: it is the result
+                    result = blk
+                    continue
                 result[i0 : i0 + c, j0 : j0 + c] = blk
                 if x2 is None and not same:
                     result[j0 : j0 + c, i0 : i0 + c] = _swap(blk, mode)
                 del sb
             del sa
-    if x2 is None:
-        result = 0.5 * (result + _swap(result, mode))  # exact symmetry despite rounding
-    if mode == "trace":
-        result = result / k
-    return result
+    scale = 1.0 / k if mode == "trace" else 1.0
+    if x2 is None:  # exact symmetry despite rounding
+        return torch.add(result, _swap(result, mode)).mul_(0.5 * scale)
+    return result.mul_(scale) if scale != 1.0 else result
 
 
 # --------------------------------------------------------------------------------------------
