@@ -978,69 +978,79 @@ def _gram_terms(items: list, out: torch.Tensor, mode: str, tile: int, same: bool
     """
     na, nb = items[0][1].shape[0], items[0][3].shape[0]
     for i0 in range(0, na, tile):
-        rows = slice(i0, min(na, i0 + tile))
-        for j0 in range(i0 if same else 0, nb, tile):
-            cols = slice(j0, min(nb, j0 + tile))
+        i1 = min(na, i0 + tile)
+        rows = slice(i0, i1)
+        # Symmetric: one panel, rows i0:i1 against columns i0:n (fewer, larger GEMMs than
+        # square tiles); its part right of the diagonal block is mirrored below it.
+        col_tile = nb if same else tile
+        for j0 in range(i0 if same else 0, nb, col_tile):
+            cols = slice(j0, min(nb, j0 + col_tile))
             acc = None
             for u, xa, ga, xb, gb in items:
                 t = _gram_tile(u, xa, ga, xb, gb, rows, cols, mode)
                 acc = t if acc is None else acc.add_(t)
             out[rows, cols] += acc
-            if same and j0 != i0:
-                out[cols, rows] += _swap(acc, mode)
+            if same and i1 < nb:
+                out[i1:nb, rows] += _swap(acc[:, i1 - i0 :], mode)
 
 
-# Measured seconds of a t×_GEMM_INNER by _GEMM_INNER×t product, per (device, dtype, t).
-_GEMM_SECONDS: dict = {}
-_GEMM_INNER = 512
-# Below this many samples a symmetric kernel is never split into sub-tiles (the measurement
+# Measured seconds of the panel GEMMs of a symmetric n×n Gram split into m row panels, per
+# (device, dtype, n, m); inner dimension _GEMM_INNER.
+_PANEL_SECONDS: dict = {}
+_GEMM_INNER = 256
+# Below this many samples a symmetric kernel is never split into panels (the measurement
 # would cost more than it can save).
 _TILE_MIN_N = 1024
 
 
-def _gemm_seconds(sizes: list, device: torch.device, dtype: torch.dtype) -> dict:
-    """Seconds of a t×K by K×t GEMM (K = _GEMM_INNER) for each t, measured once per device
-    and dtype: three rounds over all sizes, interleaved so that a burst of load elsewhere on
-    the machine hits them alike, and the median per size."""
-    todo = [t for t in sizes if (device.type, device.index, dtype, t) not in _GEMM_SECONDS]
+def _panel_seconds(n: int, ms: list, device: torch.device, dtype: torch.dtype) -> dict:
+    """Seconds of the GEMMs Σ_i (rows of panel i) × (columns i0:n) for n rows in m panels, for
+    each m, measured once per (device, dtype, n): three rounds over the candidates,
+    interleaved so that a burst of load elsewhere hits them alike; the median per candidate."""
+    if len(_PANEL_SECONDS) > 256:
+        _PANEL_SECONDS.clear()
+    todo = [m for m in ms if (device.type, device.index, dtype, n, m) not in _PANEL_SECONDS]
     if todo:
-        mats = {t: torch.ones((t, _GEMM_INNER), dtype=dtype, device=device) for t in todo}
-        mats[todo[0]] @ mats[todo[0]].T  # warm the BLAS thread pool
-        times: dict = {t: [] for t in todo}
+        a = torch.ones((n, _GEMM_INNER), dtype=dtype, device=device)
+        a[:64] @ a[:64].T  # warm the BLAS thread pool
+
+        def run(m):
+            t = -(-n // m)
+            for i0 in range(0, n, t):
+                a[i0 : i0 + t] @ a[i0:].T
+
+        times: dict = {m: [] for m in todo}
         for _ in range(3):
-            for t, a in mats.items():
+            for m in todo:
                 if device.type == "cuda":
                     torch.cuda.synchronize(device)
                 t0 = time.perf_counter()
-                a @ a.T
+                run(m)
                 if device.type == "cuda":
                     torch.cuda.synchronize(device)
-                times[t].append(time.perf_counter() - t0)
-        for t, v in times.items():
-            _GEMM_SECONDS[(device.type, device.index, dtype, t)] = sorted(v)[1]
-    return {t: _GEMM_SECONDS[(device.type, device.index, dtype, t)] for t in sizes}
+                times[m].append(time.perf_counter() - t0)
+        for m, v in times.items():
+            _PANEL_SECONDS[(device.type, device.index, dtype, n, m)] = sorted(v)[1]
+    return {m: _PANEL_SECONDS[(device.type, device.index, dtype, n, m)] for m in ms}
 
 
 def _symmetric_tile(n: int, cap: int, device: torch.device, dtype: torch.dtype) -> int:
-    """Rows per sub-tile of a symmetric n×n Gram, chosen by measured GEMM speed.
+    """Rows per panel of a symmetric n×n Gram, chosen by measured GEMM time.
 
-    Splitting into m×m tiles and computing the m(m+1)/2 on and above the diagonal saves flops
-    ((m+1)/2m of them remain) but smaller GEMMs run below the full one's rate; the tile size
-    with the least measured time m(m+1)/2 · T(⌈n/m⌉) wins (measured once per size, device and
-    dtype, then cached). The whole n×n product must be beaten by 10 % to be split.
+    m panels of t = ⌈n/m⌉ rows, each against the columns from its first row on, do a fraction
+    (m+1)/2m of the flops of the whole product, but in smaller GEMMs that run below its rate
+    (and each call costs a thread-pool barrier): the m with the least measured time wins
+    (measured once per n, device and dtype, then cached; m = 1, the whole product, unless a
+    split is 10 % faster). A panel holds t·n elements, at most cap².
     """
     if n <= cap and n < _TILE_MIN_N:
         return n
-    sizes = sorted({-(-n // m) for m in (1, 2, 3, 4)} - set(range(cap + 1, n + 1)))
-    if not sizes:
-        return cap
-    seconds = _gemm_seconds(sizes, device, dtype)
-
-    def cost(t):
-        m = -(-n // t)
-        return m * (m + 1) / 2 * seconds[t] * (1.0 if m > 1 else 0.9)
-
-    return min(sizes, key=cost)
+    ms = [m for m in (1, 2, 4, 8) if -(-n // m) * n <= cap * cap][:3]
+    if not ms:
+        return max(1, cap * cap // n)
+    seconds = _panel_seconds(n, ms, device, dtype)
+    best = min(ms, key=lambda m: seconds[m] * (0.9 if m == 1 else 1.0))
+    return -(-n // best)
 
 
 # --------------------------------------------------------------------------------------------
