@@ -597,3 +597,60 @@ def test_cuda_matches_cpu():
     gpu = empirical_ntk(copy.deepcopy(model).cuda(), x.cuda(), mode="full")
     assert gpu.device.type == "cuda"
     assert rel_err(gpu.cpu(), cpu) < TOL64
+
+
+@pytest.mark.parametrize("mode", ["trace", "full", "diagonal"])
+def test_symmetric_row_panels(monkeypatch, mode):
+    # Θ(x, x)'s structured Grams are computed in row panels (rows i0:i1 against columns i0:n)
+    # whose part right of the diagonal block is mirrored; panels of 3 rows on 8 samples give
+    # two full panels and a ragged last one. Float64 autograd reference: agreement to rounding.
+    import widenet.empirical as E
+
+    model = mlp(k=2).double()
+    x = data(8, 5)
+    monkeypatch.setattr(E, "_symmetric_tile", lambda n, cap, device, dtype: 3)
+    got = ntk_quiet(model, x, mode=mode, implementation="structured")
+    assert rel_err(got, reduce(reference_ntk(model, x), mode)) < TOL64
+
+
+def test_symmetric_tile_is_measured_and_cached(monkeypatch):
+    # Large symmetric Grams pick the panel count by measured GEMM time, once per (n, device,
+    # dtype); small ones are never split. The choice is one of the candidates' row counts.
+    import widenet.empirical as E
+
+    monkeypatch.setattr(E, "_PANEL_SECONDS", {})
+    monkeypatch.setattr(E, "_GEMM_INNER", 8)
+    cpu = torch.device("cpu")
+    assert E._symmetric_tile(100, 1 << 30, cpu, torch.float64) == 100
+    t = E._symmetric_tile(1100, 1 << 30, cpu, torch.float64)
+    assert t in (1100, 550, 275)
+    assert {key[3] for key in E._PANEL_SECONDS} == {1100}
+    # A memory cap that allows only 275-row panels (275 · 1100 ≤ 550²) leaves one candidate.
+    monkeypatch.setattr(E, "_panel_seconds", lambda n, ms, d, dt: {m: 1.0 for m in ms})
+    assert E._symmetric_tile(1100, 550, cpu, torch.float64) == 275
+
+
+def test_plan_reused_across_calls_with_current_parameter_values(monkeypatch):
+    # A second call with the same model and shapes reuses the plan (no probe), but must see the
+    # parameters' current values (changed in place, or replaced through .data) and re-plan
+    # when a module is swapped. Each result against float64 autograd.
+    import widenet.empirical as E
+
+    calls = []
+    real = E._plan
+    monkeypatch.setattr(E, "_plan", lambda *a, **k: calls.append(1) or real(*a, **k))
+    model = mlp(k=2).double()
+    x = data(6, 5)
+    first = empirical_ntk(model, x)
+    assert rel_err(first, reduce(reference_ntk(model, x), "trace")) < TOL64
+    with torch.no_grad():
+        model[0].weight.mul_(1.5)
+    model[2].weight.data = model[2].weight.data * 0.5 + 0.1
+    second = empirical_ntk(model, x)
+    assert len(calls) == 1
+    assert rel_err(second, reduce(reference_ntk(model, x), "trace")) < TOL64
+    assert rel_err(second, first) > 1e-3  # the change is visible
+    model[2] = nn.Linear(12, 12).double()
+    third = empirical_ntk(model, x)
+    assert len(calls) == 2
+    assert rel_err(third, reduce(reference_ntk(model, x), "trace")) < TOL64

@@ -39,11 +39,14 @@ weight gradients are formed a slice of output channels at a time.
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import math
 import os
+import threading
 import time
 import warnings
+import weakref
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 
@@ -1134,13 +1137,14 @@ def _plan(model, selected, x1, x2, mode, implementation, memory_limit, chunk_siz
             f"{owners}; they are handled by the general torch.func path",
             stacklevel=3,
         )
-    fp = max(
-        _forward_flops(model, base, x1, output_fn),
-        2.0 * sum(p.numel() for p in selected.values()),
-    )
     p_gen = sum(selected[n].numel() for n in general)
     impl = implementation if implementation in ("jacobian", "ntvp") else None
+    fp = 0.0
     if general and impl is None:
+        fp = max(
+            _forward_flops(model, base, x1, output_fn),
+            2.0 * sum(p.numel() for p in selected.values()),
+        )
         # Novak et al. 2022, Table 1: Jacobian contraction ~ N k [FP] + N² k P (k² P in full
         # mode); NTK-vector products ~ N² k [FP]. Constant 3: a backward costs ~2 forwards.
         kk = k * k if mode == "full" else k
@@ -1150,7 +1154,7 @@ def _plan(model, selected, x1, x2, mode, implementation, memory_limit, chunk_siz
     plan = _Plan(
         units, general, impl or "jacobian", p_gen < k, k, stats, output_fn, mode, memory_limit
     )
-    plan.fp = fp
+    plan.fp = fp  # 0 when no general path needs it
     plan.forced_chunk = chunk_size
     for u in units:
         if u.kind in ("generic", "affine"):
@@ -1163,6 +1167,46 @@ def _plan(model, selected, x1, x2, mode, implementation, memory_limit, chunk_siz
             costs = _route_costs(u, n1, n2, x2 is None, k, mode)
             u.route = min(costs, key=costs.get)
     _size(plan, n1, n2, x2 is None, x1.element_size())
+    return plan, base
+
+
+# Plans of recent calls: the probe and the cost model run once for repeated calls with the
+# same model (object, modules, parameters, hooks), selection, input shapes and options.
+_PLANS: collections.OrderedDict = collections.OrderedDict()
+_PLANS_KEPT = 4  # plans hold references to their modules: keep only a few
+
+
+def _plan_key(model, selected, x1, x2, options) -> tuple:
+    modules = tuple(
+        (name, id(m), type(m), m.training, len(m._forward_hooks), len(m._forward_pre_hooks))
+        for name, m in model.named_modules(remove_duplicate=False)
+    )
+    params = tuple(
+        (name, id(p), tuple(p.shape), p.dtype, p.device, p.requires_grad)
+        for name, p in model.named_parameters(remove_duplicate=False)
+    )
+    chosen = tuple((name, id(p)) for name, p in selected.items())
+    inputs = tuple(
+        None if x is None else (tuple(x.shape), x.dtype, x.device, x.is_floating_point())
+        for x in (x1, x2)
+    )
+    return (threading.get_ident(), id(model), modules, params, chosen, inputs, options)
+
+
+def _cached_plan(model, selected, x1, x2, mode, implementation, limit, chunk_size, output_fn):
+    """_plan, reused from an earlier call with the same key (see _plan_key); the parameters'
+    current values are taken on every call."""
+    options = (mode, implementation, limit, chunk_size, id(output_fn))
+    key = _plan_key(model, selected, x1, x2, options)
+    hit = _PLANS.get(key)
+    if hit is not None and hit[0]() is model and hit[1].output_fn is output_fn:
+        _PLANS.move_to_end(key)
+        return hit[1], {n: p.detach() for n, p in model.named_parameters()}
+    plan, base = _plan(model, selected, x1, x2, mode, implementation, limit, chunk_size, output_fn)
+    _finish_plan(plan, selected, next(iter(selected.values())).dtype)
+    _PLANS[key] = (weakref.ref(model), plan)
+    while len(_PLANS) > _PLANS_KEPT:
+        _PLANS.popitem(last=False)
     return plan, base
 
 
@@ -1638,8 +1682,9 @@ def empirical_ntk(
     model, x1, x2, selected, limit = _prepare(
         model, x1, x2, mode, params, implementation, memory_limit_bytes, chunk_size
     )
-    plan, base = _plan(model, selected, x1, x2, mode, implementation, limit, chunk_size, output_fn)
-    _finish_plan(plan, selected, next(iter(selected.values())).dtype)
+    plan, base = _cached_plan(
+        model, selected, x1, x2, mode, implementation, limit, chunk_size, output_fn
+    )
     return _compute(model, plan, base, x1, x2, progress)
 
 
