@@ -164,7 +164,7 @@ class CNNKernelsConfig(lab.Config):
     width: int = pydantic.Field(128, ge=1)
     epochs: int = pydantic.Field(40, ge=1)
     batch_size: int = pydantic.Field(128, ge=1)
-    lr: float = pydantic.Field(0.5, gt=0)
+    lr: float = pydantic.Field(1.0, gt=0)
     svm_c: list[float] = [1.0, 10.0, 100.0]
     svm_gamma_scale: list[float] = [0.25, 1.0, 4.0]
 
@@ -173,8 +173,8 @@ class CNNKernelsConfig(lab.Config):
         "digits_n_test": 100,
         "mnist1d_n_train": 200,
         "mnist1d_n_test": 200,
-        "width": 16,
-        "epochs": 10,
+        "width": 32,
+        "epochs": 60,
         "batch_size": 32,
         "svm_c": [10.0],
         "svm_gamma_scale": [1.0],
@@ -346,7 +346,7 @@ def train_finite(arch, x, y, xt, yt, config: CNNKernelsConfig, seed: int, device
                     v.mul_(0.9).add_(g)
                     p.sub_(v, alpha=lr)
             step += 1
-        if not math.isfinite(float(loss)):
+        if not math.isfinite(loss.item()):
             raise FloatingPointError(f"SGD diverged (lr={config.lr}); lower lr")
     with torch.no_grad():
         train_acc = float((net(x).argmax(1) == y).double().mean())
