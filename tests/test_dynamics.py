@@ -19,6 +19,7 @@ import torch
 
 import widenet as wn
 from widenet import dynamics as dy
+from widenet import layers
 
 F64 = torch.float64
 ARCH = wn.mlp(2, "relu", w_std=1.4, b_std=0.1)
@@ -249,7 +250,7 @@ def _mlp_ntk_and_outputs(net, xs):
     outputs) (Novak et al. 2022); wn.empirical_ntk computes the same (checked below) but with a
     per-call set-up cost that dominates at 7 points, and the ensemble needs hundreds of calls.
     """
-    dense = [m for m in net if isinstance(m, wn.Dense)]
+    dense = [m for m in net if isinstance(m, layers.Dense)]
     inputs, pre = [], []
     a = xs
     for i, layer in enumerate(dense):

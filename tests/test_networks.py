@@ -14,6 +14,7 @@ import torch
 from torch.func import functional_call, jacrev
 
 import widenet as wn
+from widenet import layers
 
 D = 5  # input dimension
 N = 8  # number of points
@@ -144,11 +145,11 @@ def test_network_structure_and_determinism(parameterization):
     assert isinstance(net, torch.nn.Sequential)
     assert len(net) == 2 * 3 + 1
     for i in range(3):
-        assert isinstance(net[2 * i], wn.Dense) and isinstance(net[2 * i + 1], wn.Elementwise)
+        assert isinstance(net[2 * i], layers.Dense) and isinstance(net[2 * i + 1], wn.Elementwise)
         assert net[2 * i].out_features == 16
     assert net[0].in_features == 7 and net[-1].in_features == 16 and net[-1].out_features == 4
-    assert isinstance(net[-1], wn.Dense)
-    assert all(m.parameterization == parameterization for m in net if isinstance(m, wn.Dense))
+    assert isinstance(net[-1], layers.Dense)
+    assert all(m.parameterization == parameterization for m in net if isinstance(m, layers.Dense))
     assert net[0].weight.dtype == torch.float32
     same = arch.network(7, 16, seed=3)
     other = arch.network(7, 16, seed=4)
@@ -192,7 +193,7 @@ def test_init_standard_parameterization_scales():
 @pytest.mark.parametrize("parameterization", ["ntk", "standard"])
 def test_dense_forward_formula(parameterization):
     gen = torch.Generator().manual_seed(0)
-    layer = wn.Dense(
+    layer = layers.Dense(
         6, 3, w_std=1.7, b_std=0.4, parameterization=parameterization, generator=gen
     ).double()
     x = torch.randn(4, 6, dtype=torch.float64)

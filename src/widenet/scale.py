@@ -104,7 +104,7 @@ from torch import nn
 from widenet._checks import as_tensor, check_finite, check_int, check_real
 from widenet._version import __version__
 from widenet.architectures import DEFAULT_TILE as ENGINE_TILE
-from widenet.architectures import MLP
+from widenet.architectures import MLP, Architecture
 from widenet.kernels import _check_finite_result, _check_tile, _resolve_get, tile_grid
 
 __all__ = [
@@ -296,7 +296,9 @@ class _EmpiricalSource:
         return {"ntk": theta}
 
 
-def _arch_metadata(arch: MLP, width) -> dict:
+def _arch_metadata(arch: Architecture, width) -> dict:
+    if not isinstance(arch, MLP):
+        return dict(kind="serial", layers=arch.spec(), width=width)
     act = arch.activation
     return dict(
         kind="mlp",
@@ -338,7 +340,7 @@ def _block_size(block, tile: int) -> int:
 
 def _make_source(kernel, x1, x2, *, get, dtype, width, tile, block, ntk_options):
     """(source, x1, x2, gets, architecture metadata) for an MLP or a torch model."""
-    if isinstance(kernel, MLP):
+    if isinstance(kernel, Architecture):
         need_nngp, need_ntk = _resolve_get(get)
         if ntk_options:
             raise ValueError(
