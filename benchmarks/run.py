@@ -1,6 +1,7 @@
 """Run every benchmark and summarise the measured ratios against the goals.
 
     python benchmarks/run.py [--quick] [--with-nt] [--nt-python PATH] [--with-scale [--scale-n N]]
+                             [--with-cnn]
 
 - ``bench_kernels``: closed-form FC ReLU depth-3 NNGP + NTK vs plain eager PyTorch (goal >= 4x);
 - ``bench_empirical_ntk`` (when importable): empirical NTK vs the torch.func tutorial recipe
@@ -13,6 +14,9 @@
 - ``bench_scale`` (only with ``--with-scale``: n = 50 000 writes 20 GB stores in turn for minutes;
   ``--scale-n`` picks a smaller n): NNGP + NTK to a Zarr store, tile throughput against the
   in-memory engine (goal >= 0.8), peak RSS (goal <= 2 GiB), Dask 1 -> 2 workers (goal >= 1.7x).
+- ``bench_cnn_kernels`` (only with ``--with-cnn``: tens of minutes on 2 cores): CNN-GAP, CNN-Vec
+  and Myrtle-5 kernels against neural-tangents (with ``--with-nt``; goals >= 10x, 3x, 5x), the
+  Myrtle-5 kernel of all 1797 digits, cost exponents in n and H*W, peak memory at n = 2000.
 
 Each benchmark writes its own JSON under benchmarks/results/; this prints one summary table.
 The exit status is 0 whatever the goals' outcome (a benchmark is a measurement, not a test).
@@ -125,12 +129,29 @@ def summary_rows(
     return rows
 
 
+def cnn_rows(cnn) -> list[tuple[str, float | None, str, float]]:
+    """Summary rows of ``bench_cnn_kernels`` (its neural-tangents ratios and the memory
+    ceiling, shown as bound / measured so that >= 1 passes)."""
+    rows = []
+    if cnn is None:
+        return rows
+    for r in cnn.get("nt", {}).get("rows", []):
+        what = f"{r['workload']} kernel n={r['n']}: neural-tangents / widenet"
+        rows.append((what, r["speedup"], ">=", r["goal"]))
+    mem = cnn.get("peak_memory")
+    if mem is not None and "rise" in mem:
+        what = f"cnn-gap n={mem['n']}: (2 x output + workspace) / peak RSS rise"
+        rows.append((what, mem["bound"] / max(mem["rise"], 1), ">=", 1))
+    return rows
+
+
 def main(
     quick: bool = False,
     with_nt: bool = False,
     nt_python: str | None = None,
     with_scale: bool = False,
     scale_n: int | None = None,
+    with_cnn: bool = False,
 ) -> dict:
     kernels = _run("bench_kernels", quick=quick)
     empirical = _run("bench_empirical_ntk", quick=quick)
@@ -139,6 +160,10 @@ def main(
     phases = _run("bench_phases", quick=quick)
     scale = _run("bench_scale", quick=quick, n=scale_n) if with_scale else None
     rows = summary_rows(kernels, empirical, nt, dynamics, scale, phases)
+    cnn = None
+    if with_cnn:
+        cnn = _run("bench_cnn_kernels", quick=quick, nt_python=nt_python, with_nt=with_nt)
+        rows += cnn_rows(cnn)
     print("\n=== summary" + (" (--quick: small sizes, not the goals' workloads)" if quick else ""))
     for what, ratio, kind, goal in rows:
         if kind == "info":
@@ -156,6 +181,7 @@ def main(
         dynamics=dynamics,
         scale=scale,
         phases=phases,
+        cnn=cnn,
         rows=rows,
     )
 
@@ -169,6 +195,9 @@ if __name__ == "__main__":
         "--with-scale", action="store_true", help="also the Zarr/Dask benchmark (20 GB at n=50000)"
     )
     parser.add_argument("--scale-n", type=int, default=None, help="n of the Zarr/Dask benchmark")
+    parser.add_argument(
+        "--with-cnn", action="store_true", help="also the CNN-kernel benchmark (tens of minutes)"
+    )
     args = parser.parse_args()
     main(
         quick=args.quick,
@@ -176,4 +205,5 @@ if __name__ == "__main__":
         nt_python=args.nt_python,
         with_scale=args.with_scale,
         scale_n=args.scale_n,
+        with_cnn=args.with_cnn,
     )

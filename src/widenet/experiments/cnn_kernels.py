@@ -169,10 +169,10 @@ class CNNKernelsConfig(lab.Config):
     svm_gamma_scale: list[float] = [0.25, 1.0, 4.0]
 
     QUICK: ClassVar[dict] = {
-        "digits_n_train": 100,
-        "digits_n_test": 100,
-        "mnist1d_n_train": 200,
-        "mnist1d_n_test": 200,
+        "digits_n_train": 50,
+        "digits_n_test": 50,
+        "mnist1d_n_train": 100,
+        "mnist1d_n_test": 100,
         "width": 32,
         "epochs": 60,
         "batch_size": 32,
