@@ -24,13 +24,16 @@ Also, widenet alone:
 - peak memory of the CNN-GAP kernel at n = 2000 (8x8 inputs), in a fresh subprocess: the rise
   of the peak resident set size (``resource.getrusage(RUSAGE_SELF).ru_maxrss``) over the call,
   against 2 x the output's bytes (NNGP + NTK, n x n each) plus one tile's workspace
-  (``widenet.stax.WORKSPACE_BYTES``).
+  (``widenet.stax.workspace_bytes``).
 
 The machine is shared: every figure is stored with the load average (``uptime``) around it.
 Rerun everything with one command, preferably on a quiet machine:
 
     nice -n 10 .venv/bin/python benchmarks/bench_cnn_kernels.py [--quick] [--no-nt]
-        [--nt-python PATH] [--no-memory]
+        [--nt-python PATH] [--no-memory] [--threads K]
+
+The neural-tangents comparisons time widenet at torch's default thread count (the headline
+ratio) and at 1 thread; ``--threads`` sets the threads of the widenet-only parts.
 
 Writes benchmarks/results/bench_cnn_kernels.json.
 """
@@ -108,6 +111,29 @@ def slope(xs, ts) -> float:
 # widenet against neural-tangents
 
 
+class threads:
+    """``with threads(k):`` torch's intra-op threads set to k (None: unchanged), then restored."""
+
+    def __init__(self, k: int | None):
+        self.k, self.saved = k, torch.get_num_threads()
+
+    def __enter__(self):
+        if self.k is not None:
+            torch.set_num_threads(self.k)
+
+    def __exit__(self, *exc):
+        torch.set_num_threads(self.saved)
+
+
+def time_widenet(arch, x, repeats, warmup=True) -> tuple[dict, object]:
+    """Best times at torch's default thread count and at 1 thread (the two can differ by 20x on
+    an oversubscribed machine, where every parallel region waits for descheduled threads)."""
+    t_default, k = best_of(lambda: arch.kernel(x), repeats, warmup)
+    with threads(1):
+        t_one, _ = best_of(lambda: arch.kernel(x), repeats, warmup)
+    return {"default": t_default, "1": t_one}, k
+
+
 def compare_with_nt(workloads, repeats, nt_python) -> dict:
     """One neural-tangents worker per workload, widenet timed right before and after it."""
     from nt_compare import run_worker
@@ -120,8 +146,8 @@ def compare_with_nt(workloads, repeats, nt_python) -> dict:
             np.save(tmp / "x.npy", x.numpy())
             arch = architecture(name)
             load_before = uptime()
-            t_wn, k = best_of(lambda arch=arch, x=x: arch.kernel(x), repeats)
-            print(f"  widenet {name} n={n}: {t_wn:.4f} s", flush=True)
+            t_wn, k = time_widenet(arch, x, repeats)
+            print(f"  widenet {name} n={n}: {t_wn} s (default threads, 1 thread)", flush=True)
             cfg = dict(
                 out=str(tmp / "nt.json"),
                 w_std=W_STD,
@@ -140,21 +166,23 @@ def compare_with_nt(workloads, repeats, nt_python) -> dict:
             nt_out = run_worker(nt_python, WORKER, cfg, tmp)
             if isinstance(nt_out, str):
                 return dict(skipped=True, reason=nt_out, rows=rows)
-            t_wn2, _ = best_of(lambda arch=arch, x=x: arch.kernel(x), repeats, warmup=False)
-            print(f"  widenet {name} n={n} (after): {t_wn2:.4f} s", flush=True)
-            t_wn = min(t_wn, t_wn2)
+            t_wn2, _ = time_widenet(arch, x, repeats, warmup=False)
+            print(f"  widenet {name} n={n} (after): {t_wn2} s", flush=True)
+            t_wn = {key: min(t_wn[key], t_wn2[key]) for key in t_wn}
             nt_k = np.load(tmp / "k.npz")
             t_nt = nt_out["rows"][0]["seconds"]
             rows.append(
                 dict(
                     workload=name,
                     n=n,
-                    widenet_seconds=t_wn,
+                    widenet_seconds=t_wn["default"],
+                    widenet_seconds_1_thread=t_wn["1"],
                     nt_seconds=t_nt,
                     nt_wall_with_compile=nt_out["rows"][0]["wall"],
-                    speedup=t_nt / t_wn,
+                    speedup=t_nt / t_wn["default"],
+                    speedup_1_thread=t_nt / t_wn["1"],
                     goal=GOALS[name],
-                    goal_met=t_nt / t_wn >= GOALS[name],
+                    goal_met=t_nt / t_wn["default"] >= GOALS[name],
                     rel_diff_nngp=rel(k.nngp, nt_k["nngp"]),
                     rel_diff_ntk=rel(k.ntk, nt_k["ntk"]),
                     load_before=load_before,
@@ -235,15 +263,16 @@ def memory_probe(n: int) -> dict:
         peak_rss_after=peak,
         rise=peak - before,
         output_bytes=output,
-        workspace_bytes=stax.WORKSPACE_BYTES,
-        bound=2 * output + stax.WORKSPACE_BYTES,
+        workspace_bytes=stax.workspace_bytes(x.device),
+        bound=2 * output + stax.workspace_bytes(x.device),
     )
 
 
-def peak_memory(n: int) -> dict:
+def peak_memory(n: int, n_threads: int | None = None) -> dict:
     load_before = uptime()
+    extra = [] if n_threads is None else ["--threads", str(n_threads)]
     proc = subprocess.run(
-        [sys.executable, __file__, "--memory-probe", str(n)],
+        [sys.executable, __file__, "--memory-probe", str(n), *extra],
         capture_output=True,
         text=True,
         check=False,
@@ -274,6 +303,7 @@ def main(
     with_nt: bool = True,
     memory: bool = True,
     repeats: int | None = None,
+    solo_threads: int | None = None,
 ) -> dict:
     repeats = repeats or (1 if quick else 2)
     result = dict(
@@ -285,7 +315,13 @@ def main(
         niceness=os.nice(0),
         cpus=os.cpu_count(),
         load_start=uptime(),
-        config=dict(w_std=W_STD, b_std=B_STD, dtype="float32", repeats=repeats),
+        config=dict(
+            w_std=W_STD,
+            b_std=B_STD,
+            dtype="float32",
+            repeats=repeats,
+            solo_threads=solo_threads or torch.get_num_threads(),
+        ),
     )
     print(f"bench_cnn_kernels: {result['load_start']}", flush=True)
     workloads = (
@@ -305,20 +341,25 @@ def main(
     else:
         result["nt"] = dict(skipped=True, reason="--no-nt")
 
-    n_all = 10 if quick else None
-    x = digits(n_all)
-    arch = architecture("myrtle5")
-    load_before = uptime()
-    t0 = time.perf_counter()
-    arch.kernel(x)
-    result["myrtle5_all_digits"] = dict(
-        n=len(x), seconds=time.perf_counter() - t0, load_before=load_before, load_after=uptime()
-    )
-    print(f"  Myrtle-5 kernel of {len(x)} digits: {result['myrtle5_all_digits']['seconds']:.1f} s")
-
-    result["exponents"] = exponents(quick, repeats)
+    # widenet alone, at solo_threads (default: torch's)
+    with threads(solo_threads):
+        x = digits(10 if quick else None)
+        arch = architecture("myrtle5")
+        load_before = uptime()
+        t0 = time.perf_counter()
+        arch.kernel(x)
+        result["myrtle5_all_digits"] = dict(
+            n=len(x),
+            seconds=time.perf_counter() - t0,
+            threads=torch.get_num_threads(),
+            load_before=load_before,
+            load_after=uptime(),
+        )
+        secs = result["myrtle5_all_digits"]["seconds"]
+        print(f"  Myrtle-5 kernel of {len(x)} digits: {secs:.1f} s", flush=True)
+        result["exponents"] = exponents(quick, repeats)
     if memory:
-        result["peak_memory"] = peak_memory(20 if quick else 2000)
+        result["peak_memory"] = peak_memory(20 if quick else 2000, solo_threads)
     result["load_end"] = uptime()
 
     print("\n  workload            n   widenet s     nt s   nt/widenet  goal")
@@ -326,6 +367,7 @@ def main(
         print(
             f"  {r['workload']:<12s} {r['n']:6d} {r['widenet_seconds']:10.4f} "
             f"{r['nt_seconds']:9.3f} {r['speedup']:9.1f}x  >= {r['goal']:g}x "
+            f"(1 thread: {r['speedup_1_thread']:.1f}x) "
             f"{'PASS' if r['goal_met'] else 'FAIL'}  (rel. diff NNGP {r['rel_diff_nngp']:.1e}, "
             f"NTK {r['rel_diff_ntk']:.1e})"
         )
@@ -344,10 +386,17 @@ if __name__ == "__main__":
     parser.add_argument("--nt-python", default=None, help="python of a neural-tangents venv")
     parser.add_argument("--no-memory", action="store_true", help="skip the peak-memory probe")
     parser.add_argument("--repeats", type=int, default=None, help="timed repeats (default 2)")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="torch threads for the widenet-only parts (default: torch's)",
+    )
     parser.add_argument("--memory-probe", type=int, default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.memory_probe is not None:
-        print(json.dumps(memory_probe(args.memory_probe)))
+        with threads(args.threads):
+            print(json.dumps(memory_probe(args.memory_probe)))
     else:
         main(
             quick=args.quick,
@@ -355,4 +404,5 @@ if __name__ == "__main__":
             with_nt=not args.no_nt,
             memory=not args.no_memory,
             repeats=args.repeats,
+            solo_threads=args.threads,
         )
