@@ -126,3 +126,30 @@ def test_quick_run_is_better_than_chance_and_the_gap_kernel_beats_the_mlp(quick_
     for key in ("nngp_accuracy", "ntk_accuracy"):
         acc = m[key]["mnist1d"]
         assert acc["cnn-gap"] > acc["mlp"] and acc["myrtle"] > acc["mlp"], acc
+
+
+@pytest.mark.cuda
+def test_cuda_run_gives_the_cpu_kernel_accuracies(tmp_path):
+    import numpy as np
+
+    overrides = {
+        "datasets": ["mnist1d"],
+        "architectures": ["mlp", "cnn-gap"],
+        "mnist1d_n_train": 40,
+        "mnist1d_n_test": 40,
+        "epochs": 2,
+    }
+    res = lab.run_experiment(
+        "cnn-kernels", quick=True, out=tmp_path / "run", seed=3, overrides=overrides
+    )
+    config = ck.CNNKernelsConfig(**{**ck.CNNKernelsConfig.QUICK, **overrides})
+    data_seed = int(np.random.default_rng(3).integers(2**31))  # the run's first draw
+    x, y, xt, yt = ck.split_data(config, "mnist1d", data_seed)
+    arch = ck.architecture("cnn-gap")
+    k, kt = arch.kernel(x), arch.kernel(xt, x)
+    for kern in ck.KERNELS:
+        pred, _, _ = ck.loo_kernel_regression(getattr(k, kern), getattr(kt, kern), y, config.ridges)
+        assert res.metrics[f"{kern}_accuracy"]["mnist1d"]["cnn-gap"] == pytest.approx(
+            float((pred == yt).double().mean()),
+            abs=0.05,  # at most 2 of 40 points may flip
+        )

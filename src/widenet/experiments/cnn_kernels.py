@@ -431,13 +431,13 @@ def run(config: CNNKernelsConfig, ctx: lab.RunContext) -> dict:
         arch = architecture(a, depth=config.depth, w_std=config.w_std, b_std=config.b_std)
         x, xt = inputs_for(a, x), inputs_for(a, xt)
         t0 = time.perf_counter()
-        k_train = arch.kernel(x)
-        k_test = arch.kernel(xt, x)
+        xd, xtd = x.to(ctx.device), xt.to(ctx.device)  # the kernels run where the data are
+        k_train, k_test = arch.kernel(xd), arch.kernel(xtd, xd)
         out["kernel_seconds"][d][a] = time.perf_counter() - t0
         out["ridge"][d][a], out["loo_accuracy"][d][a] = {}, {}
         for kern in KERNELS:
             pred, r, loo = loo_kernel_regression(
-                getattr(k_train, kern), getattr(k_test, kern), y, config.ridges
+                getattr(k_train, kern).cpu(), getattr(k_test, kern).cpu(), y, config.ridges
             )
             out[f"{kern}_accuracy"][d][a] = float((pred == yt).double().mean())
             out["ridge"][d][a][kern], out["loo_accuracy"][d][a][kern] = r, loo
