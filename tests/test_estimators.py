@@ -226,7 +226,9 @@ def test_cli_fit_predict_grid_search_and_svc(tmp_path):
     metrics = json.loads(out.with_suffix(".json").read_text())
     assert metrics["params"]["depth"] in (1, 3) and "cv_score" in metrics
     assert metrics["test_accuracy"] > 0.8  # iris; chance 1/3
-    result = _invoke("fit-predict", *base, "--model", "svc", "--C", "0.5", "--C", "5")
+    result = _invoke(
+        "fit-predict", *base, "--model", "svc", "--C", "0.5", "--C", "5", "--overwrite"
+    )
     assert result.exit_code == 0, result.output
     assert json.loads(out.with_suffix(".json").read_text())["params"]["C"] in (0.5, 5.0)
 

@@ -186,7 +186,7 @@ def test_cli_random_features(tmp_path):
     assert res["n_features"] == [30, 60, 240] and res["threshold"] == 60
     assert int(np.argmax(res["test_mse"])) == 1  # the peak at N = n
     # The same numbers as the library on the same split (the CLI adds nothing of its own).
-    from widenet.cli import _predict_data
+    from widenet.io import load_train_test as _predict_data
 
     x, y, xt, yt, _ = _predict_data("digits", "digits", 60, 100, "onehot", None, None, None, 0)
     t = torch.as_tensor

@@ -535,7 +535,16 @@ def test_cli_kernel_store_resume_mismatch_and_solve(tmp_path):
     bounds = []
     for diag in (tmp_path / "kd.npy", kxx):
         r = invoke(
-            *args, "--rank", "10", "--test-kernel", kt, "--test-diagonal", diag, "--out", out
+            *args,
+            "--rank",
+            "10",
+            "--test-kernel",
+            kt,
+            "--test-diagonal",
+            diag,
+            "--out",
+            out,
+            "--overwrite",
         )
         assert r.exit_code == 0, r.output
         res = np.load(out)

@@ -235,7 +235,7 @@ def test_cli_signal(tmp_path):
     # A saved model.
     path = tmp_path / "m.pt"
     torch.save(init.kaiming(plain("relu", 4, 32), seed=0), path)
-    result = runner.invoke(app, ["signal", "--model", str(path), "--n", "32"])
+    result = runner.invoke(app, ["signal", "--model", str(path), "--trust-pickle", "--n", "32"])
     assert result.exit_code == 0, result.output
     assert "healthy" in result.output
     bad = runner.invoke(app, ["signal", "--init", "he"])

@@ -288,6 +288,20 @@ def test_one_dimensional_inputs():
             r"Dense\(.*needs vector inputs.*\(inf, 4, 4\)",
         ),
         (
+            # An activation after pooling activations has no closed form (not Gaussian).
+            wn.serial(
+                wn.Conv(kernel_size=3),
+                wn.Relu(),
+                wn.AvgPool(2),
+                wn.Residual(wn.Relu(), wn.Conv(kernel_size=3)),
+                wn.Relu(),
+                wn.GlobalAvgPool(),
+                wn.Dense(1),
+            ),
+            torch.randn(3, 1, 8, 8),
+            r"Activation\('relu'\).*the output of AvgPool\(.*which is not Gaussian",
+        ),
+        (
             wn.serial(wn.Conv(kernel_size=(3, 3)), wn.Flatten(), wn.Dense(1)),
             torch.randn(3, 1, 4),
             r"kernel_size must be an int or a tuple of 1 ints",

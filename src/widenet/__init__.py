@@ -1,50 +1,17 @@
-"""widenet: the theory of over-parameterized neural networks, computable in PyTorch."""
+"""widenet: the theory of over-parameterized neural networks, computable in PyTorch.
 
-from widenet import (
-    activations,
-    condensation,
-    convergence,
-    covariance,
-    dynamics,
-    embedding,
-    frequency,
-    init,
-    landscape,
-    layers,
-    phases,
-    presets,
-    random_features,
-    regime,
-    scale,
-    shift,
-    signal,
-    stax,
-)
+The submodules and the names below are imported on first use (PEP 562 ``__getattr__``), so that
+``import widenet`` (and ``widenet --help``) does not pay for torch, scipy and scikit-learn until
+they are needed; ``wn.mlp``, ``wn.dynamics`` etc. behave as plain attributes.
+"""
+
+from __future__ import annotations
+
+import importlib
+
 from widenet._version import __version__
-from widenet.architectures import MLP, Architecture, from_spec, mlp, serial
-from widenet.data import load_dataset
-from widenet.empirical import empirical_nngp, empirical_ntk
-from widenet.kernels import Kernel, KernelTile, h_infinity
-from widenet.layers import Elementwise
-from widenet.linearize import LinearizedModel, linearize
-from widenet.signal import signal_propagation
-from widenet.stax import (
-    Activation,
-    AvgPool,
-    Conv,
-    Dense,
-    Erf,
-    Flatten,
-    Gelu,
-    GlobalAvgPool,
-    LayerNorm,
-    LeakyRelu,
-    Relu,
-    Residual,
-)
 
-__all__ = [
-    "__version__",
+_SUBMODULES = (
     "activations",
     "condensation",
     "convergence",
@@ -53,8 +20,10 @@ __all__ = [
     "embedding",
     "frequency",
     "init",
+    "io",
     "landscape",
     "layers",
+    "networks",
     "phases",
     "presets",
     "random_features",
@@ -63,31 +32,53 @@ __all__ = [
     "shift",
     "signal",
     "stax",
-    "Activation",
-    "Architecture",
-    "AvgPool",
-    "Conv",
-    "Dense",
-    "Elementwise",
-    "Erf",
-    "Flatten",
-    "Gelu",
-    "GlobalAvgPool",
-    "Kernel",
-    "KernelTile",
-    "LayerNorm",
-    "LeakyRelu",
-    "LinearizedModel",
-    "MLP",
-    "Relu",
-    "Residual",
-    "empirical_nngp",
-    "empirical_ntk",
-    "from_spec",
-    "h_infinity",
-    "linearize",
-    "load_dataset",
-    "mlp",
-    "serial",
-    "signal_propagation",
-]
+)
+# name -> the module that defines it
+_ATTRIBUTES = {
+    "Architecture": "architectures",
+    "MLP": "architectures",
+    "from_spec": "architectures",
+    "mlp": "architectures",
+    "serial": "architectures",
+    "load_dataset": "data",
+    "empirical_nngp": "empirical",
+    "empirical_ntk": "empirical",
+    "Kernel": "kernels",
+    "KernelTile": "kernels",
+    "h_infinity": "kernels",
+    "Elementwise": "layers",
+    "LinearizedModel": "linearize",
+    "linearize": "linearize",
+    "FCNet": "networks",
+    "signal_propagation": "signal",
+    # the layer algebra (neural-tangents' stax): each layer knows its module and its kernel map
+    "Activation": "stax",
+    "AvgPool": "stax",
+    "Conv": "stax",
+    "Dense": "stax",
+    "Erf": "stax",
+    "Flatten": "stax",
+    "Gelu": "stax",
+    "GlobalAvgPool": "stax",
+    "LayerNorm": "stax",
+    "LeakyRelu": "stax",
+    "Relu": "stax",
+    "Residual": "stax",
+}
+
+__all__ = ["__version__", *_SUBMODULES, *_ATTRIBUTES]
+
+
+def __getattr__(name: str):
+    if name in _SUBMODULES:
+        module = importlib.import_module(f"widenet.{name}")
+    elif name in _ATTRIBUTES:
+        module = getattr(importlib.import_module(f"widenet.{_ATTRIBUTES[name]}"), name)
+    else:
+        raise AttributeError(f"module 'widenet' has no attribute {name!r}")
+    globals()[name] = module  # cache: later look-ups are plain attribute reads
+    return module
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))

@@ -37,8 +37,62 @@ def as_tensor(x, name: str, *, dtype: torch.dtype | None = None, device=None) ->
     if dtype is not None and x.dtype != dtype:
         x = x.to(dtype)
     if device is not None:
-        x = x.to(device)
+        x = x.to(check_device(device))
     return x
+
+
+def check_device(device, name: str = "device") -> torch.device:
+    """``device`` as a ``torch.device`` that exists here: "cpu", "cuda", "cuda:N", "mps" or a
+    ``torch.device``. A misspelt type (``"gpu"``) or an accelerator this machine lacks
+    (``"cuda"`` without CUDA, ``"cuda:3"`` with two GPUs) is a ValueError naming the argument,
+    instead of torch's RuntimeError at the first tensor moved there."""
+    if isinstance(device, torch.device):
+        dev = device
+    elif isinstance(device, str):
+        try:
+            dev = torch.device(device)
+        except RuntimeError:
+            hint = " (did you mean 'cuda'?)" if device.strip().lower() == "gpu" else ""
+            raise ValueError(
+                f"{name} must be 'cpu', 'cuda', 'cuda:N', 'mps' or a torch.device, got "
+                f"{device!r}{hint}"
+            ) from None
+    else:
+        raise ValueError(f"{name} must be a string or a torch.device, got {device!r}")
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(
+                f"{name}={device!r} but CUDA is not available on this machine "
+                "(torch.cuda.is_available() is False); use 'cpu'"
+            )
+        count = torch.cuda.device_count()
+        if dev.index is not None and dev.index >= count:
+            raise ValueError(f"{name}={device!r} but this machine has {count} CUDA device(s)")
+    elif dev.type == "mps" and not (
+        getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()
+    ):
+        raise ValueError(f"{name}={device!r} but MPS is not available on this machine; use 'cpu'")
+    return dev
+
+
+def expected_in_features(model) -> int | None:
+    """The input feature size of a torch model: ``in_features`` of its first module that has
+    one (``nn.Linear`` and the like), or None when no module says."""
+    for module in model.modules():
+        size = getattr(module, "in_features", None)
+        if isinstance(size, int):
+            return size
+    return None
+
+
+def check_in_features(model, x: torch.Tensor, name: str = "x") -> None:
+    """``x`` (n, d) must have the feature size the model's first layer expects."""
+    size = expected_in_features(model)
+    if size is not None and x.ndim == 2 and x.shape[1] != size:
+        raise ValueError(
+            f"{name} has {x.shape[1]} features per sample (shape {tuple(x.shape)}), but the "
+            f"model's first layer expects {size}"
+        )
 
 
 def check_finite(x: torch.Tensor, name: str) -> None:

@@ -293,11 +293,15 @@ def serial(*layers) -> Serial:
         arch = wn.serial(
             wn.Conv(kernel_size=3, padding="same", w_std=2**0.5, b_std=0.1), wn.Relu(),
             wn.AvgPool(kernel_size=2),
+            wn.Conv(kernel_size=3, w_std=2**0.5),
             wn.Residual(wn.Relu(), wn.Conv(kernel_size=3, w_std=2**0.5)),
             wn.Relu(), wn.GlobalAvgPool(), wn.Dense(10),
         )
         k = arch.kernel(x1, x2)                                   # x: (N, C, H, W)
         net = arch.network(in_shape=(1, 8, 8), width=256, seed=0)
+
+    (Without the Conv after the pooling, the residual block's ReLU would act on an average of
+    ReLU outputs, which is not Gaussian: no closed form, and ``kernel`` says so.)
     """
     if len(layers) == 1 and isinstance(layers[0], (list, tuple)):
         layers = tuple(layers[0])

@@ -398,7 +398,7 @@ def condense(
     narrow one by splitting neurons (identical input weights, output weights summing to the
     original) merges back to it exactly at any threshold ≤ 1.
     """
-    from widenet.embedding import as_fcnet
+    from widenet.networks import as_fcnet
 
     net = as_fcnet(model)
     threshold = _check_threshold(threshold)

@@ -187,3 +187,16 @@ def mnist1d_arrays() -> tuple[np.ndarray, np.ndarray]:
     x.flags.writeable = False
     y.flags.writeable = False
     return x, y
+
+
+def parity_targets(labels: torch.Tensor) -> torch.Tensor:
+    """Integer class labels -> ±1 regression targets by parity (+1 even, −1 odd); real
+    targets -> standardized (mean 0, variance 1). Returns (n,) float64.
+
+    The binary problem every width-sweep experiment (and ``widenet du-bounds --labels true``)
+    trains on: digits' parity is a balanced ±1 task a scalar-output network can fit.
+    """
+    if labels.dtype not in (torch.int64, torch.int32):
+        y = labels.to(torch.float64)
+        return (y - y.mean()) / y.std().clamp_min(1e-12)
+    return 1.0 - 2.0 * (labels % 2).to(torch.float64)

@@ -900,3 +900,9 @@ def empirical_nngp(model: nn.Module, x1, x2=None, *, mode: str = "trace", chunk_
     if mode == "diagonal":
         return f1[:, None, :] * f2[None, :, :]
     return f1[:, None, :, None] * f2[None, :, None, :]
+
+
+# Public names of the helpers that linearize, landscape and scale share with this module.
+check_no_batch_coupling = _check_no_batch_coupling
+memory_limit = _memory_limit
+quiet_jit_deprecation = _quiet_jit_deprecation

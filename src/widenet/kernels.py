@@ -147,9 +147,16 @@ def _all_finite(k: torch.Tensor) -> bool:
 
 def _check_finite_result(k: torch.Tensor, what: str) -> None:
     if not _all_finite(k):
+        advice = (
+            "rescale the inputs or pass dtype=torch.float64"
+            if k.dtype != torch.float64
+            else "rescale the inputs (e.g. standardise them: the kernel scales with the inputs' "
+            "squared norms and, for deep or large-w_std networks, grows by a factor per layer) "
+            "or use fewer layers or a smaller w_std"
+        )
         raise FloatingPointError(
             f"the {what} kernel overflowed in {k.dtype} (input norms too large for this dtype); "
-            "rescale the inputs or pass dtype=torch.float64"
+            f"{advice}"
         )
 
 
@@ -194,6 +201,9 @@ class FCTiler:
     d1: list
     d2: list
     need_ntk: bool
+    # Duplicate inputs: equal rows of x1 and x2 share an id (None when no row repeats).
+    g1: torch.Tensor | None = None
+    g2: torch.Tensor | None = None
 
     @property
     def symmetric(self) -> bool:
@@ -215,6 +225,14 @@ class FCTiler:
                 # Exact self-covariances on the diagonal keep rho = 1 there.
                 c = 0.5 * (c + c.T)
                 c.diagonal().copy_(self.q01[rows])
+            if self.g1 is not None:
+                # An exact duplicate pair gets c = q, its self-covariance, as the diagonal
+                # does: the GEMM's rounding (|c - q| ~ sqrt(d) eps q) would give rho < 1,
+                # which the recursion amplifies (arccos: theta ~ sqrt(2 (1 - rho))), so that
+                # duplicated rows differed and the kernel lost its singularity.
+                same = self.g1[rows][:, None] == self.g2[cols][None, :]
+                if bool(same.any()):
+                    c = torch.where(same, self.q01[rows][:, None], c)
             k = self.rec.tile(
                 c, [q[rows] for q in self.d1], [q[cols] for q in self.d2], self.need_ntk
             )
@@ -235,7 +253,19 @@ def fc_tiler(
         q01 = (x1 * x1).sum(1) / d
         d1 = rec.diagonals(q01)
         d2 = d1 if x2 is None else rec.diagonals((x2 * x2).sum(1) / d)
-    return FCTiler(rec, x1, x2, q01, d1, d2, need_ntk)
+        g1, g2 = duplicate_ids(x1, x2)
+    return FCTiler(rec, x1, x2, q01, d1, d2, need_ntk, g1, g2)
+
+
+def duplicate_ids(x1: torch.Tensor, x2: torch.Tensor | None):
+    """(ids of x1's rows, ids of x2's rows): equal rows (within and across x1 and x2) share
+    an id; (None, None) when no row repeats. ``x2=None``: the ids of x2 are x1's."""
+    n1 = x1.shape[0]
+    xs = x1 if x2 is None else torch.cat([x1, x2])
+    _, ids, counts = torch.unique(xs, dim=0, return_inverse=True, return_counts=True)
+    if bool((counts == 1).all()):
+        return None, None
+    return ids[:n1], (ids[:n1] if x2 is None else ids[n1:])
 
 
 def tile_grid(n1: int, n2: int, tile: int, *, symmetric: bool) -> Iterator[tuple[slice, slice]]:
@@ -315,3 +345,9 @@ def h_infinity(x1, x2=None) -> torch.Tensor:
             g.diagonal().copy_(q1)
         rho, _ = correlation(q1[:, None], g, q2[None, :])
         return g * (math.pi - torch.arccos(rho)) / (2.0 * math.pi)
+
+
+# Public names of the checks that widenet.scale shares with the in-memory engine.
+check_finite_result = _check_finite_result
+check_tile = _check_tile
+resolve_get = _resolve_get

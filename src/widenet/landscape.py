@@ -39,8 +39,15 @@ import torch
 from torch import nn
 from torch.func import functional_call, grad, jvp
 
-from widenet._checks import as_tensor, check_finite, check_inputs, check_int, check_real
-from widenet.empirical import _quiet_jit_deprecation
+from widenet._checks import (
+    as_tensor,
+    check_finite,
+    check_in_features,
+    check_inputs,
+    check_int,
+    check_real,
+)
+from widenet.empirical import quiet_jit_deprecation as _quiet_jit_deprecation
 
 __all__ = [
     "CriticalPoint",
@@ -53,6 +60,7 @@ __all__ = [
     "gradient",
     "hessian",
     "hessian_extreme_eigenvalues",
+    "hessian_summary",
     "hessian_vector_product",
     "inertia",
     "loss_function",
@@ -68,7 +76,7 @@ MAX_DENSE_PARAMETERS = 10_000
 
 
 def _as_module(model) -> nn.Module:
-    from widenet.embedding import FCNet
+    from widenet.networks import FCNet
 
     if isinstance(model, FCNet):
         return model.to_module()
@@ -119,6 +127,7 @@ def with_parameters(model, theta) -> nn.Module:
 def _data(model: nn.Module, x, y, dtype):
     device = next(model.parameters()).device
     x = check_inputs(x, "x", dtype=dtype, device=device)
+    check_in_features(model, x, "x")
     y = as_tensor(y, "y", dtype=dtype, device=device)
     if y.ndim == 1:
         y = y[:, None]
@@ -564,3 +573,39 @@ def loss_slice_2d(model, x, y, d1, d2, a=None, b=None) -> LossSlice:
     thetas = theta0 + a[:, None, None] * u + b[None, :, None] * v
     values = _batched_loss(loss, thetas.reshape(-1, theta0.numel()))
     return LossSlice((a, b), values.reshape(a.numel(), b.numel()))
+
+
+def hessian_summary(model, x, y, *, lanczos: int | None = None, inertia_tol=None):
+    """Loss, gradient norm and Hessian spectrum of ``model`` at its parameters, as one record.
+
+    ``(summary, eigenvalues)``: ``summary`` is a JSON-ready dict with ``n_points``,
+    ``num_parameters``, ``loss`` (L = 1/(2n) Σᵢ |f(xᵢ) − yᵢ|², :func:`loss_function`),
+    ``grad_norm`` (|∇L|) and either ``inertia`` (``negative``/``zero``/``positive``, ``tol``,
+    ``gap``: Sylvester's inertia of the dense Hessian, :func:`inertia`) or, with ``lanczos=K``,
+    the ``largest`` and ``smallest`` K eigenvalues (:func:`hessian_extreme_eigenvalues`, from
+    Hessian-vector products only); ``eigenvalues`` holds the spectrum (ascending) or the 2K
+    extreme eigenvalues (smallest, then largest) as a numpy array.
+    """
+    loss, theta = loss_function(model, x, y)
+    summary = {
+        "n_points": len(x),
+        "num_parameters": theta.numel(),
+        "loss": float(loss(theta)),
+        "grad_norm": float(gradient(model, x, y).norm()),
+    }
+    if lanczos is None:
+        lam = torch.linalg.eigvalsh(hessian(model, x, y))
+        inert = inertia(lam, tol=inertia_tol)
+        summary["inertia"] = {
+            "negative": inert.negative,
+            "zero": inert.zero,
+            "positive": inert.positive,
+            "tol": inert.tol,
+            "gap": list(inert.gap),
+        }
+        return summary, lam.cpu().numpy()
+    ext = hessian_extreme_eigenvalues(model, x, y, k=lanczos)
+    summary["largest"] = ext.largest.tolist()
+    summary["smallest"] = ext.smallest.tolist()
+    eig = np.concatenate([ext.smallest.cpu().numpy(), ext.largest.cpu().numpy()])
+    return summary, eig

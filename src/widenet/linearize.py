@@ -21,7 +21,8 @@ from torch import nn
 from torch.func import functional_call, jvp
 from torch.utils._pytree import tree_map
 
-from widenet.empirical import _check_no_batch_coupling, _quiet_jit_deprecation
+from widenet.empirical import check_no_batch_coupling as _check_no_batch_coupling
+from widenet.empirical import quiet_jit_deprecation as _quiet_jit_deprecation
 
 __all__ = ["LinearizedModel", "linearize"]
 

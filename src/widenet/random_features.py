@@ -39,6 +39,7 @@ import math
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 
+import numpy as np
 import torch
 
 from widenet._checks import as_tensor, check_finite, check_inputs, check_int, check_real
@@ -48,6 +49,7 @@ __all__ = [
     "FourierFeatures",
     "ReLUFeatures",
     "SweepResult",
+    "feature_counts",
     "fourier_features",
     "gaussian_kernel",
     "min_norm_least_squares",
@@ -320,3 +322,13 @@ def sweep(
         out.coef_norm.append(float(torch.linalg.norm(beta)))
         out.seeds.append(seed + i)
     return out
+
+
+def feature_counts(n: int, ratio_min: float, ratio_max: float, points: int, even: bool) -> list:
+    """Feature counts N for a sweep across the interpolation threshold N = n: a geometric grid
+    from ``ratio_min·n`` to ``ratio_max·n`` (``points`` values) with n itself; even counts if
+    ``even`` (Fourier features come in cos/sin pairs)."""
+    grid = np.geomspace(ratio_min * n, ratio_max * n, points)
+    step = 2 if even else 1
+    counts = {max(step, int(step * round(v / step))) for v in grid} | {n + (n % step)}
+    return sorted(counts)

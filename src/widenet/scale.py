@@ -31,13 +31,24 @@ benchmarks/README.md).
 Safety. The store's attributes (``attrs["widenet"]``) record the architecture (or the model's
 structure and a hash of its parameters), a SHA-256 of the inputs, shape, dtype, tile size,
 kernels and the library version. Each tile has a done marker (array ``done``, one chunk per
-tile) written only after both kernels' chunks of the tile and of its mirror were written (Zarr's
-local store writes each chunk to a temporary file and renames it, so a chunk is never seen half
-written). Running the same call again (the default ``resume=True``) recomputes only the tiles
-without a marker, after checking that the metadata match: a store made by another architecture,
-other inputs, dtype, tile or version is refused with :class:`StoreMismatchError` rather than
-mixed. Killing a run at any moment (SIGKILL, a dead Dask worker) loses at most the tiles in
-flight.
+tile) written only after both kernels' chunks of the tile and of its mirror, and their CRC32C
+checksums (array ``checksum``, computed from the tile buffers already in memory), were written
+(Zarr's local store and the O_DIRECT writer write each chunk to a temporary file and rename it,
+so a chunk is never seen half written). A new store is built under a temporary name beside its
+path (``.NAME.PID.HEX.creating``) and renamed into place, so a kill during creation leaves no
+store (the temporary of a dead process is removed by the next run). Running the same call again
+(the default ``resume=True``) checks that the metadata match (a store made by another
+architecture, other inputs, dtype, tile or version is refused with :class:`StoreMismatchError`
+rather than mixed), verifies every done tile against its checksums (``verify=True``: one read of
+the done tiles), clears the markers of bad ones and recomputes them with the unfinished ones
+(``store.repaired_tiles``). Killing a run at any moment (SIGKILL, a dead Dask worker) loses at
+most the tiles in flight; a chunk changed, truncated or lost later is found by the checksums
+(:func:`verify_store`), and a reader meeting an unreadable or non-finite tile stops with
+:class:`CorruptStoreError` naming the store and the tile. Only a directory that is a widenet
+store is ever deleted (``overwrite=True``). One writer at a time: the call holds an advisory
+``flock`` on the store's ``zarr.json`` (:class:`_StoreLock` says what holds on shared file
+systems) for its whole run, during which its threads, processes or Dask workers write under it;
+a second writer gets :class:`StoreBusyError`.
 
 Schedulers. ``"threads"`` (in-process; ``workers`` threads, default 1: torch's intra-op threads
 already use the cores), ``"processes"`` (a pool of ``workers`` spawned processes, the tiler sent
@@ -71,7 +82,8 @@ Using an existing cluster: start a scheduler and workers the usual way (``dask s
 Dask Kubernetes operator's ``KubeCluster``), make the store path visible to every worker (a
 shared file system mounted at the same path), and pass ``scheduler=cluster.scheduler_address``
 or a ``Client`` (CLI: ``--scheduler tcp://host:8786``). widenet itself never opens a port; the
-test suite's and the benchmark's clusters (:func:`local_cluster`) listen on 127.0.0.1 only.
+test suite's and the benchmark's clusters (:func:`local_cluster`) listen on 127.0.0.1 only, with no
+HTTP server.
 
 Measured (2-core shared development machine, load average 8-14 from other jobs, so absolute
 times are inflated): the test suite's stores of 64-256 points are bit-identical to
@@ -85,7 +97,10 @@ from __future__ import annotations
 
 import concurrent.futures as cf
 import contextlib
+import glob
 import hashlib
+import json
+import logging
 import math
 import mmap
 import multiprocessing
@@ -97,30 +112,51 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import google_crc32c
 import numpy as np
 import torch
 from torch import nn
+
+try:
+    import fcntl
+except ImportError:  # pragma: no cover - not POSIX: no writer lock
+    fcntl = None
 
 from widenet._checks import as_tensor, check_finite, check_int, check_real
 from widenet._version import __version__
 from widenet.architectures import DEFAULT_TILE as ENGINE_TILE
 from widenet.architectures import MLP, Architecture
-from widenet.kernels import _check_finite_result, _check_tile, _resolve_get, tile_grid
+from widenet.kernels import check_finite_result as _check_finite_result
+from widenet.kernels import check_tile as _check_tile
+from widenet.kernels import resolve_get as _resolve_get
+from widenet.kernels import tile_grid
 
 __all__ = [
     "FORMAT",
+    "CorruptStoreError",
     "KernelStore",
     "RidgeSolution",
+    "StoreBusyError",
     "StoreMismatchError",
+    "StoreReport",
     "TruncatedFlow",
+    "WorkerDiedError",
+    "check_scheduler",
     "gradient_flow_mse",
+    "is_kernel_store",
     "kernel_ridge",
     "kernel_to_zarr",
     "local_cluster",
     "open_kernel",
+    "tile_checksum",
+    "verify_store",
 ]
 
-FORMAT = "widenet-kernel-store/1"
+# /2: a CRC32C checksum of every chunk recorded with each tile's done marker (array
+# "checksum"). Stores of /1 are still read; they are refused for resuming (StoreMismatchError).
+FORMAT = "widenet-kernel-store/2"
+_FORMAT_PREFIX = "widenet-kernel-store/"
+_log = logging.getLogger(__name__)
 DEFAULT_TILE = 4096
 SCHEDULERS = ("threads", "processes")
 _KINDS = ("nngp", "ntk")
@@ -128,6 +164,18 @@ _KINDS = ("nngp", "ntk")
 
 class StoreMismatchError(ValueError):
     """An existing store was made by a different computation than the one requested."""
+
+
+class StoreBusyError(RuntimeError):
+    """Another process holds the store's writer lock (it is computing the same store)."""
+
+
+class CorruptStoreError(ValueError):
+    """A tile of a store is unreadable, non-finite or fails its checksum."""
+
+
+class WorkerDiedError(RuntimeError):
+    """A worker process of ``scheduler="processes"`` died; the store is resumable."""
 
 
 # --------------------------------------------------------------------------------------------
@@ -462,6 +510,20 @@ def _compute_tile(source, gets, symmetric: bool, rows: slice, cols: slice, pool)
     return out
 
 
+def tile_checksum(a) -> int:
+    """CRC32C (Castagnoli) of a tile's values in C order, as the store records it.
+
+    ``a``: a host tensor or NumPy array (any strides; a strided edge tile is copied). CRC32C
+    rather than zlib's CRC-32: the same 32 bits of protection against random corruption, in
+    hardware (SSE4.2 / ARMv8 CRC instructions) through ``google-crc32c``, which zarr 3 itself
+    requires: 4 ms per 64 MB tile against zlib's 10 ms on the development machine.
+    """
+    arr = a.numpy() if isinstance(a, torch.Tensor) else np.asarray(a)
+    if not arr.flags.c_contiguous:
+        arr = np.ascontiguousarray(arr)
+    return int(google_crc32c.value(arr))
+
+
 def _in_buffer(t: torch.Tensor, pool) -> torch.Tensor:
     if pool.owns(t):
         return t
@@ -502,10 +564,16 @@ class _Task:
         """Write a computed tile (and its mirror), then its done marker; the buffers go back
         to the pool."""
         i, j = rows.start // self.tile, cols.start // self.tile
-        for name, (a, a_mirror) in blocks.items():
+        crc = np.zeros((2, len(self.gets)), dtype=np.uint32)
+        for k, name in enumerate(self.gets):
+            a, a_mirror = blocks[name]
+            crc[0, k] = tile_checksum(a)
             self._write(name, rows, cols, a)
             if a_mirror is not None:
+                crc[1, k] = tile_checksum(a_mirror)
                 self._write(name, cols, rows, a_mirror)
+        # The checksums, then the marker: a tile is done only once all of it is on disk.
+        self.arrays("checksum")[i, j] = crc
         self.arrays("done")[i, j] = 1
         for pair in blocks.values():
             for a in pair:
@@ -531,6 +599,12 @@ class _Task:
         return self.store(rows, cols, self.compute(rows, cols))
 
 
+_REPAIR = (
+    "run widenet.scale.verify_store (CLI: `widenet verify STORE`) to list the bad tiles, then "
+    "the same kernel_to_zarr call (CLI: `widenet kernel`) again to recompute them"
+)
+
+
 class KernelStore:
     """A kernel in a Zarr store written by :func:`kernel_to_zarr`: metadata, tiles, mat-vecs.
 
@@ -550,12 +624,13 @@ class KernelStore:
         except (FileNotFoundError, zarr.errors.GroupNotFoundError):
             raise FileNotFoundError(f"no kernel store at {self.path}") from None
         meta = dict(group.attrs).get("widenet")
-        if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+        if not isinstance(meta, dict) or not str(meta.get("format")).startswith(_FORMAT_PREFIX):
             raise ValueError(
                 f"{self.path} is a Zarr store but not a widenet kernel store ({FORMAT})"
             )
         self.meta = meta
         self.written_tiles: tuple[tuple[int, int], ...] = ()
+        self.repaired_tiles: tuple[tuple[int, int], ...] = ()
         self._arrays: dict = {}
         self._tiles: dict = {}
         self._cache_left = check_int(cache_bytes, "cache_bytes", minimum=0)
@@ -587,11 +662,41 @@ class KernelStore:
             self._arrays[which] = zarr.open_array(self.path, path=which, mode="r")
         return self._arrays[which]
 
+    def read(self, which: str, rows: slice, cols: slice) -> np.ndarray:
+        """K[rows, cols] in the store's dtype, checked: an unreadable chunk or a non-finite
+        value raises :class:`CorruptStoreError` naming the store and the tile."""
+        t = self.tile
+        try:
+            block = np.asarray(self.array(which)[rows, cols])
+        except (ValueError, OSError, TypeError) as err:
+            if rows.stop - rows.start > t or cols.stop - cols.start > t:
+                for i0 in range(rows.start, rows.stop, t):  # find the unreadable tile
+                    for j0 in range(cols.start, cols.stop, t):
+                        self.read(
+                            which,
+                            slice(i0, min(i0 + t, rows.stop)),
+                            slice(j0, min(j0 + t, cols.stop)),
+                        )
+            raise CorruptStoreError(
+                f"{self.path}: tile ({rows.start // t}, {cols.start // t}) of {which} is "
+                f"unreadable ({err}); {_REPAIR}"
+            ) from None
+        finite = np.isfinite(block)
+        if not finite.all():
+            r, c = np.argwhere(~finite)[0]
+            i, j = (rows.start + int(r)) // t, (cols.start + int(c)) // t
+            raise CorruptStoreError(
+                f"{self.path}: tile ({i}, {j}) of {which} holds {int((~finite).sum())} "
+                f"non-finite value(s) (e.g. at row {rows.start + int(r)}, column "
+                f"{cols.start + int(c)}): the store is corrupt; {_REPAIR}"
+            )
+        return block
+
     def _tile(self, which: str, rows: slice, cols: slice) -> np.ndarray:
         key = (which, rows.start, cols.start)
         block = self._tiles.get(key)
         if block is None:
-            block = np.asarray(self.array(which)[rows, cols], dtype=np.float64)
+            block = self.read(which, rows, cols).astype(np.float64, copy=False)
             if block.nbytes <= self._cache_left:
                 self._tiles[key] = block
                 self._cache_left -= block.nbytes
@@ -639,13 +744,13 @@ class KernelStore:
         """The whole matrix in memory (n1 x n2 x 8 bytes in float64): for kernels that fit."""
         self._check_which(which)
         self._require_complete()
-        arr = self.array(which)
         n1, n2 = self.shape
         out = torch.empty((n1, n2), dtype=dtype)
         starts = range(0, n1, self.tile)
         with _progress(len(starts), f"loading {which} {n1}x{n2}", progress) as advance:
             for i0 in starts:
-                out[i0 : i0 + self.tile] = torch.from_numpy(arr[i0 : i0 + self.tile])
+                rows = slice(i0, min(i0 + self.tile, n1))
+                out[rows] = torch.from_numpy(self.read(which, rows, slice(0, n2)))
                 advance(1)
         return out
 
@@ -705,11 +810,11 @@ class KernelStore:
         """The diagonal (float64), reading only the diagonal tiles."""
         self._check_which(which)
         self._require_complete()
-        arr = self.array(which)
         n = min(self.shape)
+        t = self.tile
         parts = [
-            np.diag(np.asarray(arr[i : i + self.tile, i : i + self.tile]))
-            for i in range(0, n, self.tile)
+            np.diag(self.read(which, slice(i, min(i + t, n)), slice(i, min(i + t, n))))
+            for i in range(0, n, t)
         ]
         return torch.from_numpy(np.concatenate(parts).astype(np.float64))
 
@@ -717,7 +822,6 @@ class KernelStore:
         """K[:, index] (n1, len(index)) float64, one pass over the tiles that hold them."""
         self._check_which(which)
         self._require_complete()
-        arr = self.array(which)
         n1, n2 = self.shape
         t = self.tile
         out = np.empty((n1, len(index)))
@@ -726,7 +830,7 @@ class KernelStore:
             for j0 in starts:
                 sel = np.nonzero((index >= j0) & (index < j0 + t))[0]
                 for i0 in range(0, n1, t):
-                    block = np.asarray(arr[i0 : i0 + t, j0 : j0 + t])
+                    block = self.read(which, slice(i0, min(i0 + t, n1)), slice(j0, min(j0 + t, n2)))
                     out[i0 : i0 + t, sel] = block[:, index[sel] - j0]
                 advance(1)
         return out
@@ -741,6 +845,44 @@ def open_kernel(path) -> KernelStore:
     return KernelStore(path)
 
 
+def check_scheduler(scheduler, workers=None) -> str:
+    """Validate ``scheduler`` (and ``workers``) before anything is created or connected.
+
+    Returns ``"threads"``, ``"processes"`` or ``"dask"``. A Dask address must use a protocol
+    distributed knows (``tcp://``, ``tls://``, ``inproc://``, ``ws://``, ``wss://``, ``ucx://``);
+    ``"bogus://x"`` is refused here rather than by a Client that then hangs on its own cleanup.
+    """
+    expected = (
+        "scheduler must be 'threads', 'processes', a Dask scheduler address such as "
+        "'tcp://127.0.0.1:8786', or a distributed.Client"
+    )
+    if isinstance(scheduler, str) and scheduler in SCHEDULERS:
+        if workers is not None:
+            check_int(workers, "workers", minimum=1)
+        return scheduler
+    if isinstance(scheduler, str) and "://" in scheduler:
+        from distributed.comm.registry import backends
+
+        protocol, _, location = scheduler.partition("://")
+        if protocol not in backends or not location:
+            raise ValueError(
+                f"{expected}; got {scheduler!r}: unknown protocol {protocol!r} (known: "
+                f"{', '.join(p + '://' for p in sorted(backends))})"
+                if protocol not in backends
+                else f"{expected}; got {scheduler!r} (no host after '://')"
+            )
+    else:
+        try:
+            from distributed import Client
+        except ImportError:  # pragma: no cover - a dependency of widenet
+            Client = ()
+        if not isinstance(scheduler, Client):
+            raise ValueError(f"{expected}; got {scheduler!r}")
+    if workers is not None:
+        raise ValueError("workers applies to 'threads' and 'processes'; a Dask cluster has its own")
+    return "dask"
+
+
 @contextlib.contextmanager
 def _client(scheduler):
     """A Dask client: the caller's ``Client`` (left open) or one connected to an address."""
@@ -748,66 +890,309 @@ def _client(scheduler):
         from distributed import Client
     except ImportError as err:  # pragma: no cover - a dependency of widenet
         raise ImportError(f"Dask schedulers need dask[distributed]: {err}") from None
+    if check_scheduler(scheduler) != "dask":
+        raise ValueError(f"scheduler must be a Dask address or Client here, got {scheduler!r}")
     if isinstance(scheduler, Client):
         yield scheduler
         return
-    if isinstance(scheduler, str) and "://" in scheduler:
+    try:
         client = Client(scheduler, set_as_default=False)
-        try:
-            yield client
-        finally:
-            client.close()
-        return
-    raise ValueError(
-        "scheduler must be 'threads', 'processes', a Dask scheduler address such as "
-        f"'tcp://127.0.0.1:8786', or a distributed.Client; got {scheduler!r}"
-    )
+    except (OSError, TimeoutError) as err:
+        raise OSError(f"could not connect to the Dask scheduler at {scheduler}: {err}") from None
+    try:
+        yield client
+    finally:
+        client.close()
 
 
 def local_cluster(workers: int = 2, *, threads_per_worker: int = 1):
-    """A ``distributed.LocalCluster`` of ``workers`` processes on 127.0.0.1, no dashboards.
+    """A ``distributed.LocalCluster`` of ``workers`` processes on 127.0.0.1, no HTTP servers.
 
-    Scheduler, nannies and workers listen on the loopback interface only. Use it as a context
+    Listening: the scheduler's and each worker's and nanny's comm port (tcp, random ports),
+    all on 127.0.0.1; nothing else. In distributed (checked with 2026.8) a scheduler and every
+    worker start an HTTP server whatever ``dashboard_address`` says (``None`` means the
+    default port 8787, ``":0"`` a random port, both serving the JSON/Prometheus/health
+    routes): here they serve no routes and are stopped once up, the workers' by a worker
+    plugin that also stops the HTTP server of a worker a nanny restarts. Use it as a context
     manager and connect with ``distributed.Client(cluster)``.
     """
+    import dask
     import distributed
+    from distributed.diagnostics.plugin import WorkerPlugin
 
-    return distributed.LocalCluster(
-        n_workers=check_int(workers, "workers", minimum=1),
-        threads_per_worker=check_int(threads_per_worker, "threads_per_worker", minimum=1),
-        processes=True,
-        host="127.0.0.1",
-        dashboard_address=None,
-        worker_dashboard_address=None,
-        silence_logs=50,
-    )
+    class NoHttpServer(WorkerPlugin):
+        name = "widenet-no-http-server"
+
+        def setup(self, worker):
+            worker.http_server.stop()
+
+    no_routes = {"distributed.scheduler.http.routes": [], "distributed.worker.http.routes": []}
+    with dask.config.set(no_routes):
+        cluster = distributed.LocalCluster(
+            n_workers=check_int(workers, "workers", minimum=1),
+            threads_per_worker=check_int(threads_per_worker, "threads_per_worker", minimum=1),
+            processes=True,
+            host="127.0.0.1",
+            dashboard_address=None,
+            worker_dashboard_address=None,
+            scheduler_kwargs=dict(dashboard=False, dashboard_address="127.0.0.1:0"),
+            silence_logs=50,
+        )
+    try:
+        cluster.scheduler.http_server.stop()
+        with distributed.Client(cluster, set_as_default=False) as client:
+            client.register_plugin(NoHttpServer())
+    except BaseException:
+        cluster.close()
+        raise
+    return cluster
 
 
-def _create_store(path: str, meta: dict, dtype: torch.dtype, overwrite: bool) -> None:
+# --------------------------------------------------------------------------------------------
+# Creating, locking and verifying a store
+# --------------------------------------------------------------------------------------------
+
+
+def is_kernel_store(path) -> bool:
+    """Whether ``path`` is a directory whose Zarr group metadata (``zarr.json``) has the
+    attribute ``widenet`` of a kernel store: the only directories ``overwrite=True`` deletes."""
+    try:
+        with open(Path(path, "zarr.json"), "rb") as f:
+            meta = json.load(f)
+        fmt = meta["attributes"]["widenet"]["format"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return False
+    return isinstance(fmt, str) and fmt.startswith(_FORMAT_PREFIX)
+
+
+class _StoreLock:
+    """An advisory writer lock: ``fcntl.flock(LOCK_EX | LOCK_NB)`` on the group's
+    ``zarr.json`` (a file every store has and widenet never rewrites, so no extra file appears
+    among the group's members). Released when the descriptor is closed, including by the
+    kernel when the process dies, so a killed writer never leaves a stale lock.
+
+    flock is exact between processes of one host. On a shared file system it holds across
+    hosts only where the file system makes flock coherent (Linux NFS clients emulate it by
+    byte-range locks sent to the server, NFSv4 or NFSv3 with lockd; Lustre mounted with
+    ``-o flock``; not ``-o localflock``/``nolock``, where it is per host): there, start one
+    writer per store.
+    """
+
+    def __init__(self, group_dir: Path):
+        self.path = Path(group_dir)
+        target = self.path / "zarr.json"
+        try:
+            self._file = open(target, "r+b", buffering=0)  # noqa: SIM115 - held until release
+        except PermissionError:  # write access is for NFS's emulation of flock only
+            self._file = open(target, "rb", buffering=0)  # noqa: SIM115
+        if fcntl is None:  # pragma: no cover - not POSIX
+            return
+        try:
+            fcntl.flock(self._file.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            self.release()
+            raise StoreBusyError(
+                f"{group_dir} is being written by another process (it holds the lock on "
+                f"{target}); wait for it to finish (then rerun to check or complete the store), "
+                "or use another path"
+            ) from None
+
+    def release(self) -> None:
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+
+
+def _creating_dirs(path: Path) -> list[Path]:
+    return list(path.parent.glob(f".{glob.escape(path.name)}.*.creating"))
+
+
+def _remove_stale_creations(path: Path) -> None:
+    """Delete temporary directories ``.NAME.PID.HEX.creating`` left by a creation that was
+    killed before its rename: only those of a process that is gone (this host) whose lock is
+    free."""
+    for tmp in _creating_dirs(path):
+        pid = tmp.name[len(path.name) + 2 :].split(".")[0]
+        if pid.isdigit() and int(pid) != os.getpid():
+            try:
+                os.kill(int(pid), 0)
+                continue  # still running: maybe creating it now
+            except ProcessLookupError:
+                pass
+            except PermissionError:
+                continue
+        elif pid.isdigit():
+            continue
+        try:
+            lock = _StoreLock(tmp) if (tmp / "zarr.json").exists() else None
+        except StoreBusyError:
+            continue
+        shutil.rmtree(tmp, ignore_errors=True)
+        if lock is not None:
+            lock.release()
+
+
+def _create_store(path: Path, meta: dict, dtype: torch.dtype) -> _StoreLock | None:
+    """Create the store under a temporary name beside ``path`` (``.NAME.PID.HEX.creating``),
+    take its lock and rename it into place: a kill at any moment leaves either no store or a
+    complete empty one. Returns the held lock, or None when another process created ``path``
+    first (the caller then treats it as an existing store)."""
     import zarr
 
     n1, n2 = meta["shape"]
     t = meta["tile"]
-    group = zarr.open_group(path, mode="w" if overwrite else "w-", attributes={"widenet": meta})
-    np_dtype = np.float32 if dtype == torch.float32 else np.float64
-    for name in meta["kernels"]:
-        # Uncompressed: kernel values do not compress, and zstd would cost CPU time per tile.
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.parent / f".{path.name}.{os.getpid()}.{uuid.uuid4().hex}.creating"
+    try:
+        group = zarr.open_group(str(tmp), mode="w-", attributes={"widenet": meta})
+        np_dtype = np.float32 if dtype == torch.float32 else np.float64
+        for name in meta["kernels"]:
+            # Uncompressed: kernel values do not compress, and zstd would cost CPU per tile.
+            group.create_array(
+                name,
+                shape=(n1, n2),
+                chunks=(min(t, n1), min(t, n2)),  # a 64 MB chunk for 100 points would be waste
+                dtype=np_dtype,
+                compressors=None,
+                fill_value=float("nan"),
+                dimension_names=("x1", "x2"),
+            )
+        grid = (-(-n1 // t), -(-n2 // t))
+        # checksum[i, j, 0, k]: CRC32C of kernel k's chunk (i, j); [i, j, 1, k] of its mirror
+        # chunk (j, i) for an off-diagonal tile of a symmetric kernel. One chunk per tile.
         group.create_array(
-            name,
-            shape=(n1, n2),
-            chunks=(min(t, n1), min(t, n2)),  # a 64 MB chunk for 100 points would be waste
-            dtype=np_dtype,
+            "checksum",
+            shape=(*grid, 2, len(meta["kernels"])),
+            chunks=(1, 1, 2, len(meta["kernels"])),
+            dtype=np.uint32,
             compressors=None,
-            fill_value=float("nan"),
-            dimension_names=("x1", "x2"),
+            fill_value=0,
         )
-    group.create_array(
-        "done",
-        shape=(-(-n1 // t), -(-n2 // t)),
-        chunks=(1, 1),
-        dtype=np.uint8,
-        compressors=None,
-        fill_value=0,
+        group.create_array(
+            "done", shape=grid, chunks=(1, 1), dtype=np.uint8, compressors=None, fill_value=0
+        )
+        lock = _StoreLock(tmp)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    try:
+        os.rename(tmp, path)  # atomic; replaces an empty directory, fails on a non-empty one
+    except OSError:
+        lock.release()
+        shutil.rmtree(tmp, ignore_errors=True)
+        if path.is_dir() and any(path.iterdir()):
+            return None
+        raise
+    lock.path = path
+    return lock
+
+
+@dataclass(frozen=True)
+class StoreReport:
+    """What :func:`verify_store` found.
+
+    ``tiles``: tiles of the grid (upper triangle for a symmetric kernel); ``done``: those with
+    a done marker; ``checked``: done tiles whose chunks were read and checksummed;
+    ``bad_tiles``: (row, column) tile indices whose chunks are unreadable, missing or fail
+    their checksum, with ``reasons`` (one string each). ``ok``: no bad tile; ``complete``: ok
+    and every tile done.
+    """
+
+    path: str
+    tiles: int
+    done: int
+    checked: int
+    bad_tiles: tuple[tuple[int, int], ...]
+    reasons: tuple[str, ...]
+
+    @property
+    def ok(self) -> bool:
+        return not self.bad_tiles
+
+    @property
+    def complete(self) -> bool:
+        return self.ok and self.done == self.tiles
+
+    def summary(self) -> str:
+        head = (
+            f"{self.path}: {self.done} of {self.tiles} tiles done, {self.checked} checked, "
+            f"{len(self.bad_tiles)} bad"
+        )
+        lines = [head] + [
+            f"  tile {i}, {j}: {why}"
+            for (i, j), why in zip(self.bad_tiles, self.reasons, strict=True)
+        ]
+        return "\n".join(lines)
+
+
+def _check_tiles(store: KernelStore, tiles, advance=lambda k=1: None) -> list:
+    """[((i, j), reason)] for the tiles among ``tiles`` whose chunks do not match the
+    checksums recorded with their done markers (read back through zarr: what any reader sees)."""
+    import zarr
+
+    t = store.tile
+    n1, n2 = store.shape
+    try:
+        sums = zarr.open_array(store.path, path="checksum", mode="r")[:]
+    except (FileNotFoundError, ValueError, OSError, KeyError) as err:
+        fmt = store.meta.get("format")
+        why = f"no checksums in this store ({fmt}: {type(err).__name__})"
+        return [(tile, why) for tile in tiles]
+    bad = []
+    for i, j in tiles:
+        rows = slice(i * t, min(i * t + t, n1))
+        cols = slice(j * t, min(j * t + t, n2))
+        why = None
+        if not sums[i, j].any():
+            why = "done marker without recorded checksums"
+        for k, which in enumerate(store.kernels):
+            parts = [(rows, cols, sums[i, j, 0, k], (i, j))]
+            if store.symmetric and i != j:
+                parts.append((cols, rows, sums[i, j, 1, k], (j, i)))
+            for r, c, expected, chunk in parts:
+                if why is not None:
+                    break
+                try:
+                    got = tile_checksum(np.asarray(store.array(which)[r, c]))
+                except (ValueError, OSError, TypeError) as err:
+                    why = f"{which} chunk {chunk} unreadable ({err})"
+                    break
+                if got != int(expected):
+                    why = f"{which} chunk {chunk} fails its checksum (changed, truncated or lost)"
+        if why is not None:
+            bad.append(((i, j), why))
+        advance(1)
+    return bad
+
+
+def verify_store(path, *, progress: bool = False) -> StoreReport:
+    """Check every done tile of a kernel store against its recorded CRC32C checksums.
+
+    Reads each done tile's chunks (and their mirrors) once through zarr, as a reader would,
+    and compares the CRC32C of their values with the checksums written with the done marker
+    (:func:`tile_checksum`). A chunk overwritten, truncated or deleted after its marker is
+    reported with the tile's (row, column) indices. Nothing is changed: rerunning the
+    ``kernel_to_zarr`` call that made the store recomputes the bad tiles. For the CLI's
+    ``widenet verify STORE`` (exit status non-zero unless ``report.ok``).
+
+    Raises:
+        FileNotFoundError: no store at ``path``.
+        ValueError: ``path`` is not a widenet kernel store.
+    """
+    store = KernelStore(path)
+    done = store.done()
+    t = store.tile
+    tiles = [(r.start // t, c.start // t) for r, c in store.grid()]
+    marked = [(i, j) for i, j in tiles if done[i, j]]
+    with _progress(len(marked), f"verifying {Path(store.path).name}", progress) as advance:
+        bad = _check_tiles(store, marked, advance)
+    return StoreReport(
+        path=store.path,
+        tiles=len(tiles),
+        done=len(marked),
+        checked=len(marked),
+        bad_tiles=tuple(b[0] for b in bad),
+        reasons=tuple(b[1] for b in bad),
     )
 
 
@@ -858,6 +1243,7 @@ def kernel_to_zarr(
     torch_threads: int | None = None,
     resume: bool = True,
     overwrite: bool = False,
+    verify: bool = True,
     progress: bool = False,
     direct_io: bool = True,
     extra_metadata: dict | None = None,
@@ -888,7 +1274,10 @@ def kernel_to_zarr(
             "processes" with ``workers`` given, the CPU count / workers).
         resume: an existing store with the same metadata is completed (only tiles without a
             done marker are computed); False refuses an existing store.
-        overwrite: delete an existing store and start again.
+        overwrite: delete an existing store and start again (only a widenet kernel store:
+            any other directory, or a file, is refused with FileExistsError).
+        verify: on resuming, check every done tile against its recorded CRC32C checksums (one
+            read of the done tiles) and recompute the bad ones (``repaired_tiles``).
         progress: a rich progress bar with ETA over the tiles (stderr).
         direct_io: write whole chunks with O_DIRECT, bypassing the page cache, where the file
             system supports it (Linux; falls back silently per chunk otherwise); False writes
@@ -897,11 +1286,17 @@ def kernel_to_zarr(
 
     Returns:
         The :class:`KernelStore`; ``written_tiles`` lists the (row, column) tile indices this
-        call computed.
+        call computed, ``repaired_tiles`` those among them that were marked done but failed
+        their checksums.
 
     Raises:
         StoreMismatchError: ``out`` holds a store of another computation.
-        FileExistsError: ``out`` exists and ``resume`` is False (and not ``overwrite``).
+        FileExistsError: ``out`` exists and ``resume`` is False (and not ``overwrite``); or
+            ``out`` is a file, or a non-empty directory that is not a widenet kernel store.
+        StoreBusyError: another process is writing the store.
+        ValueError: a bad argument, e.g. ``scheduler`` (checked before anything is created).
+        OSError: the Dask scheduler at the given address cannot be reached.
+        WorkerDiedError: a worker process of ``scheduler="processes"`` died; rerun to resume.
     """
     tile = _check_tile(tile)
     if x2 is x1:
@@ -939,35 +1334,104 @@ def kernel_to_zarr(
     )
     if extra_metadata:
         meta["extra"] = extra_metadata
-    path = str(out)
-    if overwrite and os.path.exists(path):
-        shutil.rmtree(path)
-    if os.path.exists(path):
-        if not resume:
-            raise FileExistsError(
-                f"{path} exists; pass resume=True to complete it or overwrite=True"
-            )
-        _check_same(KernelStore(path), meta)
-        _remove_partials(path)
-    else:
-        _create_store(path, meta, x1.dtype, overwrite=False)
-    store = KernelStore(path)
-    todo = store.pending()
-    if scheduler == "processes" and torch_threads is None and workers:
-        # Share the cores among the processes rather than oversubscribe them.
-        torch_threads = max(1, (os.cpu_count() or 1) // workers)
-    chunk = store.array(gets[0]).chunks
-    task = _Task(
-        source, path, gets, tile, chunk, symmetric, threads=torch_threads, direct_io=direct_io
-    )
-    description = f"{'+'.join(gets)} {n1}x{n2} -> {Path(path).name}"
-    with _progress(len(todo), description, progress) as advance:
-        written = _run_tiles(task, todo, scheduler, workers, advance)
+    kind = check_scheduler(scheduler, workers)
+    path = Path(out)
+    if path.exists() and not path.is_dir():
+        raise FileExistsError(
+            f"out={str(path)!r} is a file, not a kernel store (a directory); choose another path"
+        )
+    with contextlib.ExitStack() as stack:
+        # Connect to a Dask scheduler before anything is created: a wrong address fails here.
+        client = stack.enter_context(_client(scheduler)) if kind == "dask" else scheduler
+        lock, repaired = _open_for_writing(
+            path, meta, x1.dtype, resume, overwrite, verify, progress
+        )
+        stack.callback(lock.release)
+        store = KernelStore(path)
+        todo = store.pending()
+        if kind == "processes" and torch_threads is None and workers:
+            # Share the cores among the processes rather than oversubscribe them.
+            torch_threads = max(1, (os.cpu_count() or 1) // workers)
+        chunk = store.array(gets[0]).chunks
+        task = _Task(
+            source,
+            str(path),
+            gets,
+            tile,
+            chunk,
+            symmetric,
+            threads=torch_threads,
+            direct_io=direct_io,
+        )
+        description = f"{'+'.join(gets)} {n1}x{n2} -> {path.name}"
+        with _progress(len(todo), description, progress) as advance:
+            written = _run_tiles(task, todo, client, workers, advance, store)
     store.written_tiles = tuple(sorted(written))
+    store.repaired_tiles = repaired
     return store
 
 
-def _run_tiles(task: _Task, todo, scheduler, workers, advance) -> list[tuple[int, int]]:
+def _open_for_writing(path: Path, meta, dtype, resume, overwrite, verify, progress):
+    """(held lock, tiles found bad and marked undone) for a new, overwritten or resumed store.
+
+    Only a widenet kernel store is ever deleted (``overwrite``) or resumed; any other
+    non-empty directory is refused untouched. A resumed store's done tiles are verified
+    against their checksums and the bad ones lose their done marker, to be recomputed.
+    """
+    import zarr
+
+    _remove_stale_creations(path)
+    for _ in range(2):
+        if not (path.is_dir() and any(path.iterdir())):
+            lock = _create_store(path, meta, dtype)
+            if lock is not None:
+                return lock, ()
+        if not is_kernel_store(path):
+            raise FileExistsError(
+                f"{path} exists and is not a widenet kernel store (its zarr.json has no "
+                f"'widenet' attributes); refusing to {'delete' if overwrite else 'write into'} "
+                "it. Choose another path"
+            )
+        lock = _StoreLock(path)
+        if overwrite:
+            shutil.rmtree(path)
+            lock.release()
+            continue
+        try:
+            if not resume:
+                raise FileExistsError(
+                    f"{path} exists; pass resume=True to complete it or overwrite=True"
+                )
+            store = KernelStore(path)
+            _check_same(store, meta)
+            _remove_partials(str(path))
+            done = store.done()
+            marked = [
+                (r.start // store.tile, c.start // store.tile)
+                for r, c in store.grid()
+                if verify and done[r.start // store.tile, c.start // store.tile]
+            ]
+            with _progress(len(marked), f"verifying {path.name}", progress) as advance:
+                bad = _check_tiles(store, marked, advance)
+        except BaseException:
+            lock.release()
+            raise
+        if bad:
+            marks = zarr.open_array(str(path), path="done", mode="r+")
+            for (i, j), why in bad:
+                marks[i, j] = 0
+                _log.warning("%s: tile (%d, %d) is bad (%s); recomputing it", path, i, j, why)
+            if progress:
+                from rich.console import Console
+
+                Console(stderr=True).print(
+                    f"{path}: {len(bad)} done tile(s) failed their checksum; recomputing them"
+                )
+        return lock, tuple(sorted(b[0] for b in bad))
+    raise StoreBusyError(f"{path} was created and deleted concurrently; try again")
+
+
+def _run_tiles(task: _Task, todo, scheduler, workers, advance, store) -> list[tuple[int, int]]:
     written = []
     if not todo:
         return written
@@ -1000,16 +1464,17 @@ def _run_tiles(task: _Task, todo, scheduler, workers, advance) -> list[tuple[int
         workers = check_int(workers, "workers", minimum=1)
         ctx = multiprocessing.get_context("spawn")  # fork after torch's thread pools can hang
         payload = cloudpickle.dumps(task)
-        with cf.ProcessPoolExecutor(
-            workers, mp_context=ctx, initializer=_init_worker, initargs=(payload,)
-        ) as pool:
-            futs = [pool.submit(_worker_tile, r, c) for r, c in todo]
-            for fut in cf.as_completed(futs):
-                written.append(fut.result())
-                advance(1)
+        try:
+            with cf.ProcessPoolExecutor(
+                workers, mp_context=ctx, initializer=_init_worker, initargs=(payload,)
+            ) as pool:
+                futs = [pool.submit(_worker_tile, r, c) for r, c in todo]
+                for fut in cf.as_completed(futs):
+                    written.append(fut.result())
+                    advance(1)
+        except cf.process.BrokenProcessPool as err:
+            raise _worker_died(store, written, err) from None
         return written
-    if workers is not None:
-        raise ValueError("workers applies to 'threads' and 'processes'; a Dask cluster has its own")
     with _client(scheduler) as client:
         from distributed import as_completed
 
@@ -1020,6 +1485,23 @@ def _run_tiles(task: _Task, todo, scheduler, workers, advance) -> list[tuple[int
             written.append(fut.result())
             advance(1)
     return written
+
+
+def _worker_died(store: KernelStore, written, err) -> WorkerDiedError:
+    """The error for a dead worker process: which tiles are done (their markers), and that a
+    rerun of the same call resumes."""
+    done = store.done()
+    t = store.tile
+    tiles = [(r.start // t, c.start // t) for r, c in store.grid()]
+    finished = [ij for ij in tiles if done[ij]]
+    shown = ", ".join(f"({i}, {j})" for i, j in finished[:20])
+    more = f" and {len(finished) - 20} more" if len(finished) > 20 else ""
+    return WorkerDiedError(
+        f"a worker process died (killed, or out of memory?) while writing {store.path}: "
+        f"{len(finished)} of {len(tiles)} tiles are done ({len(written)} by this run"
+        f"{': ' + shown + more if finished else ''}); the store is consistent: run the same "
+        f"call again to compute only the {len(tiles) - len(finished)} remaining tiles ({err})"
+    )
 
 
 _WORKER_TASK: _Task | None = None  # set once per worker process by _init_worker
@@ -1184,7 +1666,7 @@ def kernel_ridge(
         ValueError: the kernel plus ridge is not positive definite (Cholesky fails, or CG meets
             a direction of non-positive curvature), or CG did not converge in maxiter.
     """
-    from widenet.empirical import _memory_limit
+    from widenet.empirical import memory_limit as _memory_limit
 
     store = _square_store(store, which)
     n = store.shape[0]
@@ -1330,7 +1812,8 @@ def gradient_flow_mse(
     """
     from scipy.sparse.linalg import LinearOperator, eigsh
 
-    from widenet.dynamics import _check_loss, _times
+    from widenet.dynamics import check_loss as _check_loss
+    from widenet.dynamics import check_times as _times
 
     store = _square_store(store, which)
     n = store.shape[0]

@@ -59,6 +59,7 @@ probabilities. Neural Computation 14.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -117,6 +118,10 @@ def _labels(y, name: str, n: int | None = None) -> np.ndarray:
     elif y.dtype.kind not in "iub":
         raise ValueError(f"{name} must be integer class labels, got dtype {y.dtype}")
     return y.astype(np.int64)
+
+
+# The public name (the command line validates label files with it).
+class_labels = _labels
 
 
 def _classes(classes, *label_sets) -> np.ndarray:
@@ -262,6 +267,33 @@ def _odds_to_weights(p: np.ndarray, prior_ratio: float, name: str) -> np.ndarray
     return prior_ratio * p / (1.0 - p)
 
 
+# E_p[w] = E_p[q/p] = 1 for the true weights; a mean of the raw weights below this says the
+# source sample carries almost none of the target's mass (the domains barely overlap).
+MIN_RAW_MEAN = 0.05
+
+
+def _check_overlap(raw: np.ndarray, p: np.ndarray) -> None:
+    """Refuse weights that say the domains do not overlap; warn when they barely do."""
+    if not np.all(np.isfinite(raw)) or not raw.any():
+        raise ValueError(
+            "the domain classifier gives P(target | x) = 0 at every source point (max "
+            f"{float(np.max(p)):.3g}): the source and target domains do not overlap, so the "
+            "importance weights q(x)/p(x) are zero or undefined everywhere on the source and "
+            "no reweighting of it can represent the target. Check that x_source and x_target "
+            "describe the same features (same scaling), or use a less confident classifier"
+        )
+    mean = float(raw.mean())
+    if mean < MIN_RAW_MEAN:
+        warnings.warn(
+            f"the raw importance weights have mean {mean:.3g} over the source points, where "
+            f"E_p[q/p] = 1 (below {MIN_RAW_MEAN}): the source and target domains barely "
+            "overlap, and normalised weights near 1 would hide it; the reweighted estimates "
+            "are not reliable",
+            RuntimeWarning,
+            stacklevel=3,
+        )
+
+
 def covariate_shift_weights(
     x_source,
     x_target,
@@ -331,6 +363,7 @@ def covariate_shift_weights(
         p = cross_val_predict(clone(model), x, d, cv=cv, method="predict_proba")[: len(xs), 1]
     prior_ratio = len(xs) / len(xt)
     raw = _odds_to_weights(p, prior_ratio, "x_source")
+    _check_overlap(raw, p)
     w = raw if clip is None else np.minimum(raw, clip)
     n_clipped = 0 if clip is None else int((raw > clip).sum())
     scale = 1.0 / w.mean() if normalize else 1.0

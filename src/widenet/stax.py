@@ -554,9 +554,9 @@ class LayerNorm(Layer):
 # --------------------------------------------------------------------------------------------
 
 _NOT_GAUSSIAN = (
-    "its closed form needs a centred Gaussian input, the output of a Dense or Conv layer "
-    "(possibly pooled, normalised or summed with another); here its input is {what}: put a "
-    "Dense or Conv layer before it"
+    "its closed form (a Gaussian expectation) needs a centred Gaussian input, the output of a "
+    "Dense or Conv layer (possibly pooled, normalised or summed with another), but here its "
+    "input is {what}, which is not Gaussian: put a Dense or Conv layer before it"
 )
 
 # Quadrature duals hold (entries x nodes) temporaries: apply them in chunks of this many entries.

@@ -8,6 +8,8 @@ import numpy as np
 import pydantic
 import torch
 
+from widenet.data import parity_targets  # noqa: F401 (the experiments import it from here)
+
 
 def _distinct_positive(widths: list[int]) -> list[int]:
     if any(w < 1 for w in widths):
@@ -19,14 +21,6 @@ def _distinct_positive(widths: list[int]) -> list[int]:
 
 # A width sweep: at least two distinct positive widths, sorted (a config field type).
 Widths = Annotated[list[int], pydantic.AfterValidator(_distinct_positive)]
-
-
-def parity_targets(labels: torch.Tensor) -> torch.Tensor:
-    """Integer labels -> +1 (even) / -1 (odd); real targets -> standardized. float64, (n,)."""
-    if labels.dtype not in (torch.int64, torch.int32):
-        y = labels.to(torch.float64)
-        return (y - y.mean()) / y.std().clamp_min(1e-12)
-    return 1.0 - 2.0 * (labels % 2).to(torch.float64)
 
 
 def slope(widths, values) -> float:
@@ -60,3 +54,30 @@ def gradient_descent(model, x, y, lr: float, steps: int, on_step=None) -> float:
     if not np.isfinite(final):
         raise FloatingPointError(f"gradient descent diverged (lr={lr:.3g}); lower lr_scale")
     return final
+
+
+def relative_error(a: torch.Tensor, b: torch.Tensor) -> float:
+    """‖a − b‖ / ‖b‖ over all entries (the Frobenius norm for matrices)."""
+    return float(torch.linalg.norm(a - b) / torch.linalg.norm(b))
+
+
+def loglog_panel(ax, widths, values, fitted, ylabel, title, references, *, label="measured"):
+    """A width sweep on log–log axes: ``values`` (widths × seeds) against width, per-seed points
+    (when there are several seeds), their mean with its fitted ``slope`` in the legend, and
+    reference slopes ``references`` = [(slope, label), …] through the data's geometric mean."""
+    w = np.asarray(widths, dtype=float)
+    mean = values.mean(1)
+    if values.shape[1] > 1:
+        for j in range(values.shape[1]):
+            ax.plot(w, values[:, j], "o", color="tab:blue", alpha=0.35, ms=4)
+    ax.plot(w, mean, "o-", color="tab:blue", lw=2, label=f"{label} (slope {fitted:.2f})")
+    for (ref, ref_label), style in zip(references, ("--", ":"), strict=False):
+        anchor = np.exp(np.mean(np.log(mean)) - ref * np.mean(np.log(w)))
+        ax.plot(w, anchor * w**ref, style, color="0.35", label=ref_label)
+    ax.set_xscale("log", base=2)
+    ax.set_yscale("log")
+    ax.set_xlabel("hidden width n")
+    ax.set_ylabel(ylabel)
+    ax.set_title(title, fontsize=10)
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=8)

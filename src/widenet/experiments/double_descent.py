@@ -73,7 +73,7 @@ import torch
 from widenet import lab
 from widenet.data import SKLEARN_DATASETS, load_dataset
 from widenet.experiments._common import mse
-from widenet.random_features import sweep, zero_one_loss
+from widenet.random_features import feature_counts, sweep, zero_one_loss
 
 METRICS = {
     "n_train": "number of training points of the random-features sweep",
@@ -151,14 +151,6 @@ class DoubleDescentConfig(lab.Config):
         if not values or any(not 0 <= v < 1 for v in values):
             raise ValueError("width_label_noise must be a non-empty list of fractions in [0, 1)")
         return values
-
-
-def feature_counts(n: int, ratio_min: float, ratio_max: float, points: int, even: bool):
-    """Geometric grid from ratio_min·n to ratio_max·n, with n itself; even counts if ``even``."""
-    grid = np.geomspace(ratio_min * n, ratio_max * n, points)
-    step = 2 if even else 1
-    counts = {max(step, int(step * round(v / step))) for v in grid} | {n + (n % step)}
-    return sorted(counts)
 
 
 def _split(config, seed: int):

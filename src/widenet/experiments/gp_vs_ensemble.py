@@ -78,6 +78,7 @@ import torch
 from widenet import lab
 from widenet.data import DATASETS, load_dataset
 from widenet.experiments._common import gradient_descent, parity_targets
+from widenet.experiments._common import relative_error as _rel
 
 METRICS = {
     "nngp_accuracy": "test accuracy of the sign of the NNGP posterior mean",
@@ -160,10 +161,6 @@ def _data(config: GPVsEnsembleConfig, seed: int, dtype):
 
 def _accuracy(pred: torch.Tensor, y: torch.Tensor) -> float:
     return float((torch.sign(pred.reshape(-1)) == y.reshape(-1)).double().mean())
-
-
-def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
-    return float(torch.linalg.norm(a - b) / torch.linalg.norm(b))
 
 
 @lab.register(

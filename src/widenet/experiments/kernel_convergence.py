@@ -66,7 +66,15 @@ import torch
 
 from widenet import lab
 from widenet.data import DATASETS, load_dataset
-from widenet.experiments._common import Widths, gradient_descent, mse, parity_targets, slope
+from widenet.experiments._common import (
+    Widths,
+    gradient_descent,
+    mse,
+    parity_targets,
+    slope,
+)
+from widenet.experiments._common import loglog_panel as _common_loglog_panel
+from widenet.experiments._common import relative_error as _rel
 
 METRICS = {
     "widths": "hidden widths n, ascending",
@@ -102,10 +110,6 @@ class KernelConvergenceConfig(lab.Config):
     dtype: Literal["float32", "float64"] = "float32"
 
     QUICK: ClassVar[dict] = {"widths": [2**k for k in range(6, 11)], "n_points": 64}
-
-
-def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
-    return float(torch.linalg.matrix_norm(a - b) / torch.linalg.matrix_norm(b))
 
 
 @lab.register(
@@ -176,22 +180,9 @@ def run(config: KernelConvergenceConfig, ctx: lab.RunContext) -> dict:
 
 
 def _loglog_panel(ax, widths, values, slope, ylabel, title, references):
-    w = np.asarray(widths, dtype=float)
-    mean = values.mean(1)
-    for j in range(values.shape[1]):
-        ax.plot(w, values[:, j], "o", color="tab:blue", alpha=0.35, ms=4)
-    ax.plot(w, mean, "o-", color="tab:blue", lw=2, label=f"mean over seeds (slope {slope:.2f})")
-    # Reference lines through the geometric mean of the data.
-    for (ref, label), style in zip(references, ("--", ":"), strict=False):
-        anchor = np.exp(np.mean(np.log(mean)) - ref * np.mean(np.log(w)))
-        ax.plot(w, anchor * w**ref, style, color="0.35", label=label)
-    ax.set_xscale("log", base=2)
-    ax.set_yscale("log")
-    ax.set_xlabel("hidden width n")
-    ax.set_ylabel(ylabel)
-    ax.set_title(title)
-    ax.grid(True, which="both", alpha=0.3)
-    ax.legend(fontsize=8)
+    _common_loglog_panel(
+        ax, widths, values, slope, ylabel, title, references, label="mean over seeds"
+    )
 
 
 def _plot_convergence(ctx, widths, errors, changes, slope, chg_slope):

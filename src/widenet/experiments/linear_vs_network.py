@@ -85,7 +85,14 @@ import torch
 
 from widenet import lab
 from widenet.data import DATASETS, load_dataset
-from widenet.experiments._common import Widths, gradient_descent, parity_targets, slope
+from widenet.experiments._common import (
+    Widths,
+    gradient_descent,
+    loglog_panel,
+    parity_targets,
+    slope,
+)
+from widenet.experiments._common import relative_error as _rel
 
 METRICS = {
     "widths": "hidden widths n, ascending",
@@ -144,10 +151,6 @@ class LinearVsNetworkConfig(lab.Config):
 
 def _flat(params) -> torch.Tensor:
     return torch.cat([p.detach().reshape(-1) for p in params])
-
-
-def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
-    return float(torch.linalg.norm(a - b) / torch.linalg.norm(b))
 
 
 def _snapshot_steps(steps: int, count: int = 25) -> set[int]:
@@ -268,26 +271,6 @@ def run(config: LinearVsNetworkConfig, ctx: lab.RunContext) -> dict:
         "output_scale": scale.mean(1),
         "closed_form_error": float(closed.max()),
     }
-
-
-def loglog_panel(ax, widths, values, fitted, ylabel, title, references):
-    """Values (widths x seeds) against width on log-log axes with reference slopes."""
-    w = np.asarray(widths, dtype=float)
-    mean = values.mean(1)
-    if values.shape[1] > 1:
-        for j in range(values.shape[1]):
-            ax.plot(w, values[:, j], "o", color="tab:blue", alpha=0.35, ms=4)
-    ax.plot(w, mean, "o-", color="tab:blue", lw=2, label=f"measured (slope {fitted:.2f})")
-    for (ref, label), style in zip(references, ("--", ":"), strict=False):
-        anchor = np.exp(np.mean(np.log(mean)) - ref * np.mean(np.log(w)))
-        ax.plot(w, anchor * w**ref, style, color="0.35", label=label)
-    ax.set_xscale("log", base=2)
-    ax.set_yscale("log")
-    ax.set_xlabel("hidden width n")
-    ax.set_ylabel(ylabel)
-    ax.set_title(title, fontsize=10)
-    ax.grid(True, which="both", alpha=0.3)
-    ax.legend(fontsize=8)
 
 
 def _plot_scaling(ctx, widths, rmse, w_change, k_change, slopes):

@@ -1,0 +1,245 @@
+"""Global convergence of two-layer ReLU networks (Du et al. 2018): ``widenet du-bounds``,
+``du-train`` (:mod:`widenet.convergence`)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from widenet.cli._common import (
+    CONVERGENCE,
+    DataOpt,
+    DataSeedOpt,
+    DtypeOpt,
+    NOpt,
+    OverwriteOpt,
+    StandardizeOpt,
+    err,
+    fail,
+    flag,
+    out,
+    progress_bar,
+    quantity_table,
+    saved,
+    topic,
+)
+
+app, command = topic(CONVERGENCE)
+
+_DU_LABELS_HELP = (
+    "gaussian (y ~ N(0,1)), true (the bundled set's labels: parity +-1 for classes, else "
+    "standardized), shuffled (those labels permuted), or a .npy/.csv file of n real labels."
+)
+DuLabelsOpt = Annotated[str, typer.Option("--labels", help=_DU_LABELS_HELP)]
+DuDimOpt = Annotated[
+    int, typer.Option("--dim", help="Dimension of the synthetic 'sphere' set.", min=1)
+]
+DuNonUnitOpt = Annotated[
+    str,
+    typer.Option("--non-unit", help="Rows not of unit norm: normalize (with a warning) or error."),
+]
+DuDeltaOpt = Annotated[
+    float, typer.Option("--delta", help="Failure probability of the theorem's bounds.")
+]
+
+
+def _du_problem(data, n, dim, data_seed, standardize, labels, label_seed, non_unit):
+    """Unit-norm inputs (float64) and labels for the Du et al. commands."""
+    import warnings
+
+    import torch
+
+    from widenet import convergence as cv
+    from widenet import io
+    from widenet.data import DATASETS, load_dataset, parity_targets
+
+    if data == "sphere":
+        if n is None:
+            raise ValueError("--n is required for --data sphere")
+        x, raw = load_dataset("sphere", n=n, seed=data_seed, dim=dim, dtype=torch.float64)
+    else:
+        x = io.load_inputs(data, n, seed=data_seed, standardize=standardize)
+        raw = None
+        if data in DATASETS:
+            std = True if standardize is None else standardize
+            _, raw = load_dataset(data, n=n, seed=data_seed, standardize=std)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        x = cv.unit_inputs(x, non_unit=non_unit, name="--data")
+    for w in caught:
+        err().print(f"[yellow]warning:[/] {w.message}", soft_wrap=True)
+    g = torch.Generator().manual_seed(label_seed)
+    if labels == "gaussian":
+        y = cv.random_labels(len(x), generator=g)
+    elif labels in ("true", "shuffled"):
+        if raw is None:
+            raise ValueError(f"--labels {labels} needs a bundled data set; give a label file")
+        y = parity_targets(raw)
+        if labels == "shuffled":
+            y = cv.random_labels(y, kind="shuffled", generator=g)
+    else:
+        y = io.load_targets(labels, "--labels", len(x))
+        if y.ndim != 1:
+            raise ValueError(f"--labels: one real label per point expected, got shape {y.shape}")
+        y = torch.as_tensor(y, dtype=torch.float64)
+    return x, y
+
+
+@command("du-bounds")
+def du_bounds(
+    data: DataOpt = "sphere",
+    n: NOpt = None,
+    dim: DuDimOpt = 100,
+    width: Annotated[
+        int | None,
+        typer.Option("--width", help="Also report H(0), drift bound and stability for width m."),
+    ] = None,
+    labels: DuLabelsOpt = "gaussian",
+    delta: DuDeltaOpt = 0.1,
+    seed: Annotated[int, typer.Option("--seed", help="Seed of the network and labels.")] = 0,
+    step_size_scale: Annotated[
+        float, typer.Option("--step-size-scale", help="Suggested eta = this x critical rate.")
+    ] = 0.25,
+    non_unit: DuNonUnitOpt = "normalize",
+    standardize: StandardizeOpt = None,
+    data_seed: DataSeedOpt = 0,
+    out_: Annotated[
+        Path | None, typer.Option("--out", "-o", help="Write the numbers to this .json file.")
+    ] = None,
+    overwrite: OverwriteOpt = False,
+) -> None:
+    """Du et al. (2018) on data: lambda0, width bound, step sizes, radius R, drift bound."""
+    import torch
+
+    from widenet import convergence as cv
+    from widenet import dynamics, io
+
+    try:
+        if out_ is not None:
+            io.check_suffix(out_, (".json",))
+        x, y = _du_problem(data, n, dim, data_seed, standardize, labels, seed, non_unit)
+        nn_, d = x.shape
+        h_inf = cv.gram_infinity(x)
+        lam0 = cv.lambda0(x, h_inf=h_inf)
+        lmax = float(torch.linalg.eigvalsh(h_inf)[-1])
+        crit = dynamics.critical_learning_rate(h_inf, loss="sum")
+        wb = cv.width_bound(nn_, lam0, delta, label_power=float((y**2).mean()))
+        rows = {
+            "n": nn_,
+            "d": d,
+            "lambda0": lam0,
+            "lambda_max_hinf": lmax,
+            "critical_learning_rate": crit,
+            "max_learning_rate": 2.0 / lmax,
+            "suggested_step_size": step_size_scale * crit,
+            "theorem_step_size": cv.theorem_step_size(lam0, nn_),
+            "radius": cv.radius(lam0, nn_, delta),
+            "width_bound": wb.width,
+            "width_bound_constant": wb.constant,
+            "width_bound_lemma_3_1": wb.gram_width,
+            "delta": delta,
+        }
+        if width is not None:
+            net = cv.TwoLayerReLU(d, width, seed=seed, dtype=torch.float64)
+            h0 = cv.gram(net, x)
+            ev = torch.linalg.eigvalsh(h0)
+            r0 = float((y - net(x).detach()).norm())
+            rows.update(
+                width=width,
+                lambda_min_h0=float(ev[0]),
+                lambda_max_h0=float(ev[-1]),
+                max_step_size_h0=2.0 / float(ev[-1]),
+                h0_minus_hinf=float(torch.linalg.matrix_norm(h0 - h_inf, 2)),
+                initial_residual=r0,
+                drift_bound_gd=cv.drift_bound(r0, nn_, width, lam0, discrete=True),
+                drift_bound_flow=cv.drift_bound(r0, nn_, width, lam0),
+                width_over_bound=width / wb.width,
+            )
+        if out_ is not None:
+            io.write_json(out_, rows, overwrite=overwrite)
+    except (ValueError, TypeError, OSError) as error:
+        raise fail(str(error)) from None
+    out().print(quantity_table(rows.items()))
+    if out_ is not None:
+        saved(out_)
+
+
+@command("du-train")
+def du_train(
+    out_: Annotated[
+        Path, typer.Option("--out", "-o", help="Per-step records (.npz); summary in .json.")
+    ],
+    data: DataOpt = "sphere",
+    n: NOpt = None,
+    dim: DuDimOpt = 100,
+    width: Annotated[int, typer.Option("--width", help="Hidden width m.", min=1)] = 1000,
+    epochs: Annotated[int, typer.Option("--epochs", help="Full-batch GD steps.", min=1)] = 100,
+    step_size: Annotated[
+        float | None, typer.Option("--step-size", help="eta (default: scale x critical rate).")
+    ] = None,
+    step_size_scale: Annotated[
+        float, typer.Option("--step-size-scale", help="eta / critical rate of H-infinity.")
+    ] = 0.25,
+    labels: DuLabelsOpt = "gaussian",
+    seed: Annotated[int, typer.Option("--seed", help="Seed of the network and labels.")] = 0,
+    antisymmetric: Annotated[
+        bool, flag("--antisymmetric/--independent", help="u(0) = 0 by paired neurons.")
+    ] = False,
+    gram_every: Annotated[
+        int, typer.Option("--gram-every", help="Form H(k) every this many steps (0: never).")
+    ] = 1,
+    kernel: Annotated[
+        bool,
+        flag("--kernel/--no-kernel", help="Also the closed-form H-inf / H(0) u(k)."),
+    ] = True,
+    allow_divergent: Annotated[
+        bool,
+        flag("--allow-divergent", help="Run even above 2/lambda_max(H(0)) (diverges)."),
+    ] = False,
+    dtype: DtypeOpt = "float32",
+    non_unit: DuNonUnitOpt = "normalize",
+    standardize: StandardizeOpt = None,
+    data_seed: DataSeedOpt = 0,
+    overwrite: OverwriteOpt = False,
+) -> None:
+    """Train Du et al.'s two-layer ReLU net by full-batch GD and record the theorem's quantities.
+
+    OUT (.npz) holds per step: loss, pattern_change, max_distance; gram_steps, gram_change,
+    gram_lambda_min; with --kernel, the trained outputs and the closed-form H-inf and H(0)
+    predictions at every step. The summary (rates, bounds) goes to OUT with a .json suffix.
+    """
+
+    from widenet import convergence as cv
+    from widenet import io
+
+    try:
+        io.check_suffix(out_, (".npz",))
+        torch_dtype = io.torch_dtype(dtype)
+        x, y = _du_problem(data, n, dim, data_seed, standardize, labels, seed, non_unit)
+        with progress_bar() as bar:
+            run = cv.du_training_run(
+                x,
+                y,
+                width,
+                epochs,
+                step_size=step_size,
+                step_size_scale=step_size_scale,
+                antisymmetric=antisymmetric,
+                gram_every=gram_every,
+                kernel=kernel,
+                allow_divergent=allow_divergent,
+                non_unit=non_unit,
+                seed=seed,
+                dtype=torch_dtype,
+                progress=bar,
+            )
+        arrays, summary = run.arrays, run.summary
+        io.check_new_outputs([out_, out_.with_suffix(".json")], overwrite)  # both before either
+        io.save_arrays(out_, arrays, overwrite=overwrite)
+        io.write_json(out_.with_suffix(".json"), summary, overwrite=overwrite)
+    except (ValueError, TypeError, OSError, FloatingPointError) as error:
+        raise fail(str(error)) from None
+    out().print(quantity_table(summary.items()))
+    saved(out_, out_.with_suffix(".json"))

@@ -1,0 +1,124 @@
+"""The procedures that used to live only in the command line, now library functions, checked
+against independent computations (closed forms in float64, autograd)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import scipy.linalg
+import torch
+
+import widenet as wn
+from widenet import convergence, dynamics, landscape
+
+
+def _problem(seed=0, n=8, m=5, d=3, k=2):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, d, generator=g, dtype=torch.float64)
+    xt = torch.randn(m, d, generator=g, dtype=torch.float64)
+    y = torch.randn(n, k, generator=g, dtype=torch.float64)
+    return x, y, xt
+
+
+@pytest.mark.parametrize("kernel", ["ntk", "nngp"])
+def test_infinite_width_predict_matches_the_closed_form(kernel):
+    x, y, xt = _problem()
+    arch = wn.mlp(depth=2, activation="relu", w_std=2**0.5, b_std=0.1)
+    times = [0.0, 0.5, 30.0, np.inf]
+    lr = 0.7
+    pred = dynamics.infinite_width_predict(
+        arch, x, y, xt, times, kernel=kernel, learning_rate=lr, variance=True
+    )
+    # Independent: f(t) = K_xt K^-1 (I - expm(-lr K t / N)) y with N = y.numel(), in float64 by
+    # scipy's expm (not the eigendecomposition gradient_flow_mse uses).
+    k = getattr(arch.kernel(x), kernel).numpy()
+    kxt = getattr(arch.kernel(xt, x), kernel).numpy()
+    n_all = y.numel()
+    for i, t in enumerate(times):
+        if np.isinf(t):
+            decay = np.zeros_like(k)
+        else:
+            decay = scipy.linalg.expm(-lr * k * t / n_all)
+        train = (np.eye(len(k)) - decay) @ y.numpy()
+        test = kxt @ np.linalg.solve(k, train)
+        # rtol 1e-7: K's condition number here is ~1e3, float64 solves and expm agree to ~1e-12
+        np.testing.assert_allclose(pred.train_mean[i].numpy(), train, rtol=1e-7, atol=1e-10)
+        np.testing.assert_allclose(pred.test_mean[i].numpy(), test, rtol=1e-7, atol=1e-10)
+    assert pred.test_variance.shape == (len(times), len(xt))
+    # At t = 0 nothing is learnt: the variance is the prior NNGP variance K(x, x).
+    prior = arch.kernel(xt, get="nngp").nngp.diagonal().numpy()
+    np.testing.assert_allclose(pred.test_variance[0].numpy(), prior, rtol=1e-9)
+    if kernel == "nngp":
+        # Training the readout only, the converged ensemble is the exact GP posterior
+        # (Lee et al. 2019, sec. 2.3.1): K_xx - K_xt K^-1 K_tx.
+        kxx = arch.kernel(xt, get="nngp").nngp.numpy()
+        post = np.diag(kxx - kxt @ np.linalg.solve(k, kxt.T))
+        np.testing.assert_allclose(pred.test_variance[-1].numpy(), post, rtol=1e-6, atol=1e-10)
+
+
+def test_infinite_width_predict_bad_inputs():
+    x, y, xt = _problem()
+    arch = wn.mlp(depth=1)
+    with pytest.raises(ValueError, match="kernel must be ntk or nngp"):
+        dynamics.infinite_width_predict(arch, x, y, xt, [1.0], kernel="rbf")
+    with pytest.raises(ValueError, match="learning_rate must be > 0"):
+        dynamics.infinite_width_predict(arch, x, y, xt, [1.0], learning_rate=0.0)
+    with pytest.raises(ValueError, match="diag_reg must be >= 0"):
+        dynamics.infinite_width_predict(arch, x, y, xt, [1.0], diag_reg=-1.0)
+
+
+def test_hessian_summary_matches_autograd():
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(
+        torch.nn.Linear(2, 4), torch.nn.Tanh(), torch.nn.Linear(4, 1)
+    ).double()
+    x = torch.randn(10, 2, dtype=torch.float64)
+    y = torch.randn(10, 1, dtype=torch.float64)
+    summary, eig = landscape.hessian_summary(net, x, y)
+    # Independent: the loss 1/(2n) sum |f - y|^2 as a function of the flat parameter vector,
+    # differentiated twice by torch.autograd.functional.hessian.
+    shapes = [p.shape for p in net.parameters()]
+    theta0 = torch.cat([p.detach().reshape(-1) for p in net.parameters()])
+
+    def loss(theta):
+        w1, b1, w2, b2 = torch.split(theta, [int(np.prod(s)) for s in shapes])
+        h = torch.tanh(x @ w1.reshape(shapes[0]).T + b1)
+        f = h @ w2.reshape(shapes[2]).T + b2
+        return 0.5 * ((f - y) ** 2).sum() / len(x)
+
+    h = torch.autograd.functional.hessian(loss, theta0)
+    g = torch.autograd.functional.jacobian(loss, theta0)
+    lam = torch.linalg.eigvalsh(h).numpy()
+    assert summary["num_parameters"] == theta0.numel() == 17
+    np.testing.assert_allclose(summary["loss"], float(loss(theta0)), rtol=1e-12)
+    np.testing.assert_allclose(summary["grad_norm"], float(g.norm()), rtol=1e-10)
+    np.testing.assert_allclose(eig, lam, rtol=1e-8, atol=1e-12)
+    tol = summary["inertia"]["tol"]
+    assert summary["inertia"]["negative"] == int((lam < -tol).sum())
+    assert summary["inertia"]["positive"] == int((lam > tol).sum())
+    # Lanczos mode: the extreme eigenvalues of the same spectrum.
+    ext, eig2 = landscape.hessian_summary(net, x, y, lanczos=2)
+    np.testing.assert_allclose(ext["largest"], lam[-2:], rtol=1e-6)
+    np.testing.assert_allclose(ext["smallest"], lam[:2], rtol=1e-6, atol=1e-9)
+    assert eig2.shape == (4,) and "inertia" not in ext
+
+
+def test_du_training_run_records_and_matches_kernel_theory():
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(6, 4, generator=g, dtype=torch.float64)
+    x = x / x.norm(dim=1, keepdim=True)
+    y = torch.randn(6, generator=g, dtype=torch.float64)
+    run = convergence.du_training_run(
+        x, y, 4000, 30, step_size_scale=0.25, seed=0, dtype=torch.float64
+    )
+    # The step size: 0.25 x the critical rate 2 / (lambda_min + lambda_max) of H-infinity
+    # (loss 1/2 sum (f - y)^2), recomputed here with numpy's eigensolver.
+    lam = np.linalg.eigvalsh(convergence.gram_infinity(x).numpy())
+    assert run.summary["step_size"] == pytest.approx(0.25 * 2 / (lam[0] + lam[-1]), rel=1e-10)
+    assert run.arrays["loss"].shape == (31,) and run.arrays["outputs"].shape == (31, 6)
+    # The kernel prediction with H(0) is exact at step 0 and, at width 4000, stays within a
+    # few percent of the trained outputs (Du et al. 2019, Theorem 4.1: the patterns barely
+    # change); the loss decreases.
+    np.testing.assert_allclose(run.arrays["kernel_h0"][0], run.arrays["outputs"][0], rtol=1e-12)
+    assert run.summary["prediction_gap_h0"] < 0.05
+    assert run.arrays["loss"][-1] < run.arrays["loss"][0]
