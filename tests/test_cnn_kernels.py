@@ -75,6 +75,8 @@ def test_config_validation():
     with pytest.raises(pydantic.ValidationError):
         ck.CNNKernelsConfig(ridges=[0.0, 1.0])
     with pytest.raises(pydantic.ValidationError):
+        ck.CNNKernelsConfig(lrs=[])
+    with pytest.raises(pydantic.ValidationError):
         ck.CNNKernelsConfig(mnist1d_n_train=5000)  # the training part has 4000 points
     with pytest.raises(ValueError, match="exceeds the 1797 digits"):
         ck.split_data(
@@ -112,6 +114,7 @@ def test_quick_run_metrics(quick_run):
     assert set(m["baseline_accuracy"]["mnist1d"]) == {"rbf_svm"}
     assert json.loads((quick_run.out / "metrics.json").read_text()) == m
     assert [p.name for p in quick_run.figures] == ["accuracy.png"]
+    assert all(m["finite_lr"][d][a] == 2.0 for d in m["datasets"] for a in m["architectures"])
     assert "How much of the finite CNN" in quick_run.report.read_text()
 
 
@@ -138,6 +141,7 @@ def test_cuda_run_gives_the_cpu_kernel_accuracies(tmp_path):
         "mnist1d_n_train": 40,
         "mnist1d_n_test": 40,
         "epochs": 2,
+        "lrs": [0.5],
     }
     res = lab.run_experiment(
         "cnn-kernels", quick=True, out=tmp_path / "run", seed=3, overrides=overrides
@@ -153,3 +157,20 @@ def test_cuda_run_gives_the_cpu_kernel_accuracies(tmp_path):
             float((pred == yt).double().mean()),
             abs=0.05,  # at most 2 of 40 points may flip
         )
+
+
+def test_fit_finite_keeps_the_lowest_training_loss_and_drops_diverged_runs(monkeypatch):
+    losses = {0.5: 0.3, 2.0: 0.1, 8.0: None}  # 8.0 "diverges"
+
+    def fake(arch, x, y, xt, yt, config, seed, device, lr):
+        loss = losses[lr]
+        return None if loss is None else {"test": lr / 10, "train": 1.0, "loss": loss}
+
+    monkeypatch.setattr(ck, "train_finite", fake)
+    config = ck.CNNKernelsConfig(lrs=[0.5, 2.0, 8.0])
+    assert ck.fit_finite(None, None, None, None, None, config, 0, "cpu")["lr"] == 2.0
+    losses[2.0] = None
+    assert ck.fit_finite(None, None, None, None, None, config, 0, "cpu")["lr"] == 0.5
+    losses[0.5] = None
+    with pytest.raises(FloatingPointError, match="every learning rate"):
+        ck.fit_finite(None, None, None, None, None, config, 0, "cpu")
