@@ -30,7 +30,7 @@ The machine is shared: every figure is stored with the load average (``uptime``)
 Rerun everything with one command, preferably on a quiet machine:
 
     nice -n 10 .venv/bin/python benchmarks/bench_cnn_kernels.py [--quick] [--no-nt]
-        [--nt-python PATH] [--no-memory] [--threads K]
+        [--nt-python PATH] [--no-memory] [--memory-n N] [--no-myrtle-all] [--threads K]
 
 The neural-tangents comparisons time widenet at torch's default thread count (the headline
 ratio) and at 1 thread; ``--threads`` sets the threads of the widenet-only parts.
@@ -304,6 +304,8 @@ def main(
     memory: bool = True,
     repeats: int | None = None,
     solo_threads: int | None = None,
+    myrtle_all: bool = True,
+    memory_n: int | None = None,
 ) -> dict:
     repeats = repeats or (1 if quick else 2)
     result = dict(
@@ -343,23 +345,25 @@ def main(
 
     # widenet alone, at solo_threads (default: torch's)
     with threads(solo_threads):
-        x = digits(10 if quick else None)
-        arch = architecture("myrtle5")
-        load_before = uptime()
-        t0 = time.perf_counter()
-        arch.kernel(x)
-        result["myrtle5_all_digits"] = dict(
-            n=len(x),
-            seconds=time.perf_counter() - t0,
-            threads=torch.get_num_threads(),
-            load_before=load_before,
-            load_after=uptime(),
-        )
-        secs = result["myrtle5_all_digits"]["seconds"]
-        print(f"  Myrtle-5 kernel of {len(x)} digits: {secs:.1f} s", flush=True)
+        if myrtle_all:
+            x = digits(10 if quick else None)
+            arch = architecture("myrtle5")
+            load_before = uptime()
+            t0 = time.perf_counter()
+            arch.kernel(x)
+            result["myrtle5_all_digits"] = dict(
+                n=len(x),
+                seconds=time.perf_counter() - t0,
+                threads=torch.get_num_threads(),
+                load_before=load_before,
+                load_after=uptime(),
+            )
+            secs = result["myrtle5_all_digits"]["seconds"]
+            print(f"  Myrtle-5 kernel of {len(x)} digits: {secs:.1f} s", flush=True)
         result["exponents"] = exponents(quick, repeats)
     if memory:
-        result["peak_memory"] = peak_memory(20 if quick else 2000, solo_threads)
+        n_mem = memory_n or (20 if quick else 2000)
+        result["peak_memory"] = peak_memory(n_mem, solo_threads)
     result["load_end"] = uptime()
 
     print("\n  workload            n   widenet s     nt s   nt/widenet  goal")
@@ -392,6 +396,10 @@ if __name__ == "__main__":
         default=None,
         help="torch threads for the widenet-only parts (default: torch's)",
     )
+    parser.add_argument(
+        "--no-myrtle-all", action="store_true", help="skip the Myrtle-5 kernel of all digits"
+    )
+    parser.add_argument("--memory-n", type=int, default=None, help="n of the memory probe")
     parser.add_argument("--memory-probe", type=int, default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.memory_probe is not None:
@@ -405,4 +413,6 @@ if __name__ == "__main__":
             memory=not args.no_memory,
             repeats=args.repeats,
             solo_threads=args.threads,
+            myrtle_all=not args.no_myrtle_all,
+            memory_n=args.memory_n,
         )
