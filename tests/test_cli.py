@@ -47,7 +47,7 @@ def invoke(*args):
 
 COMMANDS = (
     *("list", "run", "demo", "kernel", "ntk", "h-infinity", "predict"),
-    "solve",  # kernel stores
+    *("solve", "verify"),  # kernel stores
     *("covariate-weights", "label-shift", "weighted-fit"),  # distribution shift
     *("signal", "critical-init"),  # initialization
     *("embed", "hessian", "condense"),  # embedding principle

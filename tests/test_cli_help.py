@@ -24,7 +24,7 @@ def test_the_commands_are_all_there():
     expected = {
         "list", "run", "demo", "kernel", "ntk", "h-infinity", "solve", "predict", "du-bounds",
         "du-train", "embed", "hessian", "condense", "phase-point", "regime", "frequency",
-        "fit-predict", "random-features", "signal", "critical-init", "covariate-weights",
+        "fit-predict", "random-features", "signal", "critical-init", "covariate-weights", "verify",
         "label-shift", "weighted-fit",
     }  # fmt: skip
     assert expected <= set(COMMANDS)

@@ -122,3 +122,68 @@ def test_du_training_run_records_and_matches_kernel_theory():
     np.testing.assert_allclose(run.arrays["kernel_h0"][0], run.arrays["outputs"][0], rtol=1e-12)
     assert run.summary["prediction_gap_h0"] < 0.05
     assert run.arrays["loss"][-1] < run.arrays["loss"][0]
+
+
+def test_du_bounds_against_the_explicit_gram_matrices():
+    g = torch.Generator().manual_seed(2)
+    x = torch.randn(7, 3, generator=g, dtype=torch.float64)
+    x = x / x.norm(dim=1, keepdim=True)
+    y = torch.randn(7, generator=g, dtype=torch.float64)
+    rows = convergence.du_bounds(x, y, delta=0.1, width=300, seed=3)
+    # H-infinity_ij = x_i.x_j (pi - arccos(x_i.x_j)) / (2 pi) (Du et al. 2019, eq. 3), numpy.
+    xn = x.numpy()
+    c = np.clip(xn @ xn.T, -1.0, 1.0)
+    lam = np.linalg.eigvalsh(c * (np.pi - np.arccos(c)) / (2 * np.pi))
+    # rtol 1e-7: np.arccos near c = 1 is accurate to ~sqrt(eps) ~ 1e-8 absolute (the library
+    # uses a better-conditioned form), and lambda0 ~ 0.09 here: 5e-9 relative measured.
+    assert rows["lambda0"] == pytest.approx(lam[0], rel=1e-7)
+    assert rows["lambda_max_hinf"] == pytest.approx(lam[-1], rel=1e-7)
+    assert rows["critical_learning_rate"] == pytest.approx(2 / (lam[0] + lam[-1]), rel=1e-7)
+    assert rows["max_learning_rate"] == pytest.approx(2 / lam[-1], rel=1e-7)
+    # H(0)_ij = x_i.x_j (1/m) sum_r 1{w_r.x_i >= 0} 1{w_r.x_j >= 0} of the same seeded network.
+    net = convergence.TwoLayerReLU(3, 300, seed=3, dtype=torch.float64)
+    s = (xn @ net.weight.detach().numpy().T >= 0).astype(float)
+    h0 = (xn @ xn.T) * (s @ s.T) / 300
+    ev = np.linalg.eigvalsh(h0)
+    assert rows["lambda_min_h0"] == pytest.approx(ev[0], rel=1e-9, abs=1e-12)
+    assert rows["lambda_max_h0"] == pytest.approx(ev[-1], rel=1e-9)
+    assert rows["width_over_bound"] == pytest.approx(300 / rows["width_bound"], rel=1e-12)
+
+
+def test_label_shift_from_classifier_with_a_perfect_black_box():
+    """Separable classes make the fitted classifier exact, so C_hat is diagonal and BBSE's
+    weights must be the ratio of the target's and the held-out source's class frequencies,
+    counted here directly."""
+    from sklearn.linear_model import LogisticRegression
+
+    from widenet import shift
+
+    rng = np.random.default_rng(0)
+    ys = np.repeat([0, 1, 2], [100, 100, 100])
+    yt = np.repeat([0, 1, 2], [30, 60, 90])
+    centres = np.eye(3) * 20.0
+
+    def points(y):
+        return centres[y] + 0.1 * rng.standard_normal((len(y), 3))
+
+    xs, xt = points(ys), points(yt)
+    res = shift.label_shift_from_classifier(
+        LogisticRegression(max_iter=1000), xs, ys, xt, holdout=0.5, seed=1
+    )
+    perm = np.random.default_rng(1).permutation(300)
+    held = ys[perm[:150]]
+    p = np.bincount(held, minlength=3) / 150
+    q = np.bincount(yt, minlength=3) / len(yt)
+    np.testing.assert_allclose(res.estimate.confusion, np.diag(p), atol=1e-12)
+    np.testing.assert_allclose(res.estimate.weights, q / p, rtol=1e-10)
+    # The shift test: Pearson's chi2 of the 2 x k table of predicted-label counts (scipy).
+    from scipy.stats import chi2_contingency
+
+    table = [np.bincount(held, minlength=3), np.bincount(yt, minlength=3)]
+    ref = chi2_contingency(table, correction=False)
+    assert res.test.statistic == pytest.approx(ref.statistic, rel=1e-10)
+    assert res.test.p_value == pytest.approx(ref.pvalue, rel=1e-8)
+    summary = res.summary()
+    assert summary["test"]["method"] == "chi2" and len(summary["confusion"]) == 3
+    with pytest.raises(ValueError, match="holdout"):
+        shift.label_shift_from_classifier(LogisticRegression(), xs, ys, xt, holdout=1.0)

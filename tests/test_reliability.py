@@ -147,8 +147,9 @@ def test_device_helper_clear_errors():
     assert check_device(torch.device("cpu")).type == "cpu"
     with pytest.raises(ValueError, match="device must be 'cpu', 'cuda'.*'gpu'.*did you mean"):
         check_device("gpu")
-    with pytest.raises(ValueError, match="device must be a string or a torch.device"):
-        check_device(3)
+    for bad in (1.5, -1, True, None):
+        with pytest.raises(ValueError, match="device must be a string or a torch.device"):
+            check_device(bad)
     with pytest.raises(ValueError, match="x_device must be"):
         check_device("tpu!", "x_device")
     with pytest.raises(ValueError, match="device='gpu'|'gpu'"):
@@ -156,8 +157,9 @@ def test_device_helper_clear_errors():
     with pytest.raises(ValueError, match="device"):
         convergence.TwoLayerReLU(2, 4, seed=0, device="gpu")
     if not torch.cuda.is_available():
-        with pytest.raises(ValueError, match="CUDA is not available on this machine"):
-            check_device("cuda")
+        for dev in ("cuda", "cuda:1", 0, torch.device("cuda")):
+            with pytest.raises(ValueError, match="CUDA is not available on this machine"):
+                check_device(dev)
         with pytest.raises(ValueError, match="CUDA is not available"):
             as_tensor([1.0], "x", device="cuda:0")
     else:

@@ -451,10 +451,6 @@ def test_the_payload_does_run_when_unpickled(tmp_path):
 
 
 def test_verify_store_exit_status(files, tmp_path):
-    from widenet import scale
-
-    if not hasattr(scale, "verify_store"):
-        pytest.skip("kernel stores without checksums (scale.verify_store) on this branch")
     store = tmp_path / "V.zarr"
     x = files["dir"] / "x.npy"
     r = _invoke("kernel", "--data", x, "--depth", "1", "--tile", "8", "--out", store)
@@ -470,3 +466,39 @@ def test_verify_store_exit_status(files, tmp_path):
     assert "1 bad" in bad.output
     missing = _invoke("verify", tmp_path / "nothing.zarr")
     assert missing.exit_code == 2
+
+
+@pytest.mark.parametrize(
+    "line",
+    [
+        ["du-bounds", "--data", "sphere", "--n", "-5"],
+        ["du-bounds", "--data", "iris", "--n", "0"],
+        ["signal", "--data", "iris", "--n", "-1"],
+        ["predict", "--train", "iris", "--test", "iris", "--n-train", "-3", "--out", "OUT.npz"],
+    ],
+    ids=lambda line: " ".join(line[:2]),
+)
+def test_n_is_checked_in_every_command(tmp_path, line):
+    args = [tmp_path / a if a.startswith("OUT") else a for a in line]
+    result = _invoke(*args)
+    assert result.exit_code == 2 and "--n" in result.output, result.output
+
+
+def test_signal_reads_a_weights_file_as_the_same_network(files, tmp_path):
+    """--model WEIGHTS builds the network from the file's shapes and --activation: its report
+    equals the library's on the original network (the file round-trips exactly)."""
+    import json
+
+    import widenet as wn
+    from widenet import io, networks
+
+    path = files["dir"] / "m.safetensors"
+    out = tmp_path / "s.json"
+    result = _invoke("signal", "--model", path, "--data", files["dir"] / "x.npy", "--out", out)
+    assert result.exit_code == 0, result.output
+    net = networks.mlp_from_state_dict(io.load_state_dict(path), "relu")
+    x = io.load_inputs(str(files["dir"] / "x.npy"), dtype=torch.float32)
+    ref = wn.signal_propagation(net, x, seed=0, threshold=100.0)
+    got = json.loads(out.read_text())
+    np.testing.assert_allclose(got["forward_variance"], ref.forward_variance, rtol=1e-6)
+    assert got["verdict"] == ref.verdict

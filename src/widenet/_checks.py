@@ -57,6 +57,8 @@ def check_device(device, name: str = "device") -> torch.device:
                 f"{name} must be 'cpu', 'cuda', 'cuda:N', 'mps' or a torch.device, got "
                 f"{device!r}{hint}"
             ) from None
+    elif isinstance(device, (int, np.integer)) and not isinstance(device, bool) and device >= 0:
+        dev = torch.device("cuda", int(device))  # torch's convention: an index is a CUDA device
     else:
         raise ValueError(f"{name} must be a string or a torch.device, got {device!r}")
     if dev.type == "cuda":

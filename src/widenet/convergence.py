@@ -84,6 +84,7 @@ __all__ = [
     "WidthBound",
     "activation_pattern",
     "drift_bound",
+    "du_bounds",
     "du_training_run",
     "flow_envelope",
     "gram",
@@ -800,3 +801,65 @@ def du_training_run(
             gap = np.linalg.norm(res.outputs - arrays[key], axis=1).max() / scale
             summary[f"prediction_gap_{key[7:]}"] = float(gap)
     return DuRun(res, arrays, summary)
+
+
+def du_bounds(
+    x,
+    y,
+    *,
+    delta: float = 0.1,
+    width: int | None = None,
+    seed: int = 0,
+    step_size_scale: float = 0.25,
+) -> dict:
+    """Du et al.'s quantities on data, as one JSON-ready record.
+
+    From H^∞ of the unit-norm inputs ``x`` (n, d) and labels ``y`` (n,): ``lambda0`` =
+    λ_min(H^∞), ``lambda_max_hinf``, the critical and largest stable GD step sizes for
+    L = ½Σ(f − y)² (2/(λ_min + λ_max), 2/λ_max), ``suggested_step_size`` (``step_size_scale`` ×
+    critical), the theorem's step size η = O(λ0/n²) (:func:`theorem_step_size`), the radius R
+    (:func:`radius`) and the width bound (:func:`width_bound`, with ``delta``). With ``width``
+    m, also H(0) of a seeded random network of that width: its extreme eigenvalues,
+    ‖H(0) − H^∞‖₂, the initial residual ‖y − u(0)‖ and the drift bounds (:func:`drift_bound`)
+    for GD and for gradient flow. Du, Zhai, Poczos, Singh (2019), ICLR, arXiv:1810.02054.
+    """
+    x = torch.as_tensor(x, dtype=torch.float64)
+    y = torch.as_tensor(y, dtype=torch.float64)
+    n, d = x.shape
+    h_inf = gram_infinity(x)
+    lam0 = lambda0(x, h_inf=h_inf)
+    lmax = float(torch.linalg.eigvalsh(h_inf)[-1])
+    crit = dynamics.critical_learning_rate(h_inf, loss="sum")
+    wb = width_bound(n, lam0, delta, label_power=float((y**2).mean()))
+    rows = {
+        "n": n,
+        "d": d,
+        "lambda0": lam0,
+        "lambda_max_hinf": lmax,
+        "critical_learning_rate": crit,
+        "max_learning_rate": 2.0 / lmax,
+        "suggested_step_size": step_size_scale * crit,
+        "theorem_step_size": theorem_step_size(lam0, n),
+        "radius": radius(lam0, n, delta),
+        "width_bound": wb.width,
+        "width_bound_constant": wb.constant,
+        "width_bound_lemma_3_1": wb.gram_width,
+        "delta": delta,
+    }
+    if width is not None:
+        net = TwoLayerReLU(d, width, seed=seed, dtype=torch.float64)
+        h0 = gram(net, x)
+        ev = torch.linalg.eigvalsh(h0)
+        r0 = float((y - net(x).detach()).norm())
+        rows.update(
+            width=width,
+            lambda_min_h0=float(ev[0]),
+            lambda_max_h0=float(ev[-1]),
+            max_step_size_h0=2.0 / float(ev[-1]),
+            h0_minus_hinf=float(torch.linalg.matrix_norm(h0 - h_inf, 2)),
+            initial_residual=r0,
+            drift_bound_gd=drift_bound(r0, n, width, lam0, discrete=True),
+            drift_bound_flow=drift_bound(r0, n, width, lam0),
+            width_over_bound=width / wb.width,
+        )
+    return rows

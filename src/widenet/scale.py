@@ -89,7 +89,10 @@ Measured (2-core shared development machine, load average 8-14 from other jobs, 
 times are inflated): the test suite's stores of 64-256 points are bit-identical to
 ``arch.kernel(x, tile=...)``; a writer SIGKILLed once 5 or more of its 78 tiles were done and
 then rerun computed exactly the missing ones (tests/test_scale.py); a Dask worker SIGKILLed
-once 10 or more of 210 tiles were done lost none (tests/test_scale_dask.py). Benchmark figures
+once 10 or more of 210 tiles were done lost none (tests/test_scale_dask.py); a writer
+SIGKILLed at chosen steps of its log (during creation, inside a chunk write, between a tile's
+chunks and its checksum or marker, and again while resuming) and rerun gave a store equal bit
+for bit to an uninterrupted one (tests/test_reliability_store.py). Benchmark figures
 are in ``benchmarks/README.md`` (``benchmarks/bench_scale.py``).
 """
 
@@ -157,7 +160,11 @@ __all__ = [
 FORMAT = "widenet-kernel-store/2"
 _FORMAT_PREFIX = "widenet-kernel-store/"
 _log = logging.getLogger(__name__)
-DEFAULT_TILE = 4096
+# The tile of a store on disk: one chunk per tile, so larger than the in-memory engine's
+# (widenet.architectures.DEFAULT_TILE, 512): fewer files and done markers, and a 4096^2 float64
+# chunk (128 MiB) still fits in memory. The only tile constant of this module.
+STORE_TILE = 4096
+DEFAULT_TILE = STORE_TILE  # the former name, kept for scripts
 SCHEDULERS = ("threads", "processes")
 _KINDS = ("nngp", "ntk")
 
@@ -166,16 +173,18 @@ class StoreMismatchError(ValueError):
     """An existing store was made by a different computation than the one requested."""
 
 
-class StoreBusyError(RuntimeError):
-    """Another process holds the store's writer lock (it is computing the same store)."""
+class StoreBusyError(OSError):
+    """Another process holds the store's writer lock (it is computing the same store). An
+    OSError, like the EWOULDBLOCK of the lock it reports."""
 
 
 class CorruptStoreError(ValueError):
     """A tile of a store is unreadable, non-finite or fails its checksum."""
 
 
-class WorkerDiedError(RuntimeError):
-    """A worker process of ``scheduler="processes"`` died; the store is resumable."""
+class WorkerDiedError(ChildProcessError):
+    """A worker process of ``scheduler="processes"`` died; the store is resumable. A
+    ChildProcessError (an OSError), as a failure of a child process."""
 
 
 # --------------------------------------------------------------------------------------------
@@ -1233,7 +1242,7 @@ def kernel_to_zarr(
     x2=None,
     *,
     out,
-    tile: int = DEFAULT_TILE,
+    tile: int = STORE_TILE,
     block: int | None = None,
     get=("nngp", "ntk"),
     dtype: torch.dtype | None = None,
@@ -1420,13 +1429,17 @@ def _open_for_writing(path: Path, meta, dtype, resume, overwrite, verify, progre
             marks = zarr.open_array(str(path), path="done", mode="r+")
             for (i, j), why in bad:
                 marks[i, j] = 0
-                _log.warning("%s: tile (%d, %d) is bad (%s); recomputing it", path, i, j, why)
+                _log.info("%s: tile (%d, %d) is bad (%s); recomputing it", path, i, j, why)
+            message = (
+                f"{path}: {len(bad)} done tile(s) failed their checksum (first: tile "
+                f"{bad[0][0]}: {bad[0][1]}); recomputing them"
+            )
             if progress:
                 from rich.console import Console
 
-                Console(stderr=True).print(
-                    f"{path}: {len(bad)} done tile(s) failed their checksum; recomputing them"
-                )
+                Console(stderr=True).print(message, soft_wrap=True, markup=False)
+            else:
+                _log.warning(message)
         return lock, tuple(sorted(b[0] for b in bad))
     raise StoreBusyError(f"{path} was created and deleted concurrently; try again")
 

@@ -82,6 +82,9 @@ __all__ = [
     "feature_shift",
     "fit_weighted",
     "fit_weighted_sklearn",
+    "LabelShiftAnalysis",
+    "analyze_label_shift",
+    "label_shift_from_classifier",
     "label_shift_test",
     "sample_with_prior",
     "tweak_one_prior",
@@ -891,3 +894,97 @@ def fit_weighted_sklearn(estimator, x, y, weights, *, clone: bool = True):
     if not has_fit_parameter(model, "sample_weight"):
         raise TypeError(f"{type(model).__name__}.fit does not accept sample_weight")
     return model.fit(xs, y, sample_weight=w)
+
+
+@dataclass(frozen=True)
+class LabelShiftAnalysis:
+    """:func:`analyze_label_shift`'s result: the BBSE estimate and the shift test."""
+
+    estimate: LabelShiftEstimate
+    test: ShiftTest
+
+    def summary(self) -> dict:
+        """A JSON-ready dict: the estimate's summary, the confusion matrix and the test."""
+        out = dict(self.estimate.summary())
+        out["confusion"] = self.estimate.confusion.tolist()
+        out["test"] = {
+            "method": self.test.method,
+            "statistic": self.test.statistic,
+            "p_value": self.test.p_value,
+            "dof": self.test.dof,
+        }
+        return out
+
+
+def analyze_label_shift(
+    source_pred,
+    source_labels,
+    target_pred,
+    *,
+    classes=None,
+    regularization: float = 0.0,
+    test: str = "chi2",
+    seed: int = 0,
+) -> LabelShiftAnalysis:
+    """Black-box shift estimation and detection from a model's predictions.
+
+    :func:`bbse` on the predictions (hard labels or probabilities) and
+    :func:`label_shift_test` of p(f(x)) = q(f(x)) on the hard predictions (the argmax of
+    probabilities), with ``test`` = ``"chi2"``, ``"g"`` or ``"permutation"`` (Lipton, Wang,
+    Smola 2018, sections 3 and 5).
+    """
+    est = bbse(
+        source_pred, source_labels, target_pred, classes=classes, regularization=regularization
+    )
+    hard = [
+        np.asarray(p) if np.asarray(p).ndim == 1 else est.classes[np.asarray(p).argmax(1)]
+        for p in (source_pred, target_pred)
+    ]
+    result = label_shift_test(*hard, classes=est.classes, method=test, seed=seed)
+    return LabelShiftAnalysis(est, result)
+
+
+def label_shift_from_classifier(
+    classifier,
+    x_source,
+    y_source,
+    x_target,
+    *,
+    holdout: float = 0.4,
+    soft: bool = False,
+    regularization: float = 0.0,
+    test: str = "chi2",
+    seed: int = 0,
+    rng: np.random.Generator | None = None,
+) -> LabelShiftAnalysis:
+    """BBSE with a black box fitted here: ``classifier`` (a scikit-learn estimator with
+    ``predict``/``predict_proba``) is fitted on a seeded random ``1 − holdout`` share of the
+    labelled source, and its predictions on the held-out source and on the target go to
+    :func:`analyze_label_shift` (probabilities with ``soft``). Lipton et al. (2018) require the
+    confusion matrix from data the model was not fitted on: hence the split. The split is
+    drawn from ``rng`` (default ``np.random.default_rng(seed)``); ``seed`` also seeds the
+    permutation test.
+    """
+    xs = _features(x_source, "x_source")
+    xt = _features(x_target, "x_target")
+    ys = _labels(y_source, "y_source", len(xs))
+    if xs.shape[1] != xt.shape[1]:
+        raise ValueError(f"x_source has {xs.shape[1]} features but x_target has {xt.shape[1]}")
+    if not 0 < holdout < 1:
+        raise ValueError(f"holdout must be in (0, 1), got {holdout}")
+    perm = (np.random.default_rng(seed) if rng is None else rng).permutation(len(xs))
+    n_ho = int(round(holdout * len(xs)))
+    if n_ho < 1 or n_ho >= len(xs):
+        raise ValueError(f"holdout (--holdout) {holdout} leaves no training or held-out points")
+    tr, ho = perm[n_ho:], perm[:n_ho]
+    model = classifier.fit(xs[tr], ys[tr])
+    classes = model.classes_
+    if soft:
+        ps, pt = model.predict_proba(xs[ho]), model.predict_proba(xt)
+        if len(classes) != len(np.unique(ys[ho])):
+            raise ValueError("soft (--soft): every class must appear in the held-out source labels")
+    else:
+        ps, pt = model.predict(xs[ho]), model.predict(xt)
+    return analyze_label_shift(
+        ps, ys[ho], pt, classes=classes, regularization=regularization, test=test, seed=seed
+    )

@@ -58,6 +58,8 @@ def _du_problem(data, n, dim, data_seed, standardize, labels, label_seed, non_un
     if data == "sphere":
         if n is None:
             raise ValueError("--n is required for --data sphere")
+        if n < 1:
+            raise ValueError(f"--n must be an integer >= 1, got {n}")
         x, raw = load_dataset("sphere", n=n, seed=data_seed, dim=dim, dtype=torch.float64)
     else:
         x = io.load_inputs(data, n, seed=data_seed, standardize=standardize)
@@ -111,52 +113,16 @@ def du_bounds(
     overwrite: OverwriteOpt = False,
 ) -> None:
     """Du et al. (2018) on data: lambda0, width bound, step sizes, radius R, drift bound."""
-    import torch
-
     from widenet import convergence as cv
-    from widenet import dynamics, io
+    from widenet import io
 
     try:
         if out_ is not None:
             io.check_suffix(out_, (".json",))
         x, y = _du_problem(data, n, dim, data_seed, standardize, labels, seed, non_unit)
-        nn_, d = x.shape
-        h_inf = cv.gram_infinity(x)
-        lam0 = cv.lambda0(x, h_inf=h_inf)
-        lmax = float(torch.linalg.eigvalsh(h_inf)[-1])
-        crit = dynamics.critical_learning_rate(h_inf, loss="sum")
-        wb = cv.width_bound(nn_, lam0, delta, label_power=float((y**2).mean()))
-        rows = {
-            "n": nn_,
-            "d": d,
-            "lambda0": lam0,
-            "lambda_max_hinf": lmax,
-            "critical_learning_rate": crit,
-            "max_learning_rate": 2.0 / lmax,
-            "suggested_step_size": step_size_scale * crit,
-            "theorem_step_size": cv.theorem_step_size(lam0, nn_),
-            "radius": cv.radius(lam0, nn_, delta),
-            "width_bound": wb.width,
-            "width_bound_constant": wb.constant,
-            "width_bound_lemma_3_1": wb.gram_width,
-            "delta": delta,
-        }
-        if width is not None:
-            net = cv.TwoLayerReLU(d, width, seed=seed, dtype=torch.float64)
-            h0 = cv.gram(net, x)
-            ev = torch.linalg.eigvalsh(h0)
-            r0 = float((y - net(x).detach()).norm())
-            rows.update(
-                width=width,
-                lambda_min_h0=float(ev[0]),
-                lambda_max_h0=float(ev[-1]),
-                max_step_size_h0=2.0 / float(ev[-1]),
-                h0_minus_hinf=float(torch.linalg.matrix_norm(h0 - h_inf, 2)),
-                initial_residual=r0,
-                drift_bound_gd=cv.drift_bound(r0, nn_, width, lam0, discrete=True),
-                drift_bound_flow=cv.drift_bound(r0, nn_, width, lam0),
-                width_over_bound=width / wb.width,
-            )
+        rows = cv.du_bounds(
+            x, y, delta=delta, width=width, seed=seed, step_size_scale=step_size_scale
+        )
         if out_ is not None:
             io.write_json(out_, rows, overwrite=overwrite)
     except (ValueError, TypeError, OSError) as error:

@@ -172,8 +172,9 @@ def ntk(
     standardize: StandardizeOpt = None,
     data_seed: DataSeedOpt = 0,
     tile: Annotated[
-        int, typer.Option("--tile", help="Tile size of a .zarr store (--out K.zarr).")
-    ] = 4096,
+        int | None,
+        typer.Option("--tile", help="Tile size of a .zarr store (--out K.zarr; default 4096)."),
+    ] = None,
     scheduler: SchedulerOpt = "threads",
     workers: WorkersOpt = None,
     overwrite: StoreOverwriteOpt = False,

@@ -287,6 +287,9 @@ def label_shift(
             ys = _labels("--source-labels", source_labels, len(ps))
             classes = None if ps.ndim == 1 else np.arange(ps.shape[1])
             what = f"predictions {source_pred} -> {target_pred}"
+            analysis = shift.analyze_label_shift(
+                ps, ys, pt, classes=classes, regularization=regularization, test=test, seed=seed
+            )
         else:
             if source is None or target is None:
                 raise ValueError("give --source and --target (or the black-box predictions)")
@@ -315,31 +318,20 @@ def label_shift(
                     )
                 ys = _labels("--source-labels", source_labels, len(xs))
                 what = f"{source} -> {target}"
-            perm = rng.permutation(len(xs))
-            n_ho = int(round(holdout * len(xs)))
-            if n_ho < 1 or n_ho >= len(xs):
-                raise ValueError(f"--holdout {holdout} leaves no training or held-out points")
-            tr, ho = perm[n_ho:], perm[:n_ho]
-            model = _shift_classifier(classifier, c, seed).fit(xs[tr], ys[tr])
-            classes = model.classes_
-            if soft:
-                ps, pt = model.predict_proba(xs[ho]), model.predict_proba(xt)
-            else:
-                ps, pt = model.predict(xs[ho]), model.predict(xt)
-            ys = ys[ho]
-            if soft and len(classes) != len(np.unique(ys)):
-                raise ValueError("--soft: every class must appear in the held-out source labels")
-        est = shift.bbse(ps, ys, pt, classes=classes, regularization=regularization)
-        hard = [p if p.ndim == 1 else est.classes[p.argmax(1)] for p in (ps, pt)]
-        result = shift.label_shift_test(*hard, classes=est.classes, method=test, seed=seed)
-        payload = {"data": what, **est.summary()}
-        payload["confusion"] = est.confusion.tolist()
-        payload["test"] = {
-            "method": result.method,
-            "statistic": result.statistic,
-            "p_value": result.p_value,
-            "dof": result.dof,
-        }
+            analysis = shift.label_shift_from_classifier(
+                _shift_classifier(classifier, c, seed),
+                xs,
+                ys,
+                xt,
+                holdout=holdout,
+                soft=soft,
+                regularization=regularization,
+                test=test,
+                seed=seed,
+                rng=rng,
+            )
+        est, result = analysis.estimate, analysis.test
+        payload = {"data": what, **analysis.summary()}
         if true_prior is not None:
             q, p = true_prior
             payload["true_weights"] = (q / p).tolist()

@@ -111,7 +111,7 @@ def write_kernel_store(
             x,
             xb,
             out=out_path,
-            tile=scale.DEFAULT_TILE if tile is None else tile,
+            tile=scale.STORE_TILE if tile is None else tile,
             get=get,
             width=width,
             scheduler=_scheduler_arg(scheduler),
@@ -123,16 +123,22 @@ def write_kernel_store(
             **options,
         )
         seconds = time.perf_counter() - t0
-    except scale.StoreMismatchError as error:
+    except (scale.StoreBusyError, scale.WorkerDiedError) as error:  # RuntimeErrors
         raise fail(str(error)) from None
     except (ValueError, TypeError, OSError, FloatingPointError) as error:
         raise fail(str(error)) from None
     total = len(store.grid())
     n1, n2 = store.shape
+    repaired = len(getattr(store, "repaired_tiles", ()))
     out().print(
         f"{', '.join(store.kernels)} ({n1}x{n2}, {dtype}, tile {store.tile}): computed "
         f"{len(store.written_tiles)} of {total} tiles in {seconds:.2f} s "
-        f"({total - len(store.written_tiles)} were already done)",
+        f"({total - len(store.written_tiles)} were already done"
+        + (
+            f"; {repaired} marked done failed their checksum and were recomputed)"
+            if repaired
+            else ")"
+        ),
         soft_wrap=True,
     )
     saved(Path(out_path))
@@ -337,8 +343,6 @@ def verify(
     """
     from widenet import scale
 
-    if not hasattr(scale, "verify_store"):  # pragma: no cover - until the checksummed stores land
-        raise fail("this widenet's kernel stores carry no checksums (scale.verify_store missing)")
     try:
         report = scale.verify_store(store_path, progress=True)
     except (FileNotFoundError, ValueError, OSError) as error:
