@@ -1,7 +1,7 @@
 """Run every benchmark and summarise the measured ratios against the goals.
 
-    python benchmarks/run.py [--quick] [--with-nt] [--nt-python PATH] [--with-scale [--scale-n N]]
-                             [--with-cnn]
+    python benchmarks/run.py [--quick] [--contention] [--with-nt] [--nt-python PATH]
+                             [--with-scale [--scale-n N]] [--with-cnn]
 
 - ``bench_kernels``: closed-form FC ReLU depth-3 NNGP + NTK vs plain eager PyTorch (goal >= 4x);
 - ``bench_empirical_ntk`` (when importable): empirical NTK vs the torch.func tutorial recipe
@@ -13,10 +13,22 @@
   network (goal >= 3x on the 8 x 5 grid at the quick widths; ~1x expected at full widths);
 - ``bench_scale`` (only with ``--with-scale``: n = 50 000 writes 20 GB stores in turn for minutes;
   ``--scale-n`` picks a smaller n): NNGP + NTK to a Zarr store, tile throughput against the
-  in-memory engine (goal >= 0.8), peak RSS (goal <= 2 GiB), Dask 1 -> 2 workers (goal >= 1.7x).
+  in-memory engine (goal >= 0.8), peak RSS (goal <= 2 GiB), Dask 1 -> 2 workers (goal >= 1.7x);
+- ``bench_estimators``: NTKClassifier/NTKRegressor fit and predict on digits vs scikit-learn's
+  SVC(rbf) and KernelRidge (goal: within 3x, i.e. sklearn / widenet >= 0.33);
+- ``bench_landscape``: Hessian extreme eigenvalues and find_critical_point vs the plain
+  double-backward + eigsh and scipy trust-exact recipes (goal >= 1x);
+- ``bench_train_to_tolerance``: ``phases.train_to_tolerance`` at the phase-diagram experiment's
+  full size vs one autograd loop per network (goal >= 1x);
+- ``bench_quadrature``: the tanh kernel's Hermite-series duals vs the direct 2-D quadrature
+  rule at n = 1000 (goal >= 20x);
 - ``bench_cnn_kernels`` (only with ``--with-cnn``: tens of minutes on 2 cores): CNN-GAP, CNN-Vec
   and Myrtle-5 kernels against neural-tangents (with ``--with-nt``; goals >= 10x, 3x, 5x), the
   Myrtle-5 kernel of all 1797 digits, cost exponents in n and H*W, peak memory at n = 2000.
+
+``--contention`` runs every selected benchmark while one busy process per core spins
+(``contention.busy_cores``: started before each benchmark, stopped after it, each bounded to
+30 min), so both sides of every ratio are measured under the same load, in the same run.
 
 Each benchmark writes its own JSON under benchmarks/results/; this prints one summary table.
 The exit status is 0 whatever the goals' outcome (a benchmark is a measurement, not a test).
@@ -25,12 +37,19 @@ The exit status is 0 whatever the goals' outcome (a benchmark is a measurement, 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
+import os
 import sys
 import traceback
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from contention import busy_cores  # noqa: E402
+
+# Set by main(): the number of busy processes each benchmark runs beside (0: none).
+_BUSY = {"n": 0}
 
 
 def _run(name: str, **kwargs):
@@ -39,18 +58,31 @@ def _run(name: str, **kwargs):
     except ImportError as e:
         print(f"{name}: not available ({e})")
         return None
-    print(f"\n=== {name} ===", flush=True)
+    busy = _BUSY["n"]
+    print(f"\n=== {name}" + (f" (beside {busy} busy processes)" if busy else "") + " ===")
+    sys.stdout.flush()
     try:
-        return module.main(**kwargs)
+        with busy_cores(busy) if busy else contextlib.nullcontext():
+            return module.main(**kwargs)
     except Exception:  # report and go on with the other benchmarks
         traceback.print_exc()
         return None
 
 
 def summary_rows(
-    kernels, empirical, nt, dynamics=None, scale=None, phases=None
+    kernels,
+    empirical,
+    nt,
+    dynamics=None,
+    scale=None,
+    phases=None,
+    extra=None,
 ) -> list[tuple[str, float | None, str, float]]:
-    """(what, measured ratio, goal text, goal) rows; ratio None when not measured."""
+    """(what, measured ratio, goal text, goal) rows; ratio None when not measured.
+
+    ``extra``: {benchmark name: its result} for the benchmarks whose result carries
+    ``ratios`` (or ``speedup`` / ``speedup_full``) and ``goal``.
+    """
     rows = []
     if phases is not None:
         grid, line = phases["quick_widths_grid"], phases["full_widths_line"]
@@ -126,6 +158,17 @@ def summary_rows(
                 1,
             )
         )
+    for name, res in (extra or {}).items():
+        if res is None:
+            continue
+        if "ratios" in res:
+            for what, ratio in res["ratios"].items():
+                rows.append((f"{name}: {what}", ratio, ">=", res["goal"]))
+        elif "speedup_full" in res:
+            n = res["config"]["n"]
+            rows.append((f"{name} n={n}: direct rule / series", res["speedup_full"], ">=", 20))
+        elif "speedup" in res:
+            rows.append((f"{name}: loop / widenet", res["speedup"], ">=", res["goal"]))
     return rows
 
 
@@ -152,19 +195,26 @@ def main(
     with_scale: bool = False,
     scale_n: int | None = None,
     with_cnn: bool = False,
+    contention: bool = False,
 ) -> dict:
+    _BUSY["n"] = (os.cpu_count() or 1) if contention else 0
     kernels = _run("bench_kernels", quick=quick)
     empirical = _run("bench_empirical_ntk", quick=quick)
     nt = _run("nt_compare", quick=quick, nt_python=nt_python) if with_nt else None
     dynamics = _run("bench_dynamics", quick=quick, nt_python=nt_python) if with_nt else None
     phases = _run("bench_phases", quick=quick)
     scale = _run("bench_scale", quick=quick, n=scale_n) if with_scale else None
-    rows = summary_rows(kernels, empirical, nt, dynamics, scale, phases)
+    names = ("bench_estimators", "bench_landscape", "bench_train_to_tolerance", "bench_quadrature")
+    extra = {name: _run(name, quick=quick) for name in names}
+    rows = summary_rows(kernels, empirical, nt, dynamics, scale, phases, extra)
     cnn = None
     if with_cnn:
         cnn = _run("bench_cnn_kernels", quick=quick, nt_python=nt_python, with_nt=with_nt)
         rows += cnn_rows(cnn)
-    print("\n=== summary" + (" (--quick: small sizes, not the goals' workloads)" if quick else ""))
+    head = "\n=== summary" + (" (--quick: small sizes, not the goals' workloads)" if quick else "")
+    if contention:
+        head += f" (under contention: {_BUSY['n']} busy processes, one per core)"
+    print(head)
     for what, ratio, kind, goal in rows:
         if kind == "info":
             verdict = ""
@@ -182,6 +232,7 @@ def main(
         scale=scale,
         phases=phases,
         cnn=cnn,
+        **extra,
         rows=rows,
     )
 
@@ -198,6 +249,9 @@ if __name__ == "__main__":
     parser.add_argument(
         "--with-cnn", action="store_true", help="also the CNN-kernel benchmark (tens of minutes)"
     )
+    parser.add_argument(
+        "--contention", action="store_true", help="run beside one busy process per core"
+    )
     args = parser.parse_args()
     main(
         quick=args.quick,
@@ -206,4 +260,5 @@ if __name__ == "__main__":
         with_scale=args.with_scale,
         scale_n=args.scale_n,
         with_cnn=args.with_cnn,
+        contention=args.contention,
     )

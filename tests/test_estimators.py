@@ -16,13 +16,21 @@ from sklearn.svm import SVC
 from sklearn.utils.estimator_checks import parametrize_with_checks
 
 import widenet as wn
-from widenet.estimators import NTKSVC, NTKClassifier, NTKRegressor, dual_coefficients
+from widenet.estimators import (
+    NTKSVC,
+    NTKClassifier,
+    NTKRegressor,
+    dual_coefficients,
+    kernel_ridge_solve,
+)
 
 
 # Every applicable check passes. Skipped by scikit-learn itself (SkipTest, not by us):
 # check_array_api_input (needs SCIPY_ARRAY_API and an array-API library) and
 # check_*_data_not_an_array (needs pandas, not installed).
-@parametrize_with_checks([NTKRegressor(), NTKClassifier(), NTKSVC()])
+@parametrize_with_checks(
+    [NTKRegressor(), NTKClassifier(), NTKClassifier(probability=True, ridge=1e-3), NTKSVC()]
+)
 def test_sklearn_compatible(estimator, check):
     check(estimator)
 
@@ -90,6 +98,51 @@ def test_dual_coefficients_without_sklearn():
     torch.testing.assert_close(alpha[:, 0], ref, rtol=1e-10, atol=1e-12)
 
 
+def test_dual_coefficients_at_many_times_share_one_eigendecomposition():
+    x, y, xt = _regression_data(k=2)
+    kxx, ktx = torch.as_tensor(_gram(x)), torch.as_tensor(_gram(xt, x))
+    times = np.array([0.0, 0.5, 10.0, math.inf, 1e3])
+    alpha = dual_coefficients(kxx, y, ridge=1e-3, t=times, learning_rate=0.7)
+    assert alpha.shape == (5, 40, 2)
+    lam = 1e-3 * float(torch.diagonal(kxx).mean())
+    # Independent reference: the dynamics' test outputs with the test kernel itself (its
+    # eigen-solve), and the converged solution by a general LU solve.
+    flow = wn.dynamics.gradient_flow_mse(
+        kxx, y, times[[0, 1, 2, 4]], ntk_test_train=ktx, learning_rate=0.7, diag_reg=lam
+    )
+    torch.testing.assert_close(ktx @ alpha[[0, 1, 2, 4]], flow.test, rtol=1e-9, atol=1e-11)
+    ref = torch.linalg.solve(kxx + lam * torch.eye(40, dtype=torch.float64), torch.as_tensor(y))
+    torch.testing.assert_close(alpha[3], ref, rtol=1e-9, atol=1e-11)
+    # The dynamics' own dual coefficients: f_t(x) = f_0(x) + K(x, X) α_t, with f_0 ≠ 0.
+    f0 = np.random.default_rng(3).standard_normal(y.shape)
+    a = wn.dynamics.gradient_flow_dual(kxx, y, [2.0, math.inf], f0_train=f0, diag_reg=lam)
+    flow = wn.dynamics.gradient_flow_mse(
+        kxx, y, [2.0, math.inf], ntk_test_train=kxx, f0_train=f0, f0_test=f0, diag_reg=lam
+    )
+    torch.testing.assert_close(torch.as_tensor(f0) + kxx @ a, flow.test, rtol=1e-8, atol=1e-10)
+    with pytest.raises(ValueError, match="t must be"):
+        dual_coefficients(kxx, y, t=[-1.0])
+
+
+def test_kernel_ridge_solve_cholesky_and_its_errors():
+    x, y, _ = _regression_data()
+    k = torch.as_tensor(_gram(x))
+    kept = k.clone()
+    alpha = kernel_ridge_solve(k, y, ridge=1e-4)
+    torch.testing.assert_close(k, kept, rtol=0, atol=0)  # not overwritten unless asked
+    lam = 1e-4 * float(torch.diagonal(k).mean())
+    ref = np.linalg.solve(kept.numpy() + lam * np.eye(40), y)
+    np.testing.assert_allclose(alpha[:, 0].numpy(), ref, rtol=1e-9)
+    np.testing.assert_allclose(kernel_ridge_solve(k, y, ridge=1e-4, overwrite=True), alpha)
+    # Not positive definite: LAPACK's failure becomes an error naming ridge.
+    with pytest.raises(ValueError, match="ridge > 0"):
+        kernel_ridge_solve(-kept, y)
+    with pytest.raises(ValueError, match="symmetric"):
+        kernel_ridge_solve(kept + torch.triu(torch.ones(40, 40, dtype=torch.float64), 1), y)
+    with pytest.raises(ValueError, match="shape"):
+        kernel_ridge_solve(kept, y[:5])
+
+
 def test_classifier_is_one_hot_kernel_regression():
     rng = np.random.default_rng(1)
     x = rng.standard_normal((60, 3))
@@ -104,6 +157,51 @@ def test_classifier_is_one_hot_kernel_regression():
     np.testing.assert_allclose(clf.decision_function(xt), out, rtol=1e-8, atol=1e-10)
     np.testing.assert_array_equal(clf.predict(xt), clf.classes_[out.argmax(1)])
     assert clf.score(x, labels) == 1.0  # near-interpolation of the training labels
+
+
+def _ece(proba, labels, bins=10):
+    """Expected calibration error of the top-class confidence (Guo et al. 2017, eq. 3)."""
+    conf, hit = proba.max(1), proba.argmax(1) == labels
+    b = np.minimum((conf * bins).astype(int), bins - 1)
+    return sum(abs(conf[b == i].mean() - hit[b == i].mean()) * np.mean(b == i) for i in set(b))
+
+
+def test_predict_proba_is_calibrated():
+    from scipy.special import softmax
+    from sklearn.metrics import log_loss
+
+    # Labels drawn from known class probabilities p*(x) = softmax(x W): the Bayes log-loss and
+    # the true probabilities are the references.
+    rng = np.random.default_rng(0)
+    w = 1.5 * np.array([[2.0, 0.0, -1.0], [0.0, 2.0, 1.0]])
+
+    def draw(n):
+        x = rng.standard_normal((n, 2))
+        p = softmax(x @ w, axis=1)
+        return x, (rng.random((n, 1)) > p.cumsum(1)).sum(1), p
+
+    (x, y, _), (xt, yt, pt) = draw(400), draw(3000)
+    clf = NTKClassifier(depth=2, ridge=0.1, probability=True).fit(x, y)
+    proba = clf.predict_proba(xt)
+    np.testing.assert_allclose(proba.sum(1), 1.0, rtol=1e-12)
+    np.testing.assert_array_equal(proba.argmax(1), clf.predict(xt))
+    np.testing.assert_allclose(np.exp(clf.predict_log_proba(xt)), proba, rtol=1e-10)
+    raw = softmax(clf.decision_function(xt), axis=1)
+    # Measured (seed 0): ECE 0.027 (untempered softmax: far overconfident-low, log-loss 0.81),
+    # mean |p - p*| 0.056, log-loss 0.554 vs Bayes 0.500. Bounds leave ~2x room for the
+    # sampling error of 3000 test points (ECE's is ~0.01) while a wrong temperature (T = 1
+    # here, or the in-sample fit, T ~ 0) fails every one of them.
+    assert _ece(proba, yt) < 0.06
+    assert np.abs(proba - pt).mean() < 0.1
+    assert log_loss(yt, proba) < log_loss(yt, pt) + 0.1
+    assert log_loss(yt, proba) < log_loss(yt, raw) - 0.15
+    assert 0.0 < clf.temperature_ < 1.0
+    # Off by default (like SVC): no predict_proba attribute, so sklearn will not call it.
+    assert not hasattr(NTKClassifier().fit(x, y), "predict_proba")
+    with pytest.raises(ValueError, match="at least 2 training points"):
+        NTKClassifier(probability=True).fit(x[:4], [0, 0, 0, 1])
+    with pytest.raises(ValueError, match="calibration_folds"):
+        NTKClassifier(probability=True, calibration_folds=1).fit(x, y)
 
 
 def test_binary_decision_function_and_svc_path():
@@ -176,7 +274,7 @@ def test_bad_inputs():
         NTKSVC(C=0.0).fit(x, y > 0)
     with pytest.raises(ValueError, match="Unknown label type"):
         NTKClassifier().fit(x, y)
-    # Duplicated points with ridge = 0 make the kernel singular: the dynamics module says so.
+    # Duplicated points with ridge = 0 make the kernel singular: the Cholesky solve says so.
     with pytest.raises(ValueError, match="singular"):
         NTKRegressor(ridge=0.0).fit(np.vstack([x, x]), np.concatenate([y, y]))
     # ... while a finite time needs no inverse.

@@ -285,6 +285,66 @@ class Serial(Architecture):
     def __repr__(self):
         return f"serial({', '.join(repr(layer) for layer in self.layers)})"
 
+    def fully_connected(self) -> MLP | None:
+        """The :class:`MLP` this stack equals, if it is depth x [Dense, activation] + Dense
+        with one w_std, b_std and parameterization (then its kernels use the fused
+        fully-connected recursion of :mod:`widenet.kernels`, bit for bit ``wn.mlp``'s)."""
+        layers = self.layers
+        if len(layers) < 3 or len(layers) % 2 == 0:
+            return None
+        denses, acts = layers[0::2], layers[1::2]
+        if not all(type(d) is stax.Dense for d in denses):
+            return None
+        if not all(type(a) is stax.Activation for a in acts):
+            return None
+        first = denses[0]
+        for d in denses:
+            if (d.w_std, d.b_std, d.parameterization) != (
+                first.w_std,
+                first.b_std,
+                first.parameterization,
+            ):
+                return None
+        if first.b_std is None or len({a.activation for a in acts}) != 1:
+            return None
+        if first.parameterization == "standard" and any(
+            d.out_features is not None for d in denses[:-1]
+        ):
+            return None  # explicit hidden sizes: the MLP's NTK assumes `width` everywhere
+        out = denses[-1].out_features
+        return MLP(
+            len(acts),
+            acts[0].activation,
+            first.w_std,
+            first.b_std,
+            out or 1,
+            first.parameterization,
+        )
+
+    def kernel_tiler(self, x1, x2=None, **kwargs):
+        fc = self.fully_connected()
+        if fc is not None and _is_vectors(x1):
+            return fc.kernel_tiler(x1, x2, **kwargs)
+        return Architecture.kernel_tiler(self, x1, x2, **kwargs)
+
+    def kernel_tiles(self, x1, x2=None, **kwargs):
+        fc = self.fully_connected()
+        if fc is not None and _is_vectors(x1):
+            return fc.kernel_tiles(x1, x2, **kwargs)
+        return Architecture.kernel_tiles(self, x1, x2, **kwargs)
+
+    def kernel(self, x1, x2=None, **kwargs):
+        fc = self.fully_connected()
+        if fc is not None and _is_vectors(x1):
+            return fc.kernel(x1, x2, **kwargs)
+        return Architecture.kernel(self, x1, x2, **kwargs)
+
+
+def _is_vectors(x) -> bool:
+    return getattr(x, "ndim", None) == 2 or (
+        not isinstance(x, torch.Tensor) and getattr(as_tensor(x, "x1"), "ndim", None) == 2
+    )
+
 
 def serial(*layers) -> Serial:
     """Compose layers of :mod:`widenet.stax` into an architecture (neural-tangents'

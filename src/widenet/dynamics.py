@@ -46,6 +46,7 @@ __all__ = [
     "critical_learning_rate",
     "gp_ensemble_mse",
     "gradient_descent_mse",
+    "gradient_flow_dual",
     "gradient_flow_mse",
     "infinite_width_predict",
     "max_learning_rate",
@@ -467,6 +468,35 @@ def gradient_flow_mse(
         _require_invertible(e, "ntk_train_train", why, k, y, reg)
     decay, g = _flow_factors(e.values, times, lr / _scale(loss, y), e.tol)
     return _predict(e, decay, g, y, f0, k_test, f0t, dtype, device)
+
+
+def gradient_flow_dual(
+    ntk_train_train,
+    y_train,
+    t,
+    *,
+    f0_train=None,
+    learning_rate: float = 1.0,
+    loss: str = "mean",
+    diag_reg: float = 0.0,
+) -> torch.Tensor:
+    """The dual coefficients α_t of :func:`gradient_flow_mse`'s test outputs, at every time.
+
+    f_t(x) = f_0(x) + Θ(x, X) α_t with α_t = Θ⁻¹ (I − e^{−ηΘt/N}) (y − f_0(X)) (Lee et al.
+    2019, eq. 11; Θ = ``ntk_train_train`` + diag_reg·I), so a predictor stores α_t once and
+    needs only Θ(x, X) for new points. Θ is diagonalised once for all times (the n × n test
+    kernel of the identity, and its product, are never formed). Arguments as in
+    :func:`gradient_flow_mse`; returns (T, n, k) in ``ntk_train_train``'s dtype and device.
+    """
+    k, y, f0, _, _, lr, dtype, device = _setup(
+        ntk_train_train, y_train, None, f0_train, None, learning_rate, loss
+    )
+    times = _times(t, "t", integer=False, allow_inf=True)
+    e = _eig(k, "ntk_train_train", _check_reg(diag_reg))
+    if np.any(np.isinf(times)):
+        _require_invertible(e, "ntk_train_train", "t = inf (the converged solution)")
+    _, g = _flow_factors(e.values, times, lr / _scale(loss, y), e.tol)
+    return _apply(None, e, g, y - f0).to(dtype=dtype, device=device)
 
 
 def gradient_descent_mse(

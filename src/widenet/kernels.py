@@ -56,6 +56,68 @@ class Kernel:
     def shape(self) -> tuple[int, int]:
         return tuple((self.nngp if self.nngp is not None else self.ntk).shape)
 
+    def _fields(self) -> dict[str, torch.Tensor]:
+        return {n: b for n, b in (("nngp", self.nngp), ("ntk", self.ntk)) if b is not None}
+
+    def numpy(self) -> dict:
+        """The present fields as NumPy arrays on the CPU: ``{"nngp": ..., "ntk": ...}``."""
+        return {n: b.detach().cpu().numpy() for n, b in self._fields().items()}
+
+    def save(self, path) -> None:
+        """Write the present fields to ``path``: safetensors, or ``.npz`` by the suffix.
+
+        A ``.npz`` file holds plain arrays (read back with ``allow_pickle=False``); any other
+        suffix is written as safetensors (``safetensors.torch.save_file``). Dtypes are kept.
+        """
+        from pathlib import Path
+
+        path = Path(path)
+        fields = self._fields()
+        if not fields:
+            raise ValueError("this Kernel has neither nngp nor ntk; nothing to save")
+        if path.suffix.lower() == ".npz":
+            import numpy as np
+
+            np.savez(path, **self.numpy())
+            return
+        from safetensors.torch import save_file
+
+        tensors = {n: b.detach().cpu().contiguous() for n, b in fields.items()}
+        save_file(tensors, str(path), metadata={"format": "widenet.Kernel"})
+
+    @classmethod
+    def load(cls, path, *, device=None) -> Kernel:
+        """Read a file written by :meth:`save` (``.npz`` or safetensors), as data only."""
+        from pathlib import Path
+
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"path: no kernel file at {path}")
+        if path.suffix.lower() == ".npz":
+            import numpy as np
+
+            with np.load(path, allow_pickle=False) as data:
+                arrays = {n: torch.from_numpy(data[n]) for n in data.files}
+        else:
+            from safetensors import SafetensorError
+            from safetensors.torch import load_file
+
+            try:
+                arrays = load_file(str(path))
+            except SafetensorError as err:
+                raise ValueError(f"path: {path} is not a safetensors file ({err})") from None
+        extra = sorted(set(arrays) - set(GETS))
+        if extra or not arrays:
+            raise ValueError(
+                f"path: {path} must hold arrays named 'nngp' and/or 'ntk', found {sorted(arrays)}"
+            )
+        shapes = {tuple(a.shape) for a in arrays.values()}
+        if len(shapes) != 1 or len(next(iter(shapes))) != 2:
+            raise ValueError(f"path: {path}: nngp and ntk must be 2-D of one shape, got {shapes}")
+        if device is not None:
+            arrays = {n: a.to(device) for n, a in arrays.items()}
+        return cls(arrays.get("nngp"), arrays.get("ntk"))
+
 
 @dataclass(frozen=True)
 class KernelTile:
