@@ -117,7 +117,12 @@ def test_quick_run_metrics(quick_run):
     assert all(
         m["finite_lr"][d][a] in (0.5, 2.0) for d in m["datasets"] for a in m["architectures"]
     )
-    assert "How much of the finite CNN" in quick_run.report.read_text()
+    html = quick_run.report.read_text()
+    assert "How much of the finite CNN" in html and "MNIST-1D README" in html
+    paper = ck.paper_comparison(quick_run.config, m)
+    # three MNIST-1D baseline rows, then the finite-minus-kernel gap on each data set
+    assert [r[0].split(":")[0] for r in paper.rows] == ["MNIST-1D"] * 3 + m["datasets"]
+    assert paper.rows[1][1] == "68 %" and not paper.same_size  # quick is not the paper's size
 
 
 def test_quick_run_is_better_than_chance_and_the_gap_kernel_beats_the_mlp(quick_run):
