@@ -123,9 +123,11 @@ MNIST-1D (0.66 vs 0.43). On the 8x8 digits every method is within 0.93-0.99 and 
 differences between architectures are 1-6 of 300 test points, too few to rank them.
 
 Full size (the defaults: all 1797 digits as 1297 / 500, all of MNIST-1D as 4000 / 1000, width
-128, 40 epochs, lrs 0.5 / 2 / 8) was not run: on this machine, as loaded on 2026-12-06, the
-MNIST-1D CNN-GAP kernel alone would take hours (12 M kernel entries; the medium run's 1.0 M
-took 10 min). Run it with ``widenet run cnn-kernels`` on a quieter machine or a GPU.
+128, 40 epochs, lrs 0.5 / 2 / 8) was not run: with the kernel engine and the load of the medium
+run (branch i18 at 857dba6, load 11-19) the MNIST-1D CNN-GAP kernel alone would take about two
+hours (12 M kernel entries; the medium run's 1.0 M took 10 min), and the twelve finite nets of
+width 128 add more; the engine became several times faster right after (benchmarks/README.md).
+Run it with ``widenet run cnn-kernels`` on a quieter machine or a GPU.
 
 References
 ----------
