@@ -38,6 +38,7 @@ import torch
 
 from widenet._checks import check_inputs, check_pair
 from widenet.activations import Activation, correlation
+from widenet.threads import map_blocks
 
 GETS = ("nngp", "ntk")
 
@@ -348,12 +349,20 @@ def fc_tiles(
     """Yield the tiles of the kernel of ``rec`` on validated inputs.
 
     With ``x2 is None`` only tiles on or above the diagonal are produced (rows.start <=
-    cols.start); the kernel is symmetric, so the rest is their transpose.
+    cols.start); the kernel is symmetric, so the rest is their transpose. On the CPU the tiles
+    are computed under the policy of :mod:`widenet.threads` (single-threaded tiles in a pool,
+    a few ahead of the consumer, which runs single-threaded until the iterator ends).
     """
     tile = _check_tile(tile)
     tiler = fc_tiler(rec, x1, x2, need_ntk=need_ntk)
-    for rows, cols in tile_grid(*tiler.shape, tile, symmetric=tiler.symmetric):
-        yield KernelTile(rows, cols, tiler(rows, cols))
+    grid = tile_grid(*tiler.shape, tile, symmetric=tiler.symmetric)
+
+    def work(rc):
+        return KernelTile(rc[0], rc[1], tiler(*rc))
+
+    # CPU: every tile single-threaded, the tiles in a pool of the configured thread count
+    # (widenet.threads); a tile's ~750 small operations are too short for intra-op threads.
+    return map_blocks(work, grid, x1.device)
 
 
 def assemble(
