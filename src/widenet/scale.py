@@ -133,6 +133,7 @@ from widenet.kernels import check_finite_result as _check_finite_result
 from widenet.kernels import check_tile as _check_tile
 from widenet.kernels import resolve_get as _resolve_get
 from widenet.kernels import tile_grid
+from widenet.threads import run_blocks
 
 __all__ = [
     "FORMAT",
@@ -253,7 +254,9 @@ class _ArchSource:
         x = self.tiler.x1
         out = {g: alloc((n_r, n_c), x) for g in self.gets}
         back = {g: alloc((n_c, n_r), x) for g in self.gets} if mirror else None
-        for r, c in tile_grid(n_r, n_c, min(self.block, max(n_r, n_c)), symmetric=diag):
+
+        def work(rc):  # each block writes its own parts of out and back
+            r, c = rc
             k = self.tiler(_shift(r, rows.start), _shift(c, cols.start))
             for g in self.gets:
                 b = getattr(k, g)
@@ -262,6 +265,12 @@ class _ArchSource:
                     out[g][c, r] = b.T
                 if back is not None:
                     back[g][c, r] = b.T
+
+        # CPU: single-threaded blocks in a pool of the configured thread count, as the
+        # in-memory engine (widenet.threads); on a loaded machine the intra-op barriers of a
+        # block's small operations cost more than the work.
+        grid = tile_grid(n_r, n_c, min(self.block, max(n_r, n_c)), symmetric=diag)
+        run_blocks(work, grid, x.device)
         return out, back
 
 
