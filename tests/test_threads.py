@@ -7,7 +7,7 @@ import pytest
 import torch
 
 import widenet as wn
-from widenet import threads
+from widenet import kernels, threads
 
 
 @pytest.fixture
@@ -55,10 +55,11 @@ def test_single_threaded_restores(two_threads):
     assert torch.get_num_threads() == 2
 
 
-def test_fc_kernel_bitwise_independent_of_thread_count(two_threads):
+def test_fc_kernel_bitwise_independent_of_thread_count(two_threads, monkeypatch):
     # Every tile is the same sequence of single-threaded operations under either setting, so
     # the kernels agree bit for bit (not merely to a tolerance); tile 8 gives 45 tiles.
     x = torch.randn(70, 5, generator=torch.Generator().manual_seed(0))
+    monkeypatch.setattr(kernels, "SMALL_KERNEL_ENTRIES", 0)  # the pool, not the small path
     net = wn.mlp(2, "relu", math.sqrt(2), 0.1)
     pooled = net.kernel(x, tile=8)
     assert torch.get_num_threads() == 2
@@ -71,3 +72,12 @@ def test_fc_kernel_bitwise_independent_of_thread_count(two_threads):
     torch.set_num_threads(1)
     b = net.kernel(x, x2, tile=4)
     assert torch.equal(a.nngp, b.nngp) and torch.equal(a.ntk, b.ntk)
+
+
+def test_map_blocks_max_workers_one_runs_in_the_calling_thread(two_threads):
+    import threading
+
+    me = threading.get_ident()
+    where = list(threads.map_blocks(lambda i: threading.get_ident(), range(5), max_workers=1))
+    assert where == [me] * 5
+    assert torch.get_num_threads() == 2

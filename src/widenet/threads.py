@@ -75,7 +75,12 @@ def run_blocks(work: Callable[[T], object], items: Iterable[T], device="cpu") ->
 
 
 def map_blocks(
-    work: Callable[[T], R], items: Iterable[T], device="cpu", *, ahead: int | None = None
+    work: Callable[[T], R],
+    items: Iterable[T],
+    device="cpu",
+    *,
+    ahead: int | None = None,
+    max_workers: int | None = None,
 ) -> Iterator[R]:
     """``work(item)`` for every item, yielded in the items' order, under the policy above.
 
@@ -83,11 +88,15 @@ def map_blocks(
     them, so memory stays O(ahead) blocks. The thread setting is captured at this call, set
     to one thread while the blocks run, and restored when the iterator ends or is closed; the
     consumer's own code between items runs in its own thread with its own setting (one
-    thread, unless it changes it).
+    thread, unless it changes it). ``max_workers`` caps the pool (1: every block in the
+    calling thread, single-threaded: for small problems, where a pool's start and the
+    contention of its threads for the GIL outweigh its parallelism).
     """
     items = list(items)
     threads = torch.get_num_threads()
     workers = pool_size(len(items), device)
+    if max_workers is not None:
+        workers = max(1, min(workers, int(max_workers)))
     on_cpu = _is_cpu(device)
     ahead = 2 * workers if ahead is None else max(1, int(ahead))
     return _map_blocks(work, items, threads, workers, on_cpu, ahead)
