@@ -32,6 +32,7 @@ layer scales by 1/√d, expecting features of unit variance).
 
 from __future__ import annotations
 
+import contextlib
 import math
 
 import numpy as np
@@ -43,6 +44,7 @@ from sklearn.utils.validation import check_is_fitted, validate_data
 
 from widenet import dynamics
 from widenet._checks import check_int, check_real
+from widenet.threads import single_threaded
 
 __all__ = [
     "KERNELS",
@@ -155,6 +157,20 @@ def dual_coefficients(
     return out[0] if times.ndim == 0 else out
 
 
+# Training sets up to this size are solved with one torch thread on the CPU (widenet.threads):
+# the checks, Cholesky and solves are a few dozen operations of at most ~0.1 s, whose intra-op
+# barriers cost more than their parallelism on a loaded machine (digits, n = 1347, load ~10:
+# 0.30 s with 2 threads against 0.09 s with one for the solve, 0.16 s against 0.014 s for the
+# checks of the kernel).
+SMALL_SOLVE = 2048
+
+
+def _small_single_threaded(k: torch.Tensor):
+    if k.shape[-1] <= SMALL_SOLVE:
+        return single_threaded(k.device)
+    return contextlib.nullcontext()
+
+
 class _InfiniteWidth(BaseEstimator):
     """Shared hyper-parameters, their validation and the kernel of the architecture."""
 
@@ -217,7 +233,8 @@ class _KernelRegression(_InfiniteWidth):
         self._check_flow_params()
         k = self._gram(x)
         kept = k.clone() if keep_gram else None
-        self.dual_coef_ = self._solve(k, targets, overwrite=True).cpu().numpy()
+        with _small_single_threaded(k):
+            self.dual_coef_ = self._solve(k, targets, overwrite=True).cpu().numpy()
         self.X_fit_ = x
         return kept
 
@@ -233,7 +250,8 @@ class _KernelRegression(_InfiniteWidth):
         check_is_fitted(self)
         x = validate_data(self, x, reset=False, dtype=np.float64)
         k = self._gram(x, self.X_fit_)
-        return (k @ torch.as_tensor(self.dual_coef_, device=k.device)).cpu().numpy()
+        with _small_single_threaded(k):
+            return (k @ torch.as_tensor(self.dual_coef_, device=k.device)).cpu().numpy()
 
 
 _DOC_PARAMS = """
@@ -356,7 +374,8 @@ class NTKClassifier(ClassifierMixin, _KernelRegression):
             )
         gram = self._fit_targets(x, onehot, keep_gram=bool(self.probability))
         if self.probability:
-            self.temperature_ = self._fit_temperature(gram, onehot, idx)
+            with _small_single_threaded(gram):
+                self.temperature_ = self._fit_temperature(gram, onehot, idx)
         elif hasattr(self, "temperature_"):
             del self.temperature_
         return self
