@@ -11,7 +11,9 @@ from widenet import kernels, threads
 
 
 @pytest.fixture
-def two_threads():
+def two_threads(monkeypatch):
+    # The pool is what these tests exercise: as if the machine were quiet, whatever its load.
+    monkeypatch.setattr(threads, "machine_busy", lambda: False)
     before = torch.get_num_threads()
     torch.set_num_threads(2)
     yield
@@ -81,3 +83,32 @@ def test_map_blocks_max_workers_one_runs_in_the_calling_thread(two_threads):
     where = list(threads.map_blocks(lambda i: threading.get_ident(), range(5), max_workers=1))
     assert where == [me] * 5
     assert torch.get_num_threads() == 2
+
+
+def test_busy_machine_runs_blocks_in_the_calling_thread(two_threads, monkeypatch):
+    import threading
+
+    monkeypatch.setattr(threads, "machine_busy", lambda: True)
+    me = threading.get_ident()
+    assert list(threads.map_blocks(lambda i: threading.get_ident(), range(4))) == [me] * 4
+    assert threads.pool_size(10) == 1
+
+
+@pytest.mark.parametrize("busy", [False, True])
+def test_solver_threads_sets_torch_and_blas_and_restores(two_threads, monkeypatch, busy):
+    from threadpoolctl import threadpool_info
+
+    monkeypatch.setattr(threads, "machine_busy", lambda: busy)
+
+    def blas():
+        return {
+            i["filepath"]: i["num_threads"] for i in threadpool_info() if i["user_api"] == "blas"
+        }
+
+    before = blas()
+    with threads.solver_threads(100):  # small: one thread whatever the load
+        assert torch.get_num_threads() == 1 and set(blas().values()) == {1}
+    with threads.solver_threads(10_000):  # large: one thread only when busy
+        want = 1 if busy else 2
+        assert torch.get_num_threads() == want and set(blas().values()) == {want}
+    assert torch.get_num_threads() == 2 and blas() == before
