@@ -198,3 +198,16 @@ def _map_blocks(work, items, threads, workers, on_cpu, ahead):
                     f.cancel()
     finally:
         torch.set_num_threads(threads)
+
+
+SMALL_OPS = 1 << 24
+
+
+def small_ops_threads(elements: int, device="cpu"):
+    """A context for a sequence of operations on about ``elements`` numbers each: one torch
+    thread on the CPU when that is at most ``SMALL_OPS`` (16 M) or the machine is busy, else
+    the configured threads. Measured: Hessian-vector products of a 10-64-64-1 MLP on 256
+    points (P = 4993) took 3.5 ms on one thread against 23-67 ms on two at load ~7."""
+    if _is_cpu(device) and (elements <= SMALL_OPS or machine_busy()):
+        return single_threaded(device)
+    return contextlib.nullcontext()
