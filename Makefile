@@ -5,7 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.widenet-setup
 
-.PHONY: setup demo test lint bench clean
+.PHONY: setup demo test lint bench clean docs
 
 setup: $(STAMP)
 
@@ -24,8 +24,19 @@ test: setup
 	$(PY) -m ruff format --check src tests benchmarks
 	$(PY) -m pytest -q -n auto --dist loadfile
 
+# The documentation site (MkDocs + Material + mkdocstrings), built offline into site/.
+DOCS_STAMP := $(VENV)/.widenet-docs
+
+$(DOCS_STAMP): $(STAMP)
+	$(PY) -m pip install -q -c constraints.txt -e '.[dev,docs]'
+	touch $(DOCS_STAMP)
+
+docs: $(DOCS_STAMP)
+	NO_MKDOCS_2_WARNING=1 $(PY) -m mkdocs build --strict --site-dir site
+	@echo "Docs: $(CURDIR)/site/index.html"
+
 bench: setup
 	$(PY) benchmarks/run.py
 
 clean:
-	rm -rf $(VENV) runs .pytest_cache .ruff_cache
+	rm -rf $(VENV) runs site .pytest_cache .ruff_cache

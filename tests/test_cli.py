@@ -130,6 +130,29 @@ def test_demo_prints_absolute_report_path(tiny, tmp_path, monkeypatch):
     assert "reused" not in forced.output
 
 
+def test_demo_only_and_progress_lines(tiny, tmp_path):
+    lab.register("tiny-two", summary="Two.", config=TinyConfig, metrics={})(lambda c, ctx: {})
+    try:
+        result = invoke("demo", "--out", tmp_path / "demo", "--only", "tiny,tiny-two")
+        assert result.exit_code == 0, result.output
+        assert "2 experiment(s)" in result.output
+        lines = [line for line in result.output.splitlines() if line.startswith("[")]
+        assert [line.split()[0] for line in lines] == ["[1/2]", "[1/2]", "[2/2]", "[2/2]"]
+        assert "elapsed" in lines[0] and "ETA ?" in lines[0] and "ETA ~0:00" in lines[-1]
+        assert sorted(p.name for p in (tmp_path / "demo").iterdir()) == [
+            "report.html",
+            "tiny",
+            "tiny-two",
+        ]
+        repeated = invoke("demo", "--out", tmp_path / "d2", "--only", "tiny", "--only", "tiny")
+        assert repeated.exit_code != 0 and "more than once" in repeated.output
+    finally:
+        lab.unregister("tiny-two")
+    unknown = invoke("demo", "--out", tmp_path / "d3", "--only", "nope")
+    assert unknown.exit_code != 0 and "unknown experiment 'nope'" in unknown.output
+    assert not (tmp_path / "d3").exists()
+
+
 def test_demo_failure_exit_code(tiny, tmp_path, monkeypatch):
     def broken(config, ctx):
         raise RuntimeError("boom")

@@ -4,6 +4,7 @@ consistency of the tiled engine, errors naming the layer, the finite networks, s
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -174,14 +175,33 @@ def test_serial_of_dense_layers_equals_mlp(activation, parameterization):
     x1, x2 = torch.randn(6, 5, generator=g, dtype=F64), torch.randn(4, 5, generator=g, dtype=F64)
     mlp = wn.mlp(2, activation, w_std=1.2, b_std=0.3, parameterization=parameterization)
     arch = wn.serial(*mlp.layers)
+    assert arch.fully_connected() == mlp
     width = 50 if parameterization == "standard" else None
-    for a, b in (
-        (mlp.kernel(x1, x2, width=width), arch.kernel(x1, x2, width=width)),
-        (mlp.kernel(x1, width=width), arch.kernel(x1, width=width)),
-    ):
-        # Same closed forms (or quadrature rule) in another order of operations.
-        torch.testing.assert_close(a.nngp, b.nngp, rtol=1e-10, atol=1e-12)
-        torch.testing.assert_close(a.ntk, b.ntk, rtol=1e-10, atol=1e-12)
+    for args in ((x1, x2), (x1,)):
+        a = mlp.kernel(*args, width=width)
+        # A serial stack of that form takes the fused recursion: the same bits.
+        b = arch.kernel(*args, width=width)
+        assert torch.equal(a.nngp, b.nngp) and torch.equal(a.ntk, b.ntk)
+        # The general layer-by-layer engine: the same closed forms (or quadrature rule) in
+        # another order of operations.
+        c = wn.Architecture.kernel(arch, *args, width=width)
+        torch.testing.assert_close(a.nngp, c.nngp, rtol=1e-10, atol=1e-12)
+        torch.testing.assert_close(a.ntk, c.ntk, rtol=1e-10, atol=1e-12)
+
+
+def test_fully_connected_recognises_only_mlp_stacks():
+    assert wn.serial(wn.Dense(), wn.Relu(), wn.Dense(1)).fully_connected() == wn.mlp(1)
+    assert wn.serial(wn.Dense(), wn.Relu(), wn.Dense(1, w_std=2.0)).fully_connected() is None
+    assert wn.serial(wn.Dense(), wn.Relu(), wn.Erf(), wn.Dense(1)).fully_connected() is None
+    assert (
+        wn.serial(wn.Dense(), wn.Relu(), wn.Dense(), wn.Erf(), wn.Dense(1)).fully_connected()
+        is None
+    )
+    assert (
+        wn.serial(wn.Dense(b_std=None), wn.Relu(), wn.Dense(1, b_std=None)).fully_connected()
+        is None
+    )
+    assert wn.serial(wn.Dense(), wn.LayerNorm(), wn.Relu(), wn.Dense(1)).fully_connected() is None
 
 
 def test_get_selects_kernels():
@@ -286,6 +306,20 @@ def test_one_dimensional_inputs():
             wn.serial(wn.Conv(kernel_size=3), wn.Dense(1)),
             torch.randn(3, 1, 4, 4),
             r"Dense\(.*needs vector inputs.*\(inf, 4, 4\)",
+        ),
+        (
+            # An activation after pooling activations has no closed form (not Gaussian).
+            wn.serial(
+                wn.Conv(kernel_size=3),
+                wn.Relu(),
+                wn.AvgPool(2),
+                wn.Residual(wn.Relu(), wn.Conv(kernel_size=3)),
+                wn.Relu(),
+                wn.GlobalAvgPool(),
+                wn.Dense(1),
+            ),
+            torch.randn(3, 1, 8, 8),
+            r"Activation\('relu'\).*the output of AvgPool\(.*which is not Gaussian",
         ),
         (
             wn.serial(wn.Conv(kernel_size=(3, 3)), wn.Flatten(), wn.Dense(1)),
@@ -500,3 +534,107 @@ def test_kernel_to_zarr_of_a_cnn_equals_kernel(tmp_path, symmetric):
     assert torch.equal(st.load("ntk", dtype=torch.float32), k.ntk)
     assert st.meta["architecture"]["kind"] == "serial"
     assert st.meta["architecture"]["layers"] == GAP.spec()
+
+
+# --- 9. duplicate inputs ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, F64])
+@pytest.mark.parametrize("arch", [GAP, VEC], ids=["gap", "vec"])
+def test_duplicate_inputs_give_equal_kernel_rows(arch, dtype):
+    # As for the MLP (test_reliability.py): a repeated input's pair entry is the diagonal's
+    # exactly (its position-diagonal is pinned to the per-input variances, so rho = 1 exactly
+    # where ReLU's arccos has infinite slope: without it the rows differ by ~sqrt(eps)), and its
+    # row is the original's to rounding (the mirrored half of a symmetric kernel sums the
+    # position pairs in the other orientation: measured <= 1 ulp), across blocks and tiles.
+    from widenet import dynamics
+
+    eps = torch.finfo(dtype).eps
+    x = _images(9, dtype=dtype)
+    x[7] = x[1]
+    for tile in (512, 4):
+        k = arch.kernel(x, tile=tile)
+        for kern in (k.nngp, k.ntk):
+            assert kern[1, 7] == kern[1, 1] == kern[7, 7]
+            torch.testing.assert_close(kern[1], kern[7], rtol=4 * eps, atol=0)
+            assert dynamics.coinciding_pairs(kern).tolist() == [[1, 7]]
+    # Across a cross kernel: a test point equal to a training point has the training row.
+    xt = torch.cat([x[2:3], _images(2, seed=5, dtype=dtype)])
+    kx = arch.kernel(xt, x)
+    torch.testing.assert_close(kx.ntk[0], arch.kernel(x).ntk[2], rtol=4 * eps, atol=0)
+
+
+def test_quadrature_activation_in_a_cnn(monkeypatch):
+    # The quadrature path (any elementwise callable) on spatial covariances, in chunks (made
+    # small here so that several are used): erf by quadrature against the closed-form erf
+    # (accuracy of the rule: <= 2e-13 relative, widenet.activations).
+    from widenet import activations as A
+
+    monkeypatch.setattr(stax, "_QUADRATURE_CHUNK", 64)
+    x = _images(3, c=1, h=3, w=3)
+    quad_erf = A.quadrature(
+        torch.erf, "erf_quadrature", derivative=lambda t: 2 / math.sqrt(math.pi) * torch.exp(-t * t)
+    )
+
+    def stack(act):
+        return wn.serial(
+            wn.Conv(kernel_size=2, w_std=1.3, b_std=0.2),
+            act,
+            wn.AvgPool(2, stride=1, padding="same"),
+            wn.Conv(kernel_size=2, w_std=1.2),
+            act,
+            wn.GlobalAvgPool(),
+            wn.Dense(1),
+        )
+
+    exact = stack(wn.Erf()).kernel(x)
+    quad = stack(wn.Activation(quad_erf)).kernel(x)
+    torch.testing.assert_close(quad.nngp, exact.nngp, rtol=1e-10, atol=0)
+    torch.testing.assert_close(quad.ntk, exact.ntk, rtol=1e-10, atol=0)
+
+
+def test_workspace_memory_bounded(monkeypatch):
+    # Every covariance an activation sees is one workspace block (block^2 pairs x P^2
+    # positions) or one chunk of the per-input pass, never the whole n x n x P^2 tensor.
+    from widenet import activations as A
+
+    base = A.relu()
+    largest = [0]
+
+    def spy(q1, c, q2, need_dot):
+        largest[0] = max(largest[0], c.numel())
+        return base.dual(q1, c, q2, need_dot)
+
+    act = wn.Activation(A.Activation("relu_spy", torch.relu, spy))
+    arch = wn.serial(wn.Conv(kernel_size=3), act, wn.GlobalAvgPool(), wn.Dense(1))
+    x = _images(40, c=1, h=4, w=4, dtype=torch.float32)
+    plan = arch.plan(x.shape[1:])
+    # A workspace of 30 inputs' covariances: blocks of 5 x 5 pairs, chunks of 30 inputs.
+    monkeypatch.setattr(stax, "WORKSPACE_BYTES", plan.largest * 4 * stax.WORKSPACE_TENSORS * 30)
+    side = stax.block_side(plan, torch.float32)
+    p2 = 16 * 16
+    per_point = stax.workspace_bytes("cpu") // (plan.largest * 4 * stax.WORKSPACE_TENSORS)
+    assert (side, per_point) == (5, 30)
+    k = arch.kernel(x)
+    assert 0 < largest[0] <= max(side * side, per_point) * p2
+    torch.testing.assert_close(
+        k.ntk,
+        wn.serial(wn.Conv(kernel_size=3), wn.Relu(), wn.GlobalAvgPool(), wn.Dense(1)).kernel(x).ntk,
+    )
+
+
+def test_block_pool_leaves_thread_settings(monkeypatch):
+    # On the CPU the workspace blocks run in a pool of single-threaded workers; the caller's
+    # intra-op thread count is unchanged and the result equals the one-thread computation.
+    monkeypatch.setattr(stax, "WORKSPACE_BYTES", 2**16)
+    x = _images(12)
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        pooled = GAP.kernel(x)
+        assert torch.get_num_threads() == 2
+        torch.set_num_threads(1)
+        serial_ = GAP.kernel(x)
+    finally:
+        torch.set_num_threads(before)
+    assert torch.equal(pooled.ntk, serial_.ntk) and torch.equal(pooled.nngp, serial_.nngp)

@@ -285,6 +285,66 @@ class Serial(Architecture):
     def __repr__(self):
         return f"serial({', '.join(repr(layer) for layer in self.layers)})"
 
+    def fully_connected(self) -> MLP | None:
+        """The :class:`MLP` this stack equals, if it is depth x [Dense, activation] + Dense
+        with one w_std, b_std and parameterization (then its kernels use the fused
+        fully-connected recursion of :mod:`widenet.kernels`, bit for bit ``wn.mlp``'s)."""
+        layers = self.layers
+        if len(layers) < 3 or len(layers) % 2 == 0:
+            return None
+        denses, acts = layers[0::2], layers[1::2]
+        if not all(type(d) is stax.Dense for d in denses):
+            return None
+        if not all(type(a) is stax.Activation for a in acts):
+            return None
+        first = denses[0]
+        for d in denses:
+            if (d.w_std, d.b_std, d.parameterization) != (
+                first.w_std,
+                first.b_std,
+                first.parameterization,
+            ):
+                return None
+        if first.b_std is None or len({a.activation for a in acts}) != 1:
+            return None
+        if first.parameterization == "standard" and any(
+            d.out_features is not None for d in denses[:-1]
+        ):
+            return None  # explicit hidden sizes: the MLP's NTK assumes `width` everywhere
+        out = denses[-1].out_features
+        return MLP(
+            len(acts),
+            acts[0].activation,
+            first.w_std,
+            first.b_std,
+            out or 1,
+            first.parameterization,
+        )
+
+    def kernel_tiler(self, x1, x2=None, **kwargs):
+        fc = self.fully_connected()
+        if fc is not None and _is_vectors(x1):
+            return fc.kernel_tiler(x1, x2, **kwargs)
+        return Architecture.kernel_tiler(self, x1, x2, **kwargs)
+
+    def kernel_tiles(self, x1, x2=None, **kwargs):
+        fc = self.fully_connected()
+        if fc is not None and _is_vectors(x1):
+            return fc.kernel_tiles(x1, x2, **kwargs)
+        return Architecture.kernel_tiles(self, x1, x2, **kwargs)
+
+    def kernel(self, x1, x2=None, **kwargs):
+        fc = self.fully_connected()
+        if fc is not None and _is_vectors(x1):
+            return fc.kernel(x1, x2, **kwargs)
+        return Architecture.kernel(self, x1, x2, **kwargs)
+
+
+def _is_vectors(x) -> bool:
+    return getattr(x, "ndim", None) == 2 or (
+        not isinstance(x, torch.Tensor) and getattr(as_tensor(x, "x1"), "ndim", None) == 2
+    )
+
 
 def serial(*layers) -> Serial:
     """Compose layers of :mod:`widenet.stax` into an architecture (neural-tangents'
@@ -293,11 +353,15 @@ def serial(*layers) -> Serial:
         arch = wn.serial(
             wn.Conv(kernel_size=3, padding="same", w_std=2**0.5, b_std=0.1), wn.Relu(),
             wn.AvgPool(kernel_size=2),
+            wn.Conv(kernel_size=3, w_std=2**0.5),
             wn.Residual(wn.Relu(), wn.Conv(kernel_size=3, w_std=2**0.5)),
             wn.Relu(), wn.GlobalAvgPool(), wn.Dense(10),
         )
         k = arch.kernel(x1, x2)                                   # x: (N, C, H, W)
         net = arch.network(in_shape=(1, 8, 8), width=256, seed=0)
+
+    (Without the Conv after the pooling, the residual block's ReLU would act on an average of
+    ReLU outputs, which is not Gaussian: no closed form, and ``kernel`` says so.)
     """
     if len(layers) == 1 and isinstance(layers[0], (list, tuple)):
         layers = tuple(layers[0])

@@ -98,6 +98,29 @@ def window_sum(x: torch.Tensor, dims: tuple[int, ...], window: int, stride: int,
     return out
 
 
+def shifted_sum(x: torch.Tensor, dims: tuple[int, ...], window: int, before: int) -> torch.Tensor:
+    """sum_{t < window} x[..., p + t - before, ...] (jointly on ``dims``), zero outside: the
+    stride-1 "same" window sum without materialising the padded tensor (one copy and
+    window - 1 partial in-place additions). Returns a new tensor."""
+    dims = tuple(d % x.ndim for d in dims)
+    out = x.clone()  # the tap at offset 0 (0 <= before < window)
+    for t in range(window):
+        a = t - before
+        if a == 0:
+            continue
+        src = [slice(None)] * x.ndim
+        dst = [slice(None)] * x.ndim
+        for d in dims:
+            n = x.shape[d]
+            if abs(a) >= n:
+                break
+            dst[d] = slice(max(0, -a), n - max(0, a))
+            src[d] = slice(max(0, a), n + min(0, a))
+        else:
+            out[tuple(dst)].add_(x[tuple(src)])  # in place on the view (no write-back copy)
+    return out
+
+
 def conv_map(
     k: torch.Tensor,
     layout: str,
@@ -113,6 +136,12 @@ def conv_map(
     d = len(spatial)
     circular = padding == "circular"
     size = math.prod(window)
+    if padding == "same" and all(s == 1 for s in stride):
+        for i, (n, w) in enumerate(zip(spatial, window, strict=True)):
+            lo = same_pads(n, w, 1)[0]
+            dims = (-d + i,) if layout == "diag" else (-2 * d + i, -d + i)
+            k = shifted_sum(k, dims, w, lo)
+        return k.div_(size)
     if layout == "diag":
         pads = {
             -d + i: axis_pads(n, w, s, padding)

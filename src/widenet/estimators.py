@@ -10,7 +10,9 @@ and at t = ∞ the kernel ridge(less) regression f(x) = Θ(x, X) Θ̃⁻¹ y (Ja
 the NTK (``kernel="ntk"``: every layer trained) or the NNGP (``kernel="nngp"``: the readout
 only, i.e. the posterior mean of the NNGP with noise λ·mean(diag K)). λ = ``ridge`` is relative to
 the kernel's mean diagonal, so one grid of ridges fits every depth; N = y.size (loss "mean").
-A finite ``t`` is an early-stopped wide network.
+A finite ``t`` is an early-stopped wide network. ``architecture=`` replaces the MLP by any
+architecture (``wn.serial(...)``, a preset such as ``"myrtle5"``; ``in_shape=(1, 8, 8)`` turns
+scikit-learn's flat rows into images), e.g. the CNTK of Arora et al. (2019).
 
 * :class:`NTKRegressor`: the above with real targets (n,) or (n, k).
 * :class:`NTKClassifier`: kernel regression on one-hot targets, predicting the argmax (Arora,
@@ -60,18 +62,82 @@ KERNELS = ("ntk", "nngp")
 _F64 = torch.float64
 
 
-def infinite_width_gram(
-    x1, x2=None, *, depth=3, activation="relu", w_std=2**0.5, b_std=0.1, kernel="ntk", device=None
-) -> torch.Tensor:
-    """The float64 NTK or NNGP (``kernel``) of ``wn.mlp(depth, activation, w_std, b_std)``."""
-    import widenet as wn
+MLP_DEFAULTS = {"depth": 3, "activation": "relu", "w_std": 2**0.5, "b_std": 0.1}
 
+
+def resolve_architecture(architecture, in_shape, **mlp_params):
+    """The architecture of an estimator: ``wn.mlp(**mlp_params)``, or ``architecture``.
+
+    ``architecture`` is anything :func:`widenet.architectures.from_spec` takes (a
+    ``wn.serial(...)``/preset object, a preset name such as ``"myrtle5"``, or a parsed YAML
+    description). With it, the MLP hyper-parameters must keep their defaults (they describe a
+    different network and would be ignored): a changed one is refused. ``in_shape`` (C, L) or
+    (C, H, W) reshapes scikit-learn's flat (n, d) inputs to images/sequences for the architecture.
+    """
+    from widenet.architectures import from_spec, mlp
+
+    if in_shape is not None:
+        shape = tuple(in_shape) if isinstance(in_shape, (tuple, list)) else None
+        if (
+            shape is None
+            or len(shape) not in (2, 3)
+            or not all(isinstance(v, (int, np.integer)) and v >= 1 for v in shape)
+        ):
+            raise ValueError(
+                f"in_shape must be (C, L) or (C, H, W) of positive integers, got {in_shape!r}"
+            )
+    if architecture is None:
+        if in_shape is not None:
+            raise ValueError("in_shape applies only with architecture= (an MLP takes flat inputs)")
+        return mlp(**mlp_params)
+    changed = sorted(
+        k
+        for k, v in mlp_params.items()
+        if not (v is MLP_DEFAULTS[k] or (isinstance(v, (int, float, str)) and v == MLP_DEFAULTS[k]))
+    )
+    if changed:
+        raise ValueError(
+            f"{', '.join(changed)} describe the default MLP and would be ignored with "
+            "architecture=; leave them at their defaults or put them into the architecture"
+        )
+    return from_spec(architecture)
+
+
+def infinite_width_gram(
+    x1,
+    x2=None,
+    *,
+    depth=3,
+    activation="relu",
+    w_std=2**0.5,
+    b_std=0.1,
+    kernel="ntk",
+    device=None,
+    architecture=None,
+    in_shape=None,
+) -> torch.Tensor:
+    """The float64 NTK or NNGP (``kernel``) of ``wn.mlp(depth, activation, w_std, b_std)``.
+
+    With ``architecture`` (see :func:`resolve_architecture`) the kernel is that architecture's,
+    the flat inputs reshaped to ``(n, *in_shape)`` when ``in_shape`` is given.
+    """
     if kernel not in KERNELS:
         raise ValueError(f"kernel must be one of {KERNELS}, got {kernel!r}")
-    arch = wn.mlp(depth=depth, activation=activation, w_std=w_std, b_std=b_std)
+    arch = resolve_architecture(
+        architecture, in_shape, depth=depth, activation=activation, w_std=w_std, b_std=b_std
+    )
     # A copy: scikit-learn may hand over read-only arrays, which torch will not wrap.
     x1 = torch.tensor(np.asarray(x1, dtype=np.float64), device=device)
     x2 = None if x2 is None else torch.tensor(np.asarray(x2, dtype=np.float64), device=device)
+    if in_shape is not None:
+        size = int(np.prod(in_shape))
+        for name, x in (("X", x1), ("X", x2)):
+            if x is not None and x.shape[1] != size:
+                raise ValueError(
+                    f"{name} has {x.shape[1]} features; in_shape {tuple(in_shape)} needs {size}"
+                )
+        x1 = x1.reshape(len(x1), *in_shape)
+        x2 = None if x2 is None else x2.reshape(len(x2), *in_shape)
     return getattr(arch.kernel(x1, x2, get=kernel), kernel)
 
 
@@ -190,6 +256,14 @@ class _InfiniteWidth(BaseEstimator):
         check_int(self.depth, "depth", minimum=1)
         check_real(self.w_std, "w_std", minimum=0.0, strict=True)
         check_real(self.b_std, "b_std", minimum=0.0)
+        resolve_architecture(
+            self.architecture,
+            self.in_shape,
+            depth=self.depth,
+            activation=self.activation,
+            w_std=self.w_std,
+            b_std=self.b_std,
+        )
         if self.kernel not in KERNELS:
             raise ValueError(f"kernel must be one of {KERNELS}, got {self.kernel!r}")
 
@@ -203,6 +277,8 @@ class _InfiniteWidth(BaseEstimator):
             b_std=self.b_std,
             kernel=self.kernel,
             device=self.device,
+            architecture=self.architecture,
+            in_shape=self.in_shape,
         )
 
 
@@ -221,6 +297,8 @@ class _KernelRegression(_InfiniteWidth):
         t=math.inf,
         learning_rate=1.0,
         device=None,
+        architecture=None,
+        in_shape=None,
     ):
         self.depth = depth
         self.activation = activation
@@ -231,6 +309,8 @@ class _KernelRegression(_InfiniteWidth):
         self.t = t
         self.learning_rate = learning_rate
         self.device = device
+        self.architecture = architecture
+        self.in_shape = in_shape
 
     def _check_flow_params(self) -> None:
         self._check_params()
@@ -281,6 +361,11 @@ _DOC_PARAMS = """
         kernel regression. Time in the units of ``wn.dynamics.gradient_flow_mse(loss="mean")``.
     learning_rate : η > 0, the flow's learning rate (only t·η matters).
     device : torch device of the kernel computation (default: CPU).
+    architecture : None (the MLP above) or any architecture: ``wn.serial(...)``, a preset name
+        (``"cnn"``, ``"myrtle5"``, ...) or a parsed YAML description
+        (``wn.architectures.from_spec``); the MLP parameters then keep their defaults.
+    in_shape : (C, L) or (C, H, W): with ``architecture``, the flat (n, d) inputs are reshaped
+        to (n, *in_shape), e.g. (1, 8, 8) for scikit-learn's digits.
 """
 
 
@@ -355,6 +440,8 @@ class NTKClassifier(ClassifierMixin, _KernelRegression):
         t=math.inf,
         learning_rate=1.0,
         device=None,
+        architecture=None,
+        in_shape=None,
         probability=False,
         calibration_folds=5,
     ):
@@ -368,6 +455,8 @@ class NTKClassifier(ClassifierMixin, _KernelRegression):
             t=t,
             learning_rate=learning_rate,
             device=device,
+            architecture=architecture,
+            in_shape=in_shape,
         )
         self.probability = probability
         self.calibration_folds = calibration_folds
@@ -449,7 +538,8 @@ class NTKSVC(ClassifierMixin, _InfiniteWidth):
 
     Parameters
     ----------
-    depth, activation, w_std, b_std, kernel, device : as in :class:`NTKRegressor`.
+    depth, activation, w_std, b_std, kernel, device, architecture, in_shape : as in
+        :class:`NTKRegressor`.
     C : float > 0, the SVM's inverse regularisation.
     class_weight : passed to ``SVC``.
 
@@ -468,6 +558,8 @@ class NTKSVC(ClassifierMixin, _InfiniteWidth):
         C=1.0,
         class_weight=None,
         device=None,
+        architecture=None,
+        in_shape=None,
     ):
         self.depth = depth
         self.activation = activation
@@ -477,6 +569,8 @@ class NTKSVC(ClassifierMixin, _InfiniteWidth):
         self.C = C
         self.class_weight = class_weight
         self.device = device
+        self.architecture = architecture
+        self.in_shape = in_shape
 
     def fit(self, X, y):
         from sklearn.svm import SVC

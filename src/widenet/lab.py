@@ -18,7 +18,7 @@ run's seed, runs the function in a staging folder and, only once it returned, wr
 
     <out>/config.yaml    resolved config, seed, quick flag, versions, command line, timings
     <out>/metrics.json   the returned dict (strict JSON: NaN/inf and unknown types refused)
-    <out>/figures/*.png  figures saved with ``ctx.save_figure``
+    <out>/figures/*.png  figures saved with ``ctx.save_figure`` (150 dpi; an SVG copy beside each)
     <out>/report.html    a self-contained report (figures inlined)
 
 and moves the staging folder into place, so an interrupted run leaves no half-written folder.
@@ -49,10 +49,14 @@ import pydantic
 import torch
 import yaml
 
+from widenet.report import PaperComparison
+
 __all__ = [
     "Config",
+    "DemoProgress",
     "ConfigError",
     "Experiment",
+    "PaperComparison",
     "RunContext",
     "RunResult",
     "UnknownExperimentError",
@@ -71,6 +75,7 @@ CONFIG_FILE = "config.yaml"
 METRICS_FILE = "metrics.json"
 REPORT_FILE = "report.html"
 FIGURES_DIR = "figures"
+FIGURE_DPI = 150  # PNG resolution of saved figures (an SVG copy is saved beside each)
 
 
 class ConfigError(ValueError):
@@ -111,6 +116,9 @@ class Experiment:
     run: Callable[[Config, RunContext], Mapping[str, Any]]
     metrics: dict[str, str]
     doc: str = ""
+    paper: Callable[[Mapping[str, Any], Mapping[str, Any]], PaperComparison] | None = None
+    key: str | None = None
+    reference: str | None = None
 
     def resolve(self, *, quick: bool = False, overrides=None) -> Config:
         """The config for this experiment; see :func:`resolve_config`."""
@@ -129,13 +137,25 @@ def register(
     config: type[Config],
     metrics: Mapping[str, str],
     doc: str | None = None,
+    paper: Callable[[Mapping[str, Any], Mapping[str, Any]], PaperComparison] | None = None,
+    key: str | None = None,
+    reference: str | None = None,
 ) -> Callable[[Callable], Callable]:
     """Decorator registering ``fn(config, ctx) -> dict`` as the experiment ``name``.
 
     ``metrics`` maps every key of the returned dict to a one-line description (shown by
     ``widenet list --verbose`` and in the report). ``doc`` defaults to the function's docstring,
-    else its module's.
+    else its module's. ``paper(config, metrics) -> PaperComparison`` (config and metrics as
+    saved, plain JSON types) gives the report's "paper vs widenet" table for an experiment that
+    reproduces a paper; ``key`` names the metric the combined report's summary shows when there
+    is no paper comparison, and ``reference`` the value it is compared with (e.g. a theory's).
     """
+    if key is not None and key not in metrics:
+        raise ValueError(f"key {key!r} is not one of the documented metrics")
+    if paper is not None and not callable(paper):
+        raise TypeError(
+            f"paper must be a function (config, metrics) -> PaperComparison, got {paper!r}"
+        )
     if not _NAME_RE.match(name):
         raise ValueError(f"experiment name must be lowercase kebab-case, got {name!r}")
     if not (isinstance(config, type) and issubclass(config, Config)):
@@ -148,7 +168,17 @@ def register(
         if existing is not None and _qualname(existing.run) != _qualname(fn):
             raise ValueError(f"an experiment named {name!r} is already registered")
         text = doc or inspect.getdoc(fn) or inspect.getdoc(sys.modules.get(fn.__module__)) or ""
-        _REGISTRY[name] = Experiment(name, summary, config, fn, dict(metrics), text)
+        _REGISTRY[name] = Experiment(
+            name,
+            summary,
+            config,
+            fn,
+            dict(metrics),
+            text,
+            paper=paper,
+            key=key,
+            reference=reference,
+        )
         return fn
 
     return decorator
@@ -340,14 +370,24 @@ class RunContext:
         return Figure(**kwargs)
 
     def save_figure(self, fig, name: str) -> Path:
-        """Save ``fig`` as ``figures/<name>.png`` in the run folder and close it."""
+        """Save ``fig`` as ``figures/<name>.png`` (``FIGURE_DPI`` dpi) and a vector copy
+        ``figures/<name>.svg`` in the run folder, and close it; returns the PNG's path."""
+        import matplotlib
+
         stem = re.sub(r"[^A-Za-z0-9_.-]+", "-", Path(name).stem).strip("-.") or "figure"
         path = self.out / FIGURES_DIR / f"{stem}.png"
         if path in self.figures:
             raise ValueError(f"figure name {stem!r} used twice in this run")
         path.parent.mkdir(parents=True, exist_ok=True)
-        # Fixed metadata so that the same run gives byte-identical PNGs.
-        fig.savefig(path, format="png", dpi=110, metadata={"Software": None})
+        # Fixed metadata (and SVG id salt) so that the same run gives byte-identical files.
+        fig.savefig(path, format="png", dpi=FIGURE_DPI, metadata={"Software": None})
+        with matplotlib.rc_context({"svg.hashsalt": f"widenet-{stem}"}):
+            fig.savefig(
+                path.with_suffix(".svg"),
+                format="svg",
+                dpi=FIGURE_DPI,
+                metadata={"Date": None, "Creator": None},
+            )
         if "matplotlib.pyplot" in sys.modules:
             sys.modules["matplotlib.pyplot"].close(fig)
         self.figures.append(path)
@@ -531,7 +571,9 @@ def run_experiment(
     force : if False and ``out`` already holds a complete run of the same experiment, config
         and seed, return that run (``result.skipped``) instead of running again.
     quiet : silence progress bars (default: quiet unless stderr is a terminal).
-    threads : torch CPU threads for this run (restored afterwards); default: torch's setting.
+    threads : torch CPU threads for this run, and the BLAS/OpenMP threads of NumPy, SciPy and
+        scikit-learn (threadpoolctl); restored afterwards (a BLAS or OpenMP library first loaded
+        during the run keeps the limit); default: the libraries' settings.
         On a busy machine, 1 can be many times faster than oversubscribed cores.
     """
     from widenet import report
@@ -564,8 +606,15 @@ def run_experiment(
     command = shlex.join([Path(sys.argv[0]).name, *sys.argv[1:]]) if sys.argv else ""
     started, t0 = _now(), time.perf_counter()
     saved_threads = torch.get_num_threads()
+    blas_limits = None
     try:
         if threads is not None:
+            # NumPy/SciPy/scikit-learn's BLAS and OpenMP pools too (restored on exit): on a busy
+            # machine their spinning threads slow the run down as torch's do. Before torch's
+            # setting, which changes torch's OpenMP pool, so that the originals are recorded.
+            from threadpoolctl import threadpool_limits
+
+            blas_limits = threadpool_limits(limits=int(threads))
             torch.set_num_threads(int(threads))
         _seed_everything(seed)
         metrics = exp.run(config, ctx)
@@ -613,6 +662,8 @@ def run_experiment(
         shutil.rmtree(staging, ignore_errors=True)
         raise
     finally:
+        if blas_limits is not None:
+            blas_limits.restore_original_limits()
         torch.set_num_threads(saved_threads)
     return result
 
@@ -630,35 +681,113 @@ def _move_into_place(staging: Path, out: Path) -> None:
         shutil.rmtree(old, ignore_errors=True)
 
 
+@dataclass(frozen=True)
+class DemoProgress:
+    """Where a demo stands: passed to ``run_demo``'s ``on_progress`` before and after each run.
+
+    ``index`` counts from 1 to ``total``; ``done`` is False when experiment ``index`` starts and
+    True when it has finished (then ``result`` is its :class:`RunResult`). ``eta`` estimates the
+    seconds left: the previous wall time of each remaining experiment where its folder holds
+    one, else the mean time of the experiments run so far; None before anything is known.
+    """
+
+    index: int
+    total: int
+    name: str
+    elapsed: float
+    eta: float | None
+    done: bool = False
+    result: RunResult | None = None
+
+    def line(self) -> str:
+        """One line such as ``[3/15] double-descent done (6.1 s) · elapsed 0:42 · ETA ~2:10``."""
+        if self.done and self.result is not None:
+            if self.result.error:
+                what = f"{self.name} failed"
+            elif self.result.skipped:
+                what = f"{self.name} reused"
+            else:
+                what = f"{self.name} done ({self.result.wall_seconds:.1f} s)"
+        else:
+            what = f"{self.name} ..."
+        eta = "ETA ?" if self.eta is None else f"ETA ~{_clock(self.eta)}"
+        return f"[{self.index}/{self.total}] {what} · elapsed {_clock(self.elapsed)} · {eta}"
+
+
+def _clock(seconds: float) -> str:
+    seconds = max(0, round(seconds))
+    minutes, sec = divmod(seconds, 60)
+    return f"{minutes}:{sec:02d}"
+
+
+def _previous_seconds(folder: Path) -> float | None:
+    try:
+        meta = yaml.safe_load((folder / CONFIG_FILE).read_text(encoding="utf-8"))
+        return float(meta["wall_seconds"])
+    except (OSError, yaml.YAMLError, KeyError, TypeError, ValueError):
+        return None
+
+
 def run_demo(
     out: str | os.PathLike = "runs/demo",
     *,
     force: bool = False,
     seed: int = 0,
     names: Sequence[str] | None = None,
+    only: Sequence[str] | None = None,
     quiet: bool | None = None,
     threads: int | None = None,
     on_start: Callable[[str], None] | None = None,
     on_done: Callable[[RunResult], None] | None = None,
+    on_progress: Callable[[DemoProgress], None] | None = None,
 ) -> tuple[Path, list[RunResult]]:
-    """Run every registered experiment (or ``names``) at quick size into ``out/<name>``.
+    """Run every registered experiment (or those in ``only``) at quick size into ``out/<name>``.
 
-    Experiments whose folder already holds a complete run with the same config and seed are
-    skipped unless ``force``; ``threads`` is as in :func:`run_experiment`. An experiment that
-    raises does not stop the others: its result has ``error`` set (and no folder), and the
-    combined report shows the error. Writes the combined report ``out/report.html`` and
-    returns its absolute path and the results.
+    ``only`` (or its older name ``names``) selects experiments by name, run in the given order;
+    an unknown name is an error before anything runs. Experiments whose folder already holds a
+    complete run with the same config and seed are skipped unless ``force``; ``threads`` is as
+    in :func:`run_experiment`. An experiment that raises does not stop the others: its result
+    has ``error`` set (and no folder), and the combined report shows the error.
+    ``on_progress`` gets a :class:`DemoProgress` (``k/total``, elapsed time, ETA) before and
+    after each experiment. Writes the combined report ``out/report.html`` and returns its
+    absolute path and the results.
     """
     from widenet import report
 
+    if names is not None and only is not None:
+        raise ValueError("give only= or names= (the same selection), not both")
+    selection = only if only is not None else names
+    if isinstance(selection, str):
+        selection = [selection]
     out = Path(out)
-    names = list(experiments()) if names is None else list(names)
-    results = []
+    names = list(experiments()) if selection is None else list(selection)
+    if not names:
+        raise ValueError("only= selects no experiment; give at least one name")
+    duplicates = sorted({n for n in names if names.count(n) > 1})
+    if duplicates:
+        raise ValueError(f"only= names {duplicates} more than once")
+    results: list[RunResult] = []
     for name in names:
         get(name)  # fail early, before anything runs, on a bad name
-    for name in names:
+    previous = {name: _previous_seconds(out / name) for name in names}
+    t0 = time.perf_counter()
+    ran: list[float] = []  # wall times of the experiments run (not reused) so far
+
+    def eta(next_index: int) -> float | None:
+        mean = sum(ran) / len(ran) if ran else None
+        left = 0.0
+        for name in names[next_index:]:
+            guess = previous[name] if previous[name] is not None else mean
+            if guess is None:
+                return None
+            left += guess
+        return left
+
+    for k, name in enumerate(names):
         if on_start is not None:
             on_start(name)
+        if on_progress is not None:
+            on_progress(DemoProgress(k + 1, len(names), name, time.perf_counter() - t0, eta(k)))
         try:
             result = run_experiment(
                 name,
@@ -683,9 +812,14 @@ def run_demo(
                 _now(),
                 error=f"{type(err).__name__}: {err}",
             )
+        if not result.skipped and not result.error:
+            ran.append(result.wall_seconds)
         results.append(result)
         if on_done is not None:
             on_done(result)
+        if on_progress is not None:
+            elapsed = time.perf_counter() - t0
+            on_progress(DemoProgress(k + 1, len(names), name, elapsed, eta(k + 1), True, result))
     out.mkdir(parents=True, exist_ok=True)
     path = (out / REPORT_FILE).resolve()
     tmp = path.with_name(f".{path.name}.partial-{os.getpid()}")

@@ -198,3 +198,71 @@ TestTargetsOpt = Annotated[
 SplitSeedOpt = Annotated[
     int, typer.Option("--data-seed", help="Seed of the train/test split of a bundled set.")
 ]
+
+# Composable architectures (widenet kernel / predict): a preset or a YAML file of layers.
+ARCH_HELP = "Architecture: a preset (mlp, cnn, cnn-gap, cnn-vec, myrtle5, myrtle7, myrtle10) or "
+ARCH_HELP += "a YAML file of layers (read with yaml.safe_load; see widenet.from_spec). Describes "
+ARCH_HELP += "the whole network: --depth/--activation/--w-std/--b-std/--parameterization then "
+ARCH_HELP += "do not apply."
+ArchOpt = Annotated[str | None, typer.Option("--arch", help=ARCH_HELP)]
+InShapeOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--in-shape",
+        help="Reshape each input to C,H,W or C,L (channels first; e.g. 1,8,8: the digits as "
+        "8x8 images) for a convolutional --arch.",
+    ),
+]
+
+
+def architecture(ctx: typer.Context, arch: str | None, **mlp_options):
+    """(architecture, its description): ``--arch`` (a preset name or a YAML file of layers,
+    :func:`widenet.from_spec`), or ``wn.mlp(**mlp_options)`` without it. MLP options given
+    explicitly together with ``--arch`` are refused (they would be ignored)."""
+    import widenet as wn
+
+    if arch is None:
+        options = {k: v for k, v in mlp_options.items() if v is not None}
+        return wn.mlp(**options), None
+    # Typer bundles its own click: compare the parameter source by name.
+    given = [
+        name
+        for name in mlp_options
+        if getattr(ctx.get_parameter_source(name), "name", "DEFAULT")
+        not in ("DEFAULT", "DEFAULT_MAP")
+    ]
+    if given:
+        flags = ", ".join("--" + name.replace("_", "-") for name in given)
+        raise ValueError(f"--arch describes the whole network; drop {flags}")
+    path = Path(arch)
+    if path.suffix.lower() in (".yaml", ".yml") or path.is_file():
+        import yaml
+
+        try:
+            spec = yaml.safe_load(path.read_text())
+        except FileNotFoundError:
+            raise ValueError(f"--arch: no such file {arch}") from None
+        except yaml.YAMLError as error:
+            raise ValueError(f"--arch {arch}: not valid YAML ({error})") from None
+        return wn.from_spec(spec), arch
+    return wn.from_spec(arch), arch
+
+
+def shape_inputs(x, in_shape: str | None, option: str = "--in-shape"):
+    """Reshape inputs (n, d) to (n, *in_shape) (``in_shape`` like "1,8,8"); None: unchanged."""
+    if in_shape is None:
+        return x
+    try:
+        shape = tuple(int(v) for v in in_shape.split(","))
+    except ValueError:
+        raise ValueError(f"{option} must be integers like '1,8,8', got {in_shape!r}") from None
+    if not 2 <= len(shape) <= 3 or min(shape) < 1:
+        raise ValueError(f"{option} must be C,L or C,H,W (positive), got {in_shape!r}")
+    size = 1
+    for s in shape:
+        size *= s
+    if x.ndim != 2 or x.shape[1] != size:
+        raise ValueError(
+            f"{option} {in_shape} has {size} entries; the inputs have shape {tuple(x.shape)}"
+        )
+    return x.reshape(x.shape[0], *shape)

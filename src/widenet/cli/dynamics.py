@@ -13,19 +13,23 @@ from widenet.cli._common import (
     DATA_HELP,
     DYNAMICS,
     ActivationOpt,
+    ArchOpt,
     BStdOpt,
     DepthOpt,
+    InShapeOpt,
     OverwriteOpt,
     SplitSeedOpt,
     StandardizeOpt,
     TestTargetsOpt,
     TrainTargetsOpt,
     WStdOpt,
+    architecture,
     fail,
     flag,
     out,
     parse_times,
     saved,
+    shape_inputs,
     topic,
 )
 
@@ -59,6 +63,7 @@ def prediction_metrics(times, mean, y, train_mean, y_train) -> dict:
 
 @command()
 def predict(
+    ctx: typer.Context,
     out_: Annotated[
         Path,
         typer.Option(
@@ -121,8 +126,13 @@ def predict(
     standardize: StandardizeOpt = None,
     data_seed: SplitSeedOpt = 0,
     overwrite: OverwriteOpt = False,
+    arch: ArchOpt = None,
+    in_shape: InShapeOpt = None,
 ) -> None:
     """Closed-form predictions of the infinite-width network trained by gradient flow on MSE.
+
+    The network is an MLP (--depth, --activation, ...) or any --arch (a preset such as cnn or
+    myrtle5, or a YAML file of layers; --in-shape 1,8,8 makes flat inputs images).
 
     Ensemble mean test_mean (T, m, k) and variance test_variance (T, m) go to OUT (.npz).
 
@@ -131,7 +141,6 @@ def predict(
     import numpy as np
     import torch
 
-    import widenet as wn
     from widenet import dynamics, io
 
     try:
@@ -155,9 +164,13 @@ def predict(
             standardize,
             data_seed,
         )
-        arch = wn.mlp(depth=depth, activation=activation, w_std=w_std, b_std=b_std)
+        network, arch_name = architecture(
+            ctx, arch, depth=depth, activation=activation, w_std=w_std, b_std=b_std
+        )
+        x_train = shape_inputs(torch.as_tensor(x_train), in_shape)
+        x_test = shape_inputs(torch.as_tensor(x_test), in_shape)
         pred = dynamics.infinite_width_predict(
-            arch,
+            network,
             x_train,
             y_train,
             x_test,
@@ -183,7 +196,11 @@ def predict(
         metrics.update(
             kernel=kernel_name,
             data=what,
-            architecture=dict(depth=depth, activation=activation, w_std=w_std, b_std=b_std),
+            architecture=(
+                dict(depth=depth, activation=activation, w_std=w_std, b_std=b_std)
+                if arch is None
+                else dict(arch=arch_name, layers=network.spec(), in_shape=in_shape)
+            ),
             learning_rate=learning_rate,
             diag_reg=diag_reg,
             loss="mean",
@@ -199,9 +216,10 @@ def predict(
         raise fail(str(error)) from None
 
     console = out()
+    described = f"a depth-{depth} {activation} MLP" if arch is None else f"--arch {arch_name}"
     console.print(
-        f"{kernel_name} gradient flow (MSE, lr {learning_rate:g}) of a depth-{depth} "
-        f"{activation} MLP; {what}; kernels {pred.seconds['kernels']:.2f} s, dynamics "
+        f"{kernel_name} gradient flow (MSE, lr {learning_rate:g}) of {described}; {what}; "
+        f"kernels {pred.seconds['kernels']:.2f} s, dynamics "
         f"{pred.seconds['dynamics']:.2f} s",
         soft_wrap=True,
     )

@@ -16,19 +16,23 @@ import typer
 from widenet.cli._common import (
     KERNELS,
     ActivationOpt,
+    ArchOpt,
     BStdOpt,
     DataOpt,
     DataSeedOpt,
     DepthOpt,
     DtypeOpt,
+    InShapeOpt,
     NOpt,
     StandardizeOpt,
     WStdOpt,
+    architecture,
     err,
     fail,
     flag,
     out,
     saved,
+    shape_inputs,
     topic,
 )
 from widenet.cli.stores import (
@@ -49,6 +53,7 @@ X2Opt = Annotated[
 
 @command()
 def kernel(
+    ctx: typer.Context,
     out_: Annotated[
         Path,
         typer.Option(
@@ -78,8 +83,14 @@ def kernel(
     workers: WorkersOpt = None,
     overwrite: StoreOverwriteOpt = False,
     buffered_io: BufferedIoOpt = False,
+    arch: ArchOpt = None,
+    in_shape: InShapeOpt = None,
 ) -> None:
-    """Infinite-width NNGP and NTK of an MLP on data; saved as .npz (both) or .npy (--get).
+    """Infinite-width NNGP and NTK of an MLP (or any --arch) on data; saved as .npz (both) or
+    .npy (--get).
+
+    --arch takes a preset (cnn, cnn-vec, myrtle5, ...) or a YAML file of layers; --in-shape
+    1,8,8 reshapes flat inputs into images for it (e.g. --data digits).
 
     With --out K.zarr the kernel is written tile by tile into a Zarr store (default tile 4096;
     symmetric: only the upper tiles are computed); running the same command again completes an
@@ -87,12 +98,16 @@ def kernel(
     """
     import numpy as np
 
-    import widenet as wn
     from widenet import io
 
+    mlp_options = dict(depth=depth, activation=activation, w_std=w_std, b_std=b_std)
+    mlp_options.update(parameterization=parameterization)
+    try:
+        architecture_, arch_name = architecture(ctx, arch, **mlp_options)
+    except (ValueError, TypeError, OSError) as error:
+        raise fail(str(error)) from None
     if out_.suffix.lower() == ".zarr":
-        arch_options = dict(depth=depth, activation=activation, w_std=w_std, b_std=b_std)
-        arch_options.update(parameterization=parameterization)
+        arch_options = mlp_options if arch is None else architecture_
         data_options = dict(data=data, n=n, data_seed=data_seed, standardize=standardize)
         write_kernel_store(
             out_,
@@ -106,6 +121,7 @@ def kernel(
             overwrite,
             width,
             direct_io=not buffered_io,
+            in_shape=in_shape,
         )
         return
     try:
@@ -119,15 +135,9 @@ def kernel(
         x = io.load_inputs(
             data, n, seed=data_seed, standardize=standardize, dtype=io.torch_dtype(dtype)
         )
-        arch = wn.mlp(
-            depth=depth,
-            activation=activation,
-            w_std=w_std,
-            b_std=b_std,
-            parameterization=parameterization,
-        )
+        x = shape_inputs(x, in_shape)
         t0 = time.perf_counter()
-        k = arch.kernel(x, tile=tile, width=width, progress=err().is_terminal)
+        k = architecture_.kernel(x, tile=tile, width=width, progress=err().is_terminal)
         seconds = time.perf_counter() - t0
         arrays = {"nngp": k.nngp.cpu().numpy(), "ntk": k.ntk.cpu().numpy()}
         io.save_arrays(out_, arrays, get, overwrite=overwrite)
@@ -135,8 +145,9 @@ def kernel(
         raise fail(str(error)) from None
     shape = "x".join(map(str, arrays["ntk"].shape))
     what = "nngp, ntk" if out_.suffix.lower() == ".npz" else get
+    network = f"a depth-{depth} {activation} MLP" if arch is None else f"--arch {arch_name}"
     out().print(
-        f"{what} ({shape}, {dtype}) of a depth-{depth} {activation} MLP on {x.shape[0]} points "
+        f"{what} ({shape}, {dtype}) of {network} on {x.shape[0]} points "
         f"in {seconds:.2f} s; ntk diagonal mean {float(np.mean(np.diag(arrays['ntk']))):.4g}",
         soft_wrap=True,
     )

@@ -10,7 +10,17 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from widenet.cli._common import KERNELS, OverwriteOpt, fail, flag, out, parse_times, saved, topic
+from widenet.cli._common import (
+    KERNELS,
+    OverwriteOpt,
+    fail,
+    flag,
+    out,
+    parse_times,
+    saved,
+    shape_inputs,
+    topic,
+)
 
 app, command = topic(KERNELS)
 
@@ -63,10 +73,13 @@ def write_kernel_store(
     width,
     network=None,
     direct_io=True,
+    in_shape=None,
 ):
-    """`widenet kernel/ntk --out K.zarr`: write (or complete) a kernel store."""
+    """`widenet kernel/ntk --out K.zarr`: write (or complete) a kernel store. ``arch_options``:
+    the options of ``wn.mlp`` or an architecture (``--arch``); ``in_shape``: ``--in-shape``."""
     import widenet as wn
     from widenet import io, scale
+    from widenet.architectures import Architecture
 
     try:
         torch_dtype = io.torch_dtype(dtype)
@@ -80,7 +93,10 @@ def write_kernel_store(
         xb = None
         if x2 is not None:
             xb = io.load_inputs(x2, standardize=False, dtype=torch_dtype, option="--x2")
-        arch = wn.mlp(**arch_options)
+        x = shape_inputs(x, in_shape)
+        if xb is not None:
+            xb = shape_inputs(xb, in_shape)
+        arch = arch_options if isinstance(arch_options, Architecture) else wn.mlp(**arch_options)
         if network is None:
             source, get = arch, ("nngp", "ntk")
             options = {}

@@ -129,6 +129,7 @@ def _trajectory(a, w, x, y, config):
     "few condensed directions at small init, none at NTK scale (Luo et al. 2021).",
     config=CondensationConfig,
     metrics=METRICS,
+    key="small_regime",
 )
 def run(config: CondensationConfig, ctx: lab.RunContext) -> dict:
     import widenet as wn

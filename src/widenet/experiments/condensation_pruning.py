@@ -98,6 +98,7 @@ class CondensationPruningConfig(lab.Config):
     "width: accuracy and prediction agreement of the merged net.",
     config=CondensationPruningConfig,
     metrics=METRICS,
+    key="accuracy_merged",
 )
 def run(config: CondensationPruningConfig, ctx: lab.RunContext) -> dict:
     from widenet import condensation

@@ -168,6 +168,7 @@ class DistributionShiftConfig(lab.Config):
     "target accuracy without/with correction and weight error vs shift size.",
     config=DistributionShiftConfig,
     metrics=METRICS,
+    key="source_accuracy",
 )
 def run(config: DistributionShiftConfig, ctx: lab.RunContext) -> dict:
     x, y = load_dataset(config.dataset, dtype=torch.float64)

@@ -255,6 +255,7 @@ def _random_labels(config, ctx) -> tuple[dict, float, dict]:
     "training; random labels",
     config=DuTheoryConfig,
     metrics=METRICS,
+    key="measured_rate",
 )
 def run(config: DuTheoryConfig, ctx: lab.RunContext) -> dict:
     # One data set per distinct n, shared by its widths (so they differ only in the network).

@@ -64,6 +64,7 @@ from widenet import lab
 from widenet.architectures import mlp
 from widenet.embedding import FCNet, split_neuron, splitting_matrix
 from widenet.landscape import find_critical_point, gradient, hessian, inertia
+from widenet.report import PaperComparison
 
 METRICS = {
     "widths": "hidden widths of the embedded networks (the narrow minimum first)",
@@ -147,12 +148,48 @@ def _strict_minimum(config, x, y, ctx):
     )
 
 
+def paper_comparison(config: dict, metrics: dict) -> PaperComparison:
+    """The embedding principle's inertia claim beside this run's counts (report table)."""
+    widths = metrics["widths"]
+    triples = list(zip(metrics["negative"], metrics["zero"], metrics["positive"], strict=True))
+    rows = [
+        (
+            f"(negative, zero, positive) at width {w}",
+            "none decreases; +1 zero per split" if i else "a strict minimum (0 negative, 0 zero)",
+            " / ".join(map(str, t)),
+        )
+        for i, (w, t) in enumerate(zip(widths, triples, strict=True))
+    ]
+    monotone = all(
+        all(b >= a for a, b in zip(p, q, strict=True))
+        for p, q in zip(triples, triples[1:], strict=False)
+    )
+    one_zero = all(q[1] - p[1] == 1 for p, q in zip(triples, triples[1:], strict=False))
+    verdict = (
+        "Reproduced: no count decreases and each split adds exactly one zero eigenvalue."
+        if monotone and one_zero
+        else "Not reproduced: see the counts above."
+    )
+    return PaperComparison(
+        reference="Zhang et al. (2021), Thm 4.1 and Fig. 3",
+        paper_conditions="critical point of a narrow one-hidden-layer network, split neuron by "
+        "neuron",
+        run_conditions=f"n = {config['n']} points, width {config['width']} → "
+        f"{', '.join(map(str, config['widths']))}",
+        rows=rows,
+        verdict=verdict,
+        same_size=config["n"] >= 40,  # the full size of this experiment (a theorem's check)
+        key_row=-1,  # the widest network
+    )
+
+
 @lab.register(
     "embedding-hessian",
     summary="Embed a width-2 minimum into widths 3-5: each split adds a Hessian zero, "
     "negative counts never decrease (Zhang et al. 2021, Fig. 3)",
     config=EmbeddingHessianConfig,
     metrics=METRICS,
+    paper=paper_comparison,
 )
 def run(config: EmbeddingHessianConfig, ctx: lab.RunContext) -> dict:
     x, y = _data(config)

@@ -102,6 +102,7 @@ from torch import nn
 
 from widenet import lab
 from widenet.experiments._common import gradient_descent
+from widenet.report import PaperComparison, format_value
 
 METRICS = {
     "plateau_losses": "loss at the flattest recorded step of each plateau, in order of time, "
@@ -308,12 +309,52 @@ def _match(loss: float, critical: list[dict], tolerance: float):
     return min(close, key=lambda c: (c["width"], abs(loss - c["loss"])))
 
 
+def paper_comparison(config: dict, metrics: dict) -> PaperComparison:
+    """Zhang et al.'s plateau claim beside this run's plateaus (report table)."""
+    losses, matches = metrics["plateau_losses"], metrics["plateau_matches"]
+    found = ", ".join(
+        f"{format_value(loss)} (width {m})" if m is not None else f"{format_value(loss)} (none)"
+        for loss, m in zip(losses, matches, strict=True)
+    )
+    widths = sorted({m for m in matches if m is not None})
+    rows = [
+        ("loss plateaus (matched narrow width)", "at critical losses of narrower networks", found),
+        (
+            "relative gap to the matched critical loss",
+            "small",
+            format_value(metrics["plateau_relative_gap"]),
+        ),
+        (
+            "effective width at each plateau",
+            "few condensed directions",
+            format_value(metrics["effective_width_at_plateau"]),
+        ),
+    ]
+    all_matched = bool(matches) and all(m is not None for m in matches)
+    verdict = (
+        f"Reproduced: every plateau of the shown run sits at a critical loss of a narrow "
+        f"network (widths {', '.join(map(str, widths))}) and the network is condensed there."
+        if all_matched
+        else "Not reproduced: some plateau matches no narrow critical loss (see the rows)."
+    )
+    return PaperComparison(
+        reference="Zhang et al. (2021), Fig. 1 and 4",
+        paper_conditions="wide tanh network from small init, full-batch GD on a 1-D target",
+        run_conditions=f"width {config['width']}, {config['n_points']} points, "
+        f"{config['steps']} GD steps of {config['lr']:g}, {config['n_inits']} inits",
+        rows=rows,
+        verdict=verdict,
+        same_size=config["width"] >= 500 and config["steps"] >= 100_000,
+    )
+
+
 @lab.register(
     "embedding-plateaus",
     summary="A width-500 tanh net from small init plateaus at the critical losses of widths "
     "1, 2, 3 and is condensed there (Zhang et al. 2021, Fig. 1/4).",
     config=EmbeddingPlateausConfig,
     metrics=METRICS,
+    paper=paper_comparison,
 )
 def run(config: EmbeddingPlateausConfig, ctx: lab.RunContext) -> dict:
     from widenet import condensation

@@ -169,6 +169,7 @@ def _accuracy(pred: torch.Tensor, y: torch.Tensor) -> float:
     "calibration and test accuracy (Lee et al. 2019, Sec. 2.3).",
     config=GPVsEnsembleConfig,
     metrics=METRICS,
+    key="mean_relative_error",
 )
 def run(config: GPVsEnsembleConfig, ctx: lab.RunContext) -> dict:
     import widenet as wn

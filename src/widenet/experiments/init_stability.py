@@ -93,6 +93,7 @@ import torch
 from torch import nn
 
 from widenet import lab
+from widenet.report import annotate_heatmap
 
 ACTIVATIONS = ("sigmoid", "tanh", "relu")
 SCHEMES = ("naive", "xavier", "kaiming", "critical")
@@ -223,6 +224,7 @@ def _finite(v: float) -> float | None:
     "mean-field) and trainability on digits (Glorot & Bengio 2010; He et al. 2015).",
     config=InitStabilityConfig,
     metrics=METRICS,
+    key="baseline_loss",
 )
 def run(config: InitStabilityConfig, ctx: lab.RunContext) -> dict:
     import widenet as wn
@@ -296,9 +298,7 @@ def _log10(values) -> np.ndarray:
 
 def _heatmap(ax, grid, text, title, cmap, vmin, vmax, config):
     im = ax.imshow(grid, cmap=cmap, vmin=vmin, vmax=vmax, aspect="auto")
-    for i in range(grid.shape[0]):
-        for j in range(grid.shape[1]):
-            ax.text(j, i, text[i][j], ha="center", va="center", fontsize=7)
+    annotate_heatmap(ax, im, text)  # black or white text by the cell's darkness
     ax.set_xticks(range(len(config.depths)), [str(d) for d in config.depths])
     ax.set_yticks(range(len(config.schemes)), config.schemes)
     ax.set_xlabel("depth (hidden layers)")
@@ -308,6 +308,15 @@ def _heatmap(ax, grid, text, title, cmap, vmin, vmax, config):
 
 def _plot_heatmaps(ctx, config, keys, out, baseline):
     n_act = len(config.activations)
+    # Colour scales shared by the columns and covering every finite value (log ratios are
+    # clipped to +-8, where the cell text still gives the value; "div" cells are blank).
+    all_logs = np.concatenate([_log10(v) for v in out["grad_ratio"].values()])
+    finite = np.abs(all_logs[np.isfinite(all_logs)])
+    log_span = float(min(8.0, max(1.0, finite.max()))) if finite.size else 8.0
+    all_rel = np.array(
+        [v / baseline for r in out["loss"].values() for v in r if v is not None], dtype=float
+    )
+    rel_top = float(max(1.2, np.nanmax(all_rel))) if all_rel.size else 1.2
     fig = ctx.figure(figsize=(4.2 * n_act, 6.4))
     axes = np.atleast_2d(fig.subplots(2, n_act, squeeze=False))
     for col, act in enumerate(config.activations):
@@ -320,8 +329,8 @@ def _plot_heatmaps(ctx, config, keys, out, baseline):
             text,
             f"{act}: log10 ||dL/dh_1|| / ||dL/dh_out||",
             "RdBu_r",
-            -8,
-            8,
+            -log_span,
+            log_span,
             config,
         )
         rel = np.array(
@@ -335,10 +344,12 @@ def _plot_heatmaps(ctx, config, keys, out, baseline):
             f"{act}: loss / constant-predictor loss",
             "viridis",
             0,
-            1.2,
+            rel_top,
             config,
         )
-    fig.colorbar(im, ax=list(axes[0]), shrink=0.8)
+    # Arrows on the colour bar when log ratios beyond +-8 are clipped (their text gives them).
+    clipped = bool(finite.size) and float(finite.max()) > log_span
+    fig.colorbar(im, ax=list(axes[0]), shrink=0.8, extend="both" if clipped else "neither")
     fig.colorbar(im2, ax=list(axes[1]), shrink=0.8)
     fig.suptitle(
         f"Gradient health (top) and trainability after {config.steps} momentum GD steps "

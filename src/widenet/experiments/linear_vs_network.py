@@ -163,6 +163,8 @@ def _snapshot_steps(steps: int, count: int = 25) -> set[int]:
     "~ 1/width, weight and NTK change ~ width^-1/2 or faster (Lee et al. 2019, Fig. 1, S5).",
     config=LinearVsNetworkConfig,
     metrics=METRICS,
+    key="rmse_slope",
+    reference="about -1, at least as steep as -1/2 (Lee et al. 2019)",
 )
 def run(config: LinearVsNetworkConfig, ctx: lab.RunContext) -> dict:
     import widenet as wn

@@ -62,11 +62,13 @@ from __future__ import annotations
 
 from typing import ClassVar
 
+import matplotlib.colors
 import numpy as np
 import pydantic
 
 from widenet import lab
 from widenet.experiments._common import Widths
+from widenet.report import PaperComparison, format_value, text_color_for
 
 METRICS = {
     "points": "one object per grid point: gamma, gamma_prime, slope (S_w, the log-log slope of "
@@ -103,12 +105,55 @@ class PhaseDiagramConfig(lab.Config):
         return widths
 
 
+# Luo et al. (2021), Fig. 3: slope S_w of log RD against log m on gamma' = 0, widths 1000-40000.
+PAPER_SLOPES = {0.5: -0.506, 1.0: 0.007, 1.75: 0.372}
+
+
+def paper_comparison(config: dict, metrics: dict) -> PaperComparison:
+    """Luo et al.'s Fig. 3 slopes on the gamma' = 0 line beside this run's (report table)."""
+    ours = {p["gamma"]: p["slope"] for p in metrics["points"] if p["gamma_prime"] == 0.0}
+    rows, close = [], []
+    for gamma, paper in PAPER_SLOPES.items():
+        mine = ours.get(gamma)
+        rows.append((f"S_w at γ = {gamma}, γ′ = 0", f"{paper:+.3f}", format_value(mine)))
+        if mine is not None:
+            close.append(abs(mine - paper) <= 0.15)
+    signs = [
+        (p["slope"] < 0) == (p["regime"] == "linear")
+        for p in metrics["points"]
+        if p["regime"] in ("linear", "condensed")
+    ]
+    rows.append(
+        ("points whose sign of S_w matches their regime", "all", f"{sum(signs)} of {len(signs)}")
+    )
+    if not close:
+        verdict = "No γ′ = 0 point of the paper's Fig. 3 in this run's grid."
+    elif all(close) and all(signs):
+        verdict = (
+            f"Reproduced: the {len(close)} slope(s) on γ′ = 0 are within ±0.15 of the paper's and "
+            "every linear point has S_w < 0, every condensed point S_w > 0."
+        )
+    else:
+        verdict = "Not reproduced at this size: see the rows above."
+    widths = metrics["widths"]
+    return PaperComparison(
+        reference="Luo et al. (2021), Fig. 3",
+        paper_conditions="γ′ = 0, widths 1000 … 40000, trained to loss 1e-5 (4 points on [-1, 1])",
+        run_conditions=f"{len(metrics['points'])} (γ, γ′) points, widths {widths[0]} … "
+        f"{widths[-1]} ({len(widths)}), loss_tol {config['loss_tol']:g}",
+        rows=rows,
+        verdict=verdict,
+        same_size=min(widths) >= 1000 and max(widths) >= 40000,
+    )
+
+
 @lab.register(
     "phase-diagram",
     summary="Phase diagram of two-layer ReLU nets: slope of RD (relative change of input "
     "weights) vs width over (gamma, gamma'), linear/critical/condensed (Luo et al. 2021).",
     config=PhaseDiagramConfig,
     metrics=METRICS,
+    paper=paper_comparison,
 )
 def run(config: PhaseDiagramConfig, ctx: lab.RunContext) -> dict:
     import widenet as wn
@@ -172,10 +217,15 @@ def _plot_heatmap(ctx, config, results):
         return np.concatenate([[2 * v[0] - mid[0]], mid, [2 * v[-1] - mid[-1]]])
 
     ex, ey = edges(gs), edges(gps)
-    # Colours saturate at |S_w| = 1 so that the sign, the point of the diagram, stays visible
-    # next to the steep slopes far in the linear regime (the numbers are written in the cells).
-    mesh = ax.pcolormesh(ex, ey, grid, cmap="coolwarm", vmin=-1.0, vmax=1.0, shading="flat")
-    fig.colorbar(mesh, ax=ax, label="slope S_w of log RD vs log m", extend="both")
+    # White at S_w = 0 and each sign on its own linear scale, so that the sign, the point of
+    # the diagram, stays visible next to the steep slopes far in the linear regime; the colour
+    # bar covers the whole range of the data (at least [-1, 1]).
+    finite = grid[np.isfinite(grid)]
+    lo = min(-1.0, float(finite.min())) if finite.size else -1.0
+    hi = max(1.0, float(finite.max())) if finite.size else 1.0
+    norm = matplotlib.colors.TwoSlopeNorm(vmin=lo, vcenter=0.0, vmax=hi)
+    mesh = ax.pcolormesh(ex, ey, grid, cmap="coolwarm", norm=norm, shading="flat")
+    fig.colorbar(mesh, ax=ax, label="slope S_w of log RD vs log m")
     for r in results:
         ax.annotate(
             f"{r['slope']:.2f}",
@@ -184,6 +234,7 @@ def _plot_heatmap(ctx, config, results):
             xytext=(0, 6),
             ha="center",
             fontsize=9,
+            color=text_color_for(mesh.cmap(norm(r["slope"]))),
         )
     _boundary(ax, ex[-1], ey[0])
     named: dict[tuple[float, float], list[str]] = {}

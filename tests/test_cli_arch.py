@@ -1,0 +1,133 @@
+"""``widenet kernel`` / ``predict`` with ``--arch`` (a preset or a YAML file of layers) and
+``--in-shape`` (flat inputs as images): the outputs equal the library's kernels."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from typer.testing import CliRunner
+
+import widenet as wn
+from widenet import io
+from widenet.cli import app
+
+runner = CliRunner()
+
+YAML = """
+- conv: {kernel_size: 3, w_std: 1.414, b_std: 0.1}
+- relu
+- avg_pool: {kernel_size: 2}
+- conv: {kernel_size: 3, w_std: 1.414}
+- residual: [relu, {conv: {kernel_size: 3, w_std: 1.414}}]
+- relu
+- global_avg_pool
+- dense: {out_features: 1}
+"""
+
+
+def invoke(*args):
+    result = runner.invoke(app, [str(a) for a in args])
+    assert "Traceback" not in result.output, result.output
+    return result
+
+
+def _digits_images(n):
+    x = io.load_inputs("digits", n, seed=0, standardize=None, dtype=torch.float64)
+    return x.reshape(n, 1, 8, 8)
+
+
+@pytest.mark.parametrize("arch", ["cnn-vec", "yaml"])
+def test_kernel_with_arch_equals_library(tmp_path, arch):
+    if arch == "yaml":
+        path = tmp_path / "arch.yaml"
+        path.write_text(YAML)
+        spec, expected = path, wn.from_spec(__import__("yaml").safe_load(YAML))
+    else:
+        spec, expected = arch, wn.presets.cnn(readout="flatten")
+    out = tmp_path / "k.npz"
+    r = invoke(
+        "kernel", "--arch", spec, "--data", "digits", "--n", 8, "--in-shape", "1,8,8", "-o", out
+    )
+    assert r.exit_code == 0, r.output
+    assert f"--arch {spec}" in r.output
+    got = np.load(out)
+    k = expected.kernel(_digits_images(8))
+    np.testing.assert_allclose(got["ntk"], k.ntk.numpy(), rtol=1e-12)
+    np.testing.assert_allclose(got["nngp"], k.nngp.numpy(), rtol=1e-12)
+
+
+def test_kernel_store_with_arch(tmp_path):
+    out = tmp_path / "K.zarr"
+    r = invoke(
+        "kernel",
+        "--arch",
+        "cnn-vec",
+        "--data",
+        "digits",
+        "--n",
+        9,
+        "--in-shape",
+        "1,8,8",
+        "-o",
+        out,
+    )
+    assert r.exit_code == 0, r.output
+    from widenet import scale
+
+    store = scale.open_kernel(out)
+    k = wn.presets.cnn(readout="flatten").kernel(_digits_images(9))
+    np.testing.assert_allclose(store.load("ntk").numpy(), k.ntk.numpy(), rtol=1e-12)
+    assert store.meta["architecture"]["kind"] == "serial"
+
+
+def test_predict_with_arch(tmp_path):
+    out = tmp_path / "p.npz"
+    r = invoke(
+        "predict",
+        "--arch",
+        "cnn-vec",
+        "--train",
+        "digits",
+        "--n-train",
+        40,
+        "--n-test",
+        20,
+        "--in-shape",
+        "1,8,8",
+        "--time",
+        "inf",
+        "-o",
+        out,
+    )
+    assert r.exit_code == 0, r.output
+    metrics = json.loads(out.with_suffix(".json").read_text())
+    assert metrics["architecture"]["arch"] == "cnn-vec"
+    assert metrics["architecture"]["layers"] == wn.presets.cnn(readout="flatten").spec()
+    assert metrics["test_accuracy"][0] > 0.5  # 10 classes: chance is 0.1
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (("--arch", "cnn", "--depth", 2), "--arch describes the whole network; drop --depth"),
+        (("--arch", "cnn"), "a spatial layer needs images"),
+        (("--arch", "resnet"), "unknown preset 'resnet'"),
+        (("--arch", "missing.yaml"), "no such file"),
+        (("--arch", "cnn", "--in-shape", "1,8,7"), "--in-shape 1,8,7 has 56 entries"),
+        (("--arch", "cnn", "--in-shape", "a,b"), "must be integers"),
+    ],
+)
+def test_arch_errors(tmp_path, args, message):
+    r = invoke("kernel", "--data", "digits", "--n", 5, "-o", tmp_path / "k.npy", *args)
+    assert r.exit_code != 0
+    assert message in " ".join(r.output.split()), r.output
+
+
+def test_bad_yaml(tmp_path):
+    path = tmp_path / "a.yaml"
+    path.write_text("- conv: {kernel_size: 3\n")
+    r = invoke("kernel", "--arch", path, "--data", "digits", "--n", 5, "-o", tmp_path / "k.npy")
+    assert r.exit_code != 0 and "not valid YAML" in r.output
