@@ -45,7 +45,7 @@ from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import check_is_fitted, validate_data
 
 from widenet import dynamics
-from widenet._checks import check_int, check_real
+from widenet._checks import check_device, check_int, check_real
 from widenet.threads import single_threaded
 
 __all__ = [
@@ -123,6 +123,7 @@ def infinite_width_gram(
     """
     if kernel not in KERNELS:
         raise ValueError(f"kernel must be one of {KERNELS}, got {kernel!r}")
+    device = None if device is None else check_device(device)
     arch = resolve_architecture(
         architecture, in_shape, depth=depth, activation=activation, w_std=w_std, b_std=b_std
     )
@@ -245,7 +246,7 @@ SMALL_SOLVE = 2048
 
 def _small_single_threaded(n1: int, n2: int, device):
     if n1 * n2 <= SMALL_SOLVE * SMALL_SOLVE:
-        return single_threaded("cpu" if device is None else device)
+        return single_threaded("cpu" if device is None else check_device(device))
     return contextlib.nullcontext()
 
 

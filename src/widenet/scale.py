@@ -163,11 +163,28 @@ _FORMAT_PREFIX = "widenet-kernel-store/"
 _log = logging.getLogger(__name__)
 # The tile of a store on disk: one chunk per tile, so larger than the in-memory engine's
 # (widenet.architectures.DEFAULT_TILE, 512): fewer files and done markers, and a 4096^2 float64
-# chunk (128 MiB) still fits in memory. The only tile constant of this module.
+# chunk (128 MiB) still fits in memory. The only tile constant of this module; DEFAULT_TILE is
+# the engine's alone (scale.DEFAULT_TILE, the former name of STORE_TILE, warns: __getattr__).
 STORE_TILE = 4096
-DEFAULT_TILE = STORE_TILE  # the former name, kept for scripts
 SCHEDULERS = ("threads", "processes")
 _KINDS = ("nngp", "ntk")
+
+
+def __getattr__(name: str):
+    # scale.DEFAULT_TILE was the store's tile (4096), easily taken for the engine's
+    # architectures.DEFAULT_TILE (512): still answered for old scripts, with a warning.
+    if name == "DEFAULT_TILE":
+        import warnings
+
+        warnings.warn(
+            "widenet.scale.DEFAULT_TILE is deprecated: the store's chunk tile is "
+            "widenet.scale.STORE_TILE (4096); widenet.architectures.DEFAULT_TILE (512) is the "
+            "in-memory engine's",
+            DeprecationWarning,
+            stacklevel=2,
+        )
+        return STORE_TILE
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 class StoreMismatchError(ValueError):
@@ -344,22 +361,14 @@ def _shift(s: slice, by: int) -> slice:
 
 @dataclass(frozen=True)
 class _EmpiricalSource:
-    """Tiles of the empirical NTK (trace mode) of a model: one empirical_ntk call per tile."""
+    """Tiles of the empirical NTK (trace mode) of a model, from one
+    :class:`widenet.empirical.EmpiricalNTKTiles`: planned once per process, each tile computed
+    in the sample blocks and output groups that fit its memory limit."""
 
-    model: nn.Module
-    x1: torch.Tensor
-    x2: torch.Tensor | None
-    options: dict
+    tiles: object  # widenet.empirical.EmpiricalNTKTiles
 
     def __call__(self, rows: slice, cols: slice) -> dict[str, torch.Tensor]:
-        from widenet.empirical import empirical_ntk
-
-        if self.x2 is None and rows == cols:
-            theta = empirical_ntk(self.model, self.x1[rows], **self.options)
-        else:
-            xb = self.x1 if self.x2 is None else self.x2
-            theta = empirical_ntk(self.model, self.x1[rows], xb[cols], **self.options)
-        return {"ntk": theta}
+        return {"ntk": self.tiles(rows, cols)}
 
 
 def _arch_metadata(arch: Architecture, width) -> dict:
@@ -433,7 +442,10 @@ def _make_source(kernel, x1, x2, *, get, dtype, width, tile, block, ntk_options)
             )
         x1 = as_tensor(x1, "x1", dtype=dtype)
         x2 = None if x2 is None or x2 is x1 else as_tensor(x2, "x2", dtype=dtype)
-        source = _EmpiricalSource(kernel, x1, x2, dict(ntk_options))
+        from widenet.empirical import empirical_ntk_tiles
+
+        options = {key: v for key, v in ntk_options.items() if key != "mode"}
+        source = _EmpiricalSource(empirical_ntk_tiles(kernel, x1, x2, **options))
         # Validate everything (shapes, dtypes, BatchNorm in train mode, ...) on a tiny tile.
         source(slice(0, 1), slice(0, 1))
         return source, x1, x2, ("ntk",), _model_metadata(kernel, ntk_options)
