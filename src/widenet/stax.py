@@ -89,6 +89,7 @@ from widenet import covariance as cov
 from widenet import layers as modules
 from widenet._checks import check_int, check_real
 from widenet.kernels import Kernel, KernelTile, duplicate_ids, tile_grid
+from widenet.threads import run_blocks
 
 PARAMETERIZATIONS = modules.PARAMETERIZATIONS
 _ORDER = {"vector": 0, "diag": 1, "full": 2}
@@ -946,7 +947,7 @@ def self_kernels(plan: Plan, x: torch.Tensor, need_ntk: bool, budget: int | None
             k = run_steps(plan.steps, k0, v, 1)
         results[i] = (v.record, k.nngp, k.ntk)
 
-    _run_blocks(work, starts, x.device)
+    run_blocks(work, starts, x.device)
     parts: dict[int, list] = {}
     nngp, ntk = [], []
     for i in starts:
@@ -1029,48 +1030,12 @@ class StaxTiler:
                 if diag and r != c:
                     out[c, r] = b.T
 
-        _run_blocks(work, grid, device)
+        run_blocks(work, grid, device)
         with torch.no_grad():
             if diag:
                 nngp = 0.5 * (nngp + nngp.T)
                 ntk = None if ntk is None else 0.5 * (ntk + ntk.T)
         return Kernel(nngp, ntk)
-
-
-def _run_blocks(work, items, device) -> None:
-    """``work(item)`` for every item (blocks writing disjoint parts of the output).
-
-    On the CPU every operation runs single-threaded and, with several intra-op threads
-    configured, the blocks run in a pool of that many threads instead: a block's operations
-    are cache-sized (~0.1-1 ms each), too short for intra-op parallelism, whose barriers cost
-    far more than the work on a loaded machine (measured, CNN-GAP depth 3, 8x8, n = 100,
-    2 threads, load ~16 on 2 cores: 65 s wall with intra-op threads, 5.7 s with the pool,
-    4.1 s on one thread). The result does not depend on the order. The caller's thread
-    setting is restored on return.
-    """
-    threads = torch.get_num_threads()
-    if torch.device(device).type != "cpu" or threads == 1:
-        for item in items:
-            work(item)
-        return
-    from concurrent.futures import ThreadPoolExecutor
-
-    torch.set_num_threads(1)
-    try:
-        if len(items) < 2:
-            for item in items:
-                work(item)
-            return
-        with ThreadPoolExecutor(
-            max_workers=min(threads, len(items)),
-            initializer=torch.set_num_threads,
-            initargs=(1,),
-        ) as pool:
-            for f in [pool.submit(work, item) for item in items]:
-                f.result()
-    finally:
-        # Also resets the default of threads created later, which a worker's call changed.
-        torch.set_num_threads(threads)
 
 
 def stax_tiler(plan: Plan, x1, x2, *, need_ntk: bool, budget: int | None = None) -> StaxTiler:
