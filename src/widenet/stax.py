@@ -208,6 +208,37 @@ def _tuple(value, d: int, name: str, layer) -> tuple[int, ...]:
     return value
 
 
+def _window_geometry(layer, in_shape, *, stride_defaults_to_window: bool):
+    """(window, stride, pads, output spatial shape) of a windowed layer (Conv, AvgPool) with
+    ``kernel_size``, ``stride`` and ``padding`` on an input of feature shape ``in_shape``.
+    With ``stride_defaults_to_window``, ``stride=None`` means the window (torch's pooling)."""
+    _check_spatial(layer, in_shape)
+    spatial = tuple(in_shape[1:])
+    d = len(spatial)
+    window = _tuple(layer.kernel_size, d, "kernel_size", layer)
+    if stride_defaults_to_window and layer.stride is None:
+        stride = window
+    else:
+        stride = _tuple(layer.stride, d, "stride", layer)
+    if layer.padding == "valid":
+        for n, w in zip(spatial, window, strict=True):
+            if w > n:
+                _fail(
+                    layer,
+                    f"the window {window} is larger than its 'valid' (unpadded) input of "
+                    f"spatial shape {spatial}",
+                )
+    pads = tuple(
+        cov.axis_pads(n, w, s, layer.padding)
+        for n, w, s in zip(spatial, window, stride, strict=True)
+    )
+    out = tuple(
+        cov.output_size(n, w, s, layer.padding)
+        for n, w, s in zip(spatial, window, stride, strict=True)
+    )
+    return window, stride, pads, out
+
+
 def _check_padding(padding, what: str) -> str:
     p = str(padding).lower()
     if p not in cov.PADDINGS:
@@ -343,28 +374,7 @@ class Conv(Layer):
 
     def geometry(self, in_shape):
         """(window, stride, pads, output spatial shape) on an input of feature shape in_shape."""
-        _check_spatial(self, in_shape)
-        spatial = tuple(in_shape[1:])
-        d = len(spatial)
-        window = _tuple(self.kernel_size, d, "kernel_size", self)
-        stride = _tuple(self.stride, d, "stride", self)
-        if self.padding == "valid":
-            for n, w in zip(spatial, window, strict=True):
-                if w > n:
-                    _fail(
-                        self,
-                        f"the window {window} is larger than its 'valid' (unpadded) input of "
-                        f"spatial shape {spatial}",
-                    )
-        pads = tuple(
-            cov.axis_pads(n, w, s, self.padding)
-            for n, w, s in zip(spatial, window, stride, strict=True)
-        )
-        out = tuple(
-            cov.output_size(n, w, s, self.padding)
-            for n, w, s in zip(spatial, window, stride, strict=True)
-        )
-        return window, stride, pads, out
+        return _window_geometry(self, in_shape, stride_defaults_to_window=False)
 
     def output_shape(self, in_shape, width):
         _, _, _, out = self.geometry(in_shape)
@@ -437,28 +447,8 @@ class AvgPool(Layer):
                 object.__setattr__(self, name, tuple(v))
 
     def geometry(self, in_shape):
-        _check_spatial(self, in_shape)
-        spatial = tuple(in_shape[1:])
-        d = len(spatial)
-        window = _tuple(self.kernel_size, d, "kernel_size", self)
-        stride = window if self.stride is None else _tuple(self.stride, d, "stride", self)
-        if self.padding == "valid":
-            for n, w in zip(spatial, window, strict=True):
-                if w > n:
-                    _fail(
-                        self,
-                        f"the window {window} is larger than its 'valid' (unpadded) input of "
-                        f"spatial shape {spatial}",
-                    )
-        pads = tuple(
-            cov.axis_pads(n, w, s, self.padding)
-            for n, w, s in zip(spatial, window, stride, strict=True)
-        )
-        out = tuple(
-            cov.output_size(n, w, s, self.padding)
-            for n, w, s in zip(spatial, window, stride, strict=True)
-        )
-        return window, stride, pads, out
+        """(window, stride, pads, output spatial shape); ``stride=None`` means the window."""
+        return _window_geometry(self, in_shape, stride_defaults_to_window=True)
 
     def output_shape(self, in_shape, width):
         return (in_shape[0], *self.geometry(in_shape)[3])
