@@ -247,8 +247,27 @@ def prepare_inputs(x1, x2, dtype):
     return x1, x2
 
 
+class Tiler:
+    """The interface of a kernel tiler: inputs ``x1`` and ``x2`` (None: symmetric, x2 = x1),
+    and ``__call__(rows, cols) -> Kernel`` computing the block ``kernel[rows, cols]`` on its
+    own. Subclasses (:class:`FCTiler`, :class:`widenet.stax.StaxTiler`) hold ``x1``, ``x2``."""
+
+    x1: torch.Tensor
+    x2: torch.Tensor | None
+
+    @property
+    def symmetric(self) -> bool:
+        """True when the kernel is of x1 against itself (x2 is None)."""
+        return self.x2 is None
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        """(rows, columns) of the whole kernel."""
+        return self.x1.shape[0], (self.x1 if self.x2 is None else self.x2).shape[0]
+
+
 @dataclass(frozen=True)
-class FCTiler:
+class FCTiler(Tiler):
     """Computes any one tile of the kernel of ``rec`` on validated inputs, independently.
 
     The per-layer diagonals of every input are propagated once, at construction; a tile then
@@ -268,14 +287,6 @@ class FCTiler:
     # Duplicate inputs: equal rows of x1 and x2 share an id (None when no row repeats).
     g1: torch.Tensor | None = None
     g2: torch.Tensor | None = None
-
-    @property
-    def symmetric(self) -> bool:
-        return self.x2 is None
-
-    @property
-    def shape(self) -> tuple[int, int]:
-        return self.x1.shape[0], (self.x1 if self.x2 is None else self.x2).shape[0]
 
     def __call__(self, rows: slice, cols: slice) -> Kernel:
         """The block kernel[rows, cols]; for a symmetric kernel, diagonal blocks need rows ==

@@ -88,7 +88,7 @@ from widenet import activations as _act
 from widenet import covariance as cov
 from widenet import layers as modules
 from widenet._checks import check_int, check_real
-from widenet.kernels import Kernel, KernelTile, duplicate_ids, tile_grid
+from widenet.kernels import Kernel, KernelTile, Tiler, duplicate_ids, tile_grid
 from widenet.threads import run_blocks
 
 PARAMETERIZATIONS = modules.PARAMETERIZATIONS
@@ -952,7 +952,7 @@ def self_kernels(plan: Plan, x: torch.Tensor, need_ntk: bool, budget: int | None
 
 
 @dataclass(frozen=True)
-class StaxTiler:
+class StaxTiler(Tiler):
     """Computes any one tile ``kernel[rows, cols]`` of an architecture's kernel on its own.
 
     The per-input variances every activation and LayerNorm needs are computed once, at
@@ -972,14 +972,6 @@ class StaxTiler:
     # Duplicate inputs: equal rows of x1 and x2 share an id (None when no row repeats).
     g1: torch.Tensor | None = None
     g2: torch.Tensor | None = None
-
-    @property
-    def symmetric(self) -> bool:
-        return self.x2 is None
-
-    @property
-    def shape(self) -> tuple[int, int]:
-        return self.x1.shape[0], (self.x1 if self.x2 is None else self.x2).shape[0]
 
     def _block(self, rows: slice, cols: slice, self_pairs: bool) -> KernelState:
         xb = self.x1 if self.x2 is None else self.x2
