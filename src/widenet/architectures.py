@@ -36,13 +36,13 @@ from widenet.kernels import (
     Kernel,
     KernelTile,
     Tiler,
-    _check_tile,
-    _resolve_get,
     assemble,
+    check_tile,
     fc_recursion,
     fc_tiler,
     fc_tiles,
     prepare_inputs,
+    resolve_get,
 )
 from widenet.layers import PARAMETERIZATIONS, Dense, Elementwise
 
@@ -112,7 +112,7 @@ class Architecture:
         computed once, here (O(n)); a block of any size is computed in workspace blocks, so
         memory stays bounded.
         """
-        _, need_ntk = _resolve_get(get)
+        _, need_ntk = resolve_get(get)
         x1, x2 = self._inputs(x1, x2, dtype)
         return self._tiler(x1, x2, need_ntk, width)
 
@@ -131,8 +131,8 @@ class Architecture:
         With ``x2=None`` only blocks on or above the diagonal are yielded (the kernel is
         symmetric). Memory beyond a block is bounded by the engine's workspace.
         """
-        _check_tile(tile)
-        _, need_ntk = _resolve_get(get)
+        check_tile(tile)
+        _, need_ntk = resolve_get(get)
         x1, x2 = self._inputs(x1, x2, dtype)
         return self._tiles(x1, x2, tile, need_ntk, width)
 
@@ -156,11 +156,11 @@ class Architecture:
         "nngp", "ntk" or both; ``width`` is the hidden width, needed (only) when a layer uses
         ``parameterization="standard"``; ``progress`` shows a progress bar over the tiles.
         """
-        need_nngp, need_ntk = _resolve_get(get)
+        need_nngp, need_ntk = resolve_get(get)
         if x2 is x1:
             x2 = None
         x1, x2 = self._inputs(x1, x2, dtype)
-        tile = DEFAULT_TILE if tile is None else _check_tile(tile)
+        tile = DEFAULT_TILE if tile is None else check_tile(tile)
         n2 = x1.shape[0] if x2 is None else x2.shape[0]
         tiles = self._tiles(x1, x2, tile, need_ntk, width)
         if progress:
@@ -186,7 +186,7 @@ class Architecture:
     ) -> Kernel:
         """K(x_i, x_i) and Theta(x_i, x_i) for every input: a Kernel of (n,) vectors, O(n) work
         (each input against itself only; pooling layers still cost O(P^2) per input)."""
-        need_nngp, need_ntk = _resolve_get(get)
+        need_nngp, need_ntk = resolve_get(get)
         x, _ = self._inputs(x, None, dtype)
         plan = self.plan(x.shape[1:], width)
         _, k = stax.self_kernels(plan, x, need_ntk)

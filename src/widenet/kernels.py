@@ -224,7 +224,7 @@ def _check_finite_result(k: torch.Tensor, what: str) -> None:
         )
 
 
-def _resolve_get(get) -> tuple[bool, bool]:
+def resolve_get(get) -> tuple[bool, bool]:
     items = (get,) if isinstance(get, str) else tuple(get)
     bad = [g for g in items if g not in GETS]
     if bad or not items:
@@ -232,7 +232,7 @@ def _resolve_get(get) -> tuple[bool, bool]:
     return "nngp" in items, "ntk" in items
 
 
-def _check_tile(tile) -> int:
+def check_tile(tile) -> int:
     if isinstance(tile, bool) or not isinstance(tile, int) or tile < 1:
         raise ValueError(f"tile must be a positive integer (rows/columns per tile), got {tile!r}")
     return tile
@@ -421,7 +421,7 @@ def fc_tiles(
     are computed under the policy of :mod:`widenet.threads` (single-threaded tiles in a pool,
     a few ahead of the consumer, which runs single-threaded until the iterator ends).
     """
-    tile = _check_tile(tile)
+    tile = check_tile(tile)
     tiler = fc_tiler(rec, x1, x2, need_ntk=need_ntk)
     grid = tile_grid(*tiler.shape, tile, symmetric=tiler.symmetric)
 
@@ -492,5 +492,3 @@ def h_infinity(x1, x2=None) -> torch.Tensor:
 
 # Public names of the checks that widenet.scale shares with the in-memory engine.
 check_finite_result = _check_finite_result
-check_tile = _check_tile
-resolve_get = _resolve_get
