@@ -307,7 +307,8 @@ def test_cli_fit_predict_files_equal_the_library(tmp_path):
     args += ["--train-targets", tmp_path / "y.npy", "--test-targets", tmp_path / "yt.npy"]
     result = _invoke("fit-predict", *args, "--model", "regressor", "--depth", "2", "--time", "5")
     assert result.exit_code == 0, result.output
-    ref = NTKRegressor(depth=2, t=5.0).fit(x, y).predict(xt)
+    # The CLI's σ_w, σ_b are every command's defaults (√2, 0; issue 17), not the estimators'.
+    ref = NTKRegressor(depth=2, t=5.0, b_std=0.0).fit(x, y).predict(xt)
     np.testing.assert_allclose(np.load(out)["predictions"], ref, rtol=1e-12)
     metrics = json.loads(out.with_suffix(".json").read_text())
     assert metrics["params"]["depth"] == 2 and metrics["params"]["t"] == 5.0
@@ -345,3 +346,66 @@ def test_cli_fit_predict_bad_options(tmp_path, args, match):
         "fit-predict", "--train", "iris", "--test", "iris", "--out", tmp_path / "o.npz", *args
     )
     assert result.exit_code == 2 and match in result.output, result.output
+
+
+def test_kernel_ridge_solve_unchecked_equals_checked_and_still_checks_the_shape():
+    # check=False skips only the finiteness/symmetry passes: the same LAPACK calls follow,
+    # so the coefficients are bit-identical.
+    from widenet.estimators import kernel_ridge_solve
+
+    g = torch.Generator().manual_seed(3)
+    a = torch.randn(30, 30, generator=g, dtype=torch.float64)
+    k = a @ a.T + 30 * torch.eye(30, dtype=torch.float64)
+    y = torch.randn(30, 2, generator=g, dtype=torch.float64)
+    assert torch.equal(kernel_ridge_solve(k, y, check=False), kernel_ridge_solve(k, y))
+    with pytest.raises(ValueError, match="square"):
+        kernel_ridge_solve(k[:, :5], y, check=False)
+
+
+# -- any architecture (issue 18: the estimators take wn.serial descriptions and presets) --------
+
+
+def _digit_images(n=60):
+    from sklearn.datasets import load_digits
+
+    x, y = load_digits(return_X_y=True)
+    x = (x[:n] - x[:n].mean(0)) / (x[:n].std(0) + 1.0)
+    return x, y[:n]
+
+
+def test_estimator_with_architecture_equals_kernel_regression_by_hand():
+    """NTKRegressor(architecture=cnn, in_shape) = K(x, X) K(X, X)⁻¹ y with the CNN's kernel."""
+    x, y = _digit_images(40)
+    arch = wn.presets.cnn(2, readout="gap")
+    est = NTKRegressor(architecture=arch, in_shape=(1, 8, 8), ridge=0.0).fit(x[:30], y[:30])
+    xi = torch.tensor(x, dtype=torch.float64).reshape(-1, 1, 8, 8)
+    k_tr = arch.kernel(xi[:30]).ntk
+    k_te = arch.kernel(xi[30:], xi[:30]).ntk
+    expected = (k_te @ torch.linalg.solve(k_tr, torch.tensor(y[:30], dtype=torch.float64))).numpy()
+    # Cholesky vs LU solve of the same well-conditioned system: agreement to ~1e-9 relative.
+    np.testing.assert_allclose(est.predict(x[30:]), expected, rtol=1e-7, atol=1e-7)
+
+
+def test_estimator_architecture_by_name_and_spec_and_clone():
+    x, y = _digit_images(60)
+    a = NTKClassifier(architecture="cnn-vec", in_shape=(1, 8, 8)).fit(x[:40], y[:40])
+    spec = {"preset": "cnn", "readout": "flatten"}
+    b = clone(NTKClassifier(architecture=spec, in_shape=(1, 8, 8))).fit(x[:40], y[:40])
+    assert a.predict(x[40:]).shape == (20,)
+    np.testing.assert_array_equal(a.predict(x[40:]), b.predict(x[40:]))
+
+
+@pytest.mark.parametrize(
+    ("params", "match"),
+    [
+        ({"architecture": "cnn", "in_shape": (1, 8)}, "in_shape .* has 64 features|needs 8"),
+        ({"architecture": "cnn", "in_shape": (0, 8, 8)}, "in_shape must be"),
+        ({"in_shape": (1, 8, 8)}, "in_shape applies only with architecture"),
+        ({"architecture": "cnn", "in_shape": (1, 8, 8), "depth": 5}, "depth .*ignored"),
+        ({"architecture": "no-such-preset", "in_shape": (1, 8, 8)}, "no-such-preset"),
+    ],
+)
+def test_estimator_architecture_bad_input(params, match):
+    x, y = _digit_images(20)
+    with pytest.raises(ValueError, match=match):
+        NTKRegressor(**params).fit(x, y)

@@ -10,7 +10,9 @@ and at t = ∞ the kernel ridge(less) regression f(x) = Θ(x, X) Θ̃⁻¹ y (Ja
 the NTK (``kernel="ntk"``: every layer trained) or the NNGP (``kernel="nngp"``: the readout
 only, i.e. the posterior mean of the NNGP with noise λ·mean(diag K)). λ = ``ridge`` is relative to
 the kernel's mean diagonal, so one grid of ridges fits every depth; N = y.size (loss "mean").
-A finite ``t`` is an early-stopped wide network.
+A finite ``t`` is an early-stopped wide network. ``architecture=`` replaces the MLP by any
+architecture (``wn.serial(...)``, a preset such as ``"myrtle5"``; ``in_shape=(1, 8, 8)`` turns
+scikit-learn's flat rows into images), e.g. the CNTK of Arora et al. (2019).
 
 * :class:`NTKRegressor`: the above with real targets (n,) or (n, k).
 * :class:`NTKClassifier`: kernel regression on one-hot targets, predicting the argmax (Arora,
@@ -32,6 +34,7 @@ layer scales by 1/√d, expecting features of unit variance).
 
 from __future__ import annotations
 
+import contextlib
 import math
 
 import numpy as np
@@ -42,7 +45,8 @@ from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import check_is_fitted, validate_data
 
 from widenet import dynamics
-from widenet._checks import check_int, check_real
+from widenet._checks import check_device, check_int, check_real
+from widenet.threads import single_threaded
 
 __all__ = [
     "KERNELS",
@@ -58,18 +62,83 @@ KERNELS = ("ntk", "nngp")
 _F64 = torch.float64
 
 
-def infinite_width_gram(
-    x1, x2=None, *, depth=3, activation="relu", w_std=2**0.5, b_std=0.1, kernel="ntk", device=None
-) -> torch.Tensor:
-    """The float64 NTK or NNGP (``kernel``) of ``wn.mlp(depth, activation, w_std, b_std)``."""
-    import widenet as wn
+MLP_DEFAULTS = {"depth": 3, "activation": "relu", "w_std": 2**0.5, "b_std": 0.1}
 
+
+def resolve_architecture(architecture, in_shape, **mlp_params):
+    """The architecture of an estimator: ``wn.mlp(**mlp_params)``, or ``architecture``.
+
+    ``architecture`` is anything :func:`widenet.architectures.from_spec` takes (a
+    ``wn.serial(...)``/preset object, a preset name such as ``"myrtle5"``, or a parsed YAML
+    description). With it, the MLP hyper-parameters must keep their defaults (they describe a
+    different network and would be ignored): a changed one is refused. ``in_shape`` (C, L) or
+    (C, H, W) reshapes scikit-learn's flat (n, d) inputs to images/sequences for the architecture.
+    """
+    from widenet.architectures import from_spec, mlp
+
+    if in_shape is not None:
+        shape = tuple(in_shape) if isinstance(in_shape, (tuple, list)) else None
+        if (
+            shape is None
+            or len(shape) not in (2, 3)
+            or not all(isinstance(v, (int, np.integer)) and v >= 1 for v in shape)
+        ):
+            raise ValueError(
+                f"in_shape must be (C, L) or (C, H, W) of positive integers, got {in_shape!r}"
+            )
+    if architecture is None:
+        if in_shape is not None:
+            raise ValueError("in_shape applies only with architecture= (an MLP takes flat inputs)")
+        return mlp(**mlp_params)
+    changed = sorted(
+        k
+        for k, v in mlp_params.items()
+        if not (v is MLP_DEFAULTS[k] or (isinstance(v, (int, float, str)) and v == MLP_DEFAULTS[k]))
+    )
+    if changed:
+        raise ValueError(
+            f"{', '.join(changed)} describe the default MLP and would be ignored with "
+            "architecture=; leave them at their defaults or put them into the architecture"
+        )
+    return from_spec(architecture)
+
+
+def infinite_width_gram(
+    x1,
+    x2=None,
+    *,
+    depth=3,
+    activation="relu",
+    w_std=2**0.5,
+    b_std=0.1,
+    kernel="ntk",
+    device=None,
+    architecture=None,
+    in_shape=None,
+) -> torch.Tensor:
+    """The float64 NTK or NNGP (``kernel``) of ``wn.mlp(depth, activation, w_std, b_std)``.
+
+    With ``architecture`` (see :func:`resolve_architecture`) the kernel is that architecture's,
+    the flat inputs reshaped to ``(n, *in_shape)`` when ``in_shape`` is given.
+    """
     if kernel not in KERNELS:
         raise ValueError(f"kernel must be one of {KERNELS}, got {kernel!r}")
-    arch = wn.mlp(depth=depth, activation=activation, w_std=w_std, b_std=b_std)
+    device = None if device is None else check_device(device)
+    arch = resolve_architecture(
+        architecture, in_shape, depth=depth, activation=activation, w_std=w_std, b_std=b_std
+    )
     # A copy: scikit-learn may hand over read-only arrays, which torch will not wrap.
     x1 = torch.tensor(np.asarray(x1, dtype=np.float64), device=device)
     x2 = None if x2 is None else torch.tensor(np.asarray(x2, dtype=np.float64), device=device)
+    if in_shape is not None:
+        size = int(np.prod(in_shape))
+        for name, x in (("X", x1), ("X", x2)):
+            if x is not None and x.shape[1] != size:
+                raise ValueError(
+                    f"{name} has {x.shape[1]} features; in_shape {tuple(in_shape)} needs {size}"
+                )
+        x1 = x1.reshape(len(x1), *in_shape)
+        x2 = None if x2 is None else x2.reshape(len(x2), *in_shape)
     return getattr(arch.kernel(x1, x2, get=kernel), kernel)
 
 
@@ -85,7 +154,9 @@ def _square_kernel(k_train) -> torch.Tensor:
     return k
 
 
-def kernel_ridge_solve(k_train, y, *, ridge: float = 0.0, overwrite: bool = False) -> torch.Tensor:
+def kernel_ridge_solve(
+    k_train, y, *, ridge: float = 0.0, overwrite: bool = False, check: bool = True
+) -> torch.Tensor:
     """α = (K + ridge · mean(diag K) · I)⁻¹ y by Cholesky: the t = ∞ dual coefficients.
 
     K̃ = K + λI is factored as L Lᵀ (``torch.linalg.cholesky_ex``, LAPACK ``dpotrf`` on the CPU;
@@ -96,9 +167,17 @@ def kernel_ridge_solve(k_train, y, *, ridge: float = 0.0, overwrite: bool = Fals
     is added: a failed factorisation, or a pivot L_ii² <= n · eps · max(diag K̃) (then
     λ_min(K̃) <= L_ii² is numerically zero, e.g. duplicated training points with ridge = 0),
     raises a ValueError asking for ``ridge > 0``. ``overwrite=True`` lets the factor replace
-    ``k_train`` (saves an n × n copy). Returns (n, k) float64 (y of shape (n,) as (n, 1)).
+    ``k_train`` (saves an n × n copy). ``check=False`` skips the finiteness and symmetry
+    checks of ``k_train`` (three passes over it, ~10 % of a fit at n = 1347), for a Gram matrix
+    known to be finite and symmetric (the estimators' own, mirrored and checked by the kernel
+    engine); its shape is still checked. Returns (n, k) float64 (y of shape (n,) as (n, 1)).
     """
-    k = _square_kernel(k_train)
+    if check:
+        k = _square_kernel(k_train)
+    else:
+        k = torch.as_tensor(k_train, dtype=_F64)
+        if k.ndim != 2 or k.shape[0] != k.shape[1] or k.shape[0] == 0:
+            raise ValueError(f"k_train must be a square (n, n) kernel, got shape {tuple(k.shape)}")
     ridge = check_real(ridge, "ridge", minimum=0.0)
     y = torch.as_tensor(y, dtype=_F64, device=k.device)
     y = y[:, None] if y.ndim == 1 else y
@@ -155,6 +234,22 @@ def dual_coefficients(
     return out[0] if times.ndim == 0 else out
 
 
+# Small problems (train x train and test x train Gram matrices of at most SMALL_SOLVE^2
+# entries) run with one torch thread on the CPU (widenet.threads): the kernel, checks,
+# Cholesky and solves are a few hundred operations of at most ~0.1 s, whose intra-op
+# barriers cost more than their parallelism on a loaded machine (digits, n = 1347, load ~10:
+# the solve 0.30 s with 2 threads against 0.09 s with one, the kernel's checks 0.16 s
+# against 0.014 s). Larger problems keep the configured threads (the kernel's tiles then run
+# in a pool, and a large Cholesky is a long GEMM-bound call).
+SMALL_SOLVE = 2048
+
+
+def _small_single_threaded(n1: int, n2: int, device):
+    if n1 * n2 <= SMALL_SOLVE * SMALL_SOLVE:
+        return single_threaded("cpu" if device is None else check_device(device))
+    return contextlib.nullcontext()
+
+
 class _InfiniteWidth(BaseEstimator):
     """Shared hyper-parameters, their validation and the kernel of the architecture."""
 
@@ -162,6 +257,14 @@ class _InfiniteWidth(BaseEstimator):
         check_int(self.depth, "depth", minimum=1)
         check_real(self.w_std, "w_std", minimum=0.0, strict=True)
         check_real(self.b_std, "b_std", minimum=0.0)
+        resolve_architecture(
+            self.architecture,
+            self.in_shape,
+            depth=self.depth,
+            activation=self.activation,
+            w_std=self.w_std,
+            b_std=self.b_std,
+        )
         if self.kernel not in KERNELS:
             raise ValueError(f"kernel must be one of {KERNELS}, got {self.kernel!r}")
 
@@ -175,6 +278,8 @@ class _InfiniteWidth(BaseEstimator):
             b_std=self.b_std,
             kernel=self.kernel,
             device=self.device,
+            architecture=self.architecture,
+            in_shape=self.in_shape,
         )
 
 
@@ -193,6 +298,8 @@ class _KernelRegression(_InfiniteWidth):
         t=math.inf,
         learning_rate=1.0,
         device=None,
+        architecture=None,
+        in_shape=None,
     ):
         self.depth = depth
         self.activation = activation
@@ -203,6 +310,8 @@ class _KernelRegression(_InfiniteWidth):
         self.t = t
         self.learning_rate = learning_rate
         self.device = device
+        self.architecture = architecture
+        self.in_shape = in_shape
 
     def _check_flow_params(self) -> None:
         self._check_params()
@@ -215,16 +324,20 @@ class _KernelRegression(_InfiniteWidth):
     def _fit_targets(self, x: np.ndarray, targets: np.ndarray, *, keep_gram: bool = False):
         """Fit α on (x, targets); returns a copy of K(X, X) when ``keep_gram`` (else None)."""
         self._check_flow_params()
-        k = self._gram(x)
-        kept = k.clone() if keep_gram else None
-        self.dual_coef_ = self._solve(k, targets, overwrite=True).cpu().numpy()
+        with _small_single_threaded(len(x), len(x), self.device):
+            k = self._gram(x)
+            kept = k.clone() if keep_gram else None
+            self.dual_coef_ = self._solve(k, targets, overwrite=True).cpu().numpy()
         self.X_fit_ = x
         return kept
 
     def _solve(self, k: torch.Tensor, targets, *, overwrite: bool = False) -> torch.Tensor:
         if math.isinf(self.t):
             # overwrite: the Gram matrix is ours, the Cholesky factor may replace it.
-            return kernel_ridge_solve(k, targets, ridge=self.ridge, overwrite=overwrite)
+            # check=False: k is the engine's Gram matrix (mirrored, checked finite).
+            return kernel_ridge_solve(
+                k, targets, ridge=self.ridge, overwrite=overwrite, check=False
+            )
         return dual_coefficients(
             k, targets, ridge=self.ridge, t=float(self.t), learning_rate=self.learning_rate
         )
@@ -232,8 +345,9 @@ class _KernelRegression(_InfiniteWidth):
     def _outputs(self, x) -> np.ndarray:
         check_is_fitted(self)
         x = validate_data(self, x, reset=False, dtype=np.float64)
-        k = self._gram(x, self.X_fit_)
-        return (k @ torch.as_tensor(self.dual_coef_, device=k.device)).cpu().numpy()
+        with _small_single_threaded(len(x), len(self.X_fit_), self.device):
+            k = self._gram(x, self.X_fit_)
+            return (k @ torch.as_tensor(self.dual_coef_, device=k.device)).cpu().numpy()
 
 
 _DOC_PARAMS = """
@@ -248,6 +362,11 @@ _DOC_PARAMS = """
         kernel regression. Time in the units of ``wn.dynamics.gradient_flow_mse(loss="mean")``.
     learning_rate : η > 0, the flow's learning rate (only t·η matters).
     device : torch device of the kernel computation (default: CPU).
+    architecture : None (the MLP above) or any architecture: ``wn.serial(...)``, a preset name
+        (``"cnn"``, ``"myrtle5"``, ...) or a parsed YAML description
+        (``wn.architectures.from_spec``); the MLP parameters then keep their defaults.
+    in_shape : (C, L) or (C, H, W): with ``architecture``, the flat (n, d) inputs are reshaped
+        to (n, *in_shape), e.g. (1, 8, 8) for scikit-learn's digits.
 """
 
 
@@ -322,6 +441,8 @@ class NTKClassifier(ClassifierMixin, _KernelRegression):
         t=math.inf,
         learning_rate=1.0,
         device=None,
+        architecture=None,
+        in_shape=None,
         probability=False,
         calibration_folds=5,
     ):
@@ -335,6 +456,8 @@ class NTKClassifier(ClassifierMixin, _KernelRegression):
             t=t,
             learning_rate=learning_rate,
             device=device,
+            architecture=architecture,
+            in_shape=in_shape,
         )
         self.probability = probability
         self.calibration_folds = calibration_folds
@@ -356,7 +479,8 @@ class NTKClassifier(ClassifierMixin, _KernelRegression):
             )
         gram = self._fit_targets(x, onehot, keep_gram=bool(self.probability))
         if self.probability:
-            self.temperature_ = self._fit_temperature(gram, onehot, idx)
+            with _small_single_threaded(len(x), len(x), self.device):
+                self.temperature_ = self._fit_temperature(gram, onehot, idx)
         elif hasattr(self, "temperature_"):
             del self.temperature_
         return self
@@ -415,7 +539,8 @@ class NTKSVC(ClassifierMixin, _InfiniteWidth):
 
     Parameters
     ----------
-    depth, activation, w_std, b_std, kernel, device : as in :class:`NTKRegressor`.
+    depth, activation, w_std, b_std, kernel, device, architecture, in_shape : as in
+        :class:`NTKRegressor`.
     C : float > 0, the SVM's inverse regularisation.
     class_weight : passed to ``SVC``.
 
@@ -434,6 +559,8 @@ class NTKSVC(ClassifierMixin, _InfiniteWidth):
         C=1.0,
         class_weight=None,
         device=None,
+        architecture=None,
+        in_shape=None,
     ):
         self.depth = depth
         self.activation = activation
@@ -443,6 +570,8 @@ class NTKSVC(ClassifierMixin, _InfiniteWidth):
         self.C = C
         self.class_weight = class_weight
         self.device = device
+        self.architecture = architecture
+        self.in_shape = in_shape
 
     def fit(self, X, y):
         from sklearn.svm import SVC

@@ -130,9 +130,8 @@ from widenet._version import __version__
 from widenet.architectures import DEFAULT_TILE as ENGINE_TILE
 from widenet.architectures import MLP, Architecture
 from widenet.kernels import check_finite_result as _check_finite_result
-from widenet.kernels import check_tile as _check_tile
-from widenet.kernels import resolve_get as _resolve_get
-from widenet.kernels import tile_grid
+from widenet.kernels import check_tile, resolve_get, tile_grid
+from widenet.threads import run_blocks
 
 __all__ = [
     "FORMAT",
@@ -162,11 +161,28 @@ _FORMAT_PREFIX = "widenet-kernel-store/"
 _log = logging.getLogger(__name__)
 # The tile of a store on disk: one chunk per tile, so larger than the in-memory engine's
 # (widenet.architectures.DEFAULT_TILE, 512): fewer files and done markers, and a 4096^2 float64
-# chunk (128 MiB) still fits in memory. The only tile constant of this module.
+# chunk (128 MiB) still fits in memory. The only tile constant of this module; DEFAULT_TILE is
+# the engine's alone (scale.DEFAULT_TILE, the former name of STORE_TILE, warns: __getattr__).
 STORE_TILE = 4096
-DEFAULT_TILE = STORE_TILE  # the former name, kept for scripts
 SCHEDULERS = ("threads", "processes")
 _KINDS = ("nngp", "ntk")
+
+
+def __getattr__(name: str):
+    # scale.DEFAULT_TILE was the store's tile (4096), easily taken for the engine's
+    # architectures.DEFAULT_TILE (512): still answered for old scripts, with a warning.
+    if name == "DEFAULT_TILE":
+        import warnings
+
+        warnings.warn(
+            "widenet.scale.DEFAULT_TILE is deprecated: the store's chunk tile is "
+            "widenet.scale.STORE_TILE (4096); widenet.architectures.DEFAULT_TILE (512) is the "
+            "in-memory engine's",
+            DeprecationWarning,
+            stacklevel=2,
+        )
+        return STORE_TILE
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 class StoreMismatchError(ValueError):
@@ -253,7 +269,9 @@ class _ArchSource:
         x = self.tiler.x1
         out = {g: alloc((n_r, n_c), x) for g in self.gets}
         back = {g: alloc((n_c, n_r), x) for g in self.gets} if mirror else None
-        for r, c in tile_grid(n_r, n_c, min(self.block, max(n_r, n_c)), symmetric=diag):
+
+        def work(rc):  # each block writes its own parts of out and back
+            r, c = rc
             k = self.tiler(_shift(r, rows.start), _shift(c, cols.start))
             for g in self.gets:
                 b = getattr(k, g)
@@ -262,6 +280,12 @@ class _ArchSource:
                     out[g][c, r] = b.T
                 if back is not None:
                     back[g][c, r] = b.T
+
+        # CPU: single-threaded blocks in a pool of the configured thread count, as the
+        # in-memory engine (widenet.threads); on a loaded machine the intra-op barriers of a
+        # block's small operations cost more than the work.
+        grid = tile_grid(n_r, n_c, min(self.block, max(n_r, n_c)), symmetric=diag)
+        run_blocks(work, grid, x.device)
         return out, back
 
 
@@ -335,22 +359,14 @@ def _shift(s: slice, by: int) -> slice:
 
 @dataclass(frozen=True)
 class _EmpiricalSource:
-    """Tiles of the empirical NTK (trace mode) of a model: one empirical_ntk call per tile."""
+    """Tiles of the empirical NTK (trace mode) of a model, from one
+    :class:`widenet.empirical.EmpiricalNTKTiles`: planned once per process, each tile computed
+    in the sample blocks and output groups that fit its memory limit."""
 
-    model: nn.Module
-    x1: torch.Tensor
-    x2: torch.Tensor | None
-    options: dict
+    tiles: object  # widenet.empirical.EmpiricalNTKTiles
 
     def __call__(self, rows: slice, cols: slice) -> dict[str, torch.Tensor]:
-        from widenet.empirical import empirical_ntk
-
-        if self.x2 is None and rows == cols:
-            theta = empirical_ntk(self.model, self.x1[rows], **self.options)
-        else:
-            xb = self.x1 if self.x2 is None else self.x2
-            theta = empirical_ntk(self.model, self.x1[rows], xb[cols], **self.options)
-        return {"ntk": theta}
+        return {"ntk": self.tiles(rows, cols)}
 
 
 def _arch_metadata(arch: Architecture, width) -> dict:
@@ -389,7 +405,7 @@ def _model_metadata(model: nn.Module, options: dict) -> dict:
 def _block_size(block, tile: int) -> int:
     if block is None:
         return ENGINE_TILE if tile % ENGINE_TILE == 0 else tile
-    block = _check_tile(block)
+    block = check_tile(block)
     if tile % block:
         raise ValueError(f"block must divide tile ({tile}), got {block}")
     return block
@@ -398,7 +414,7 @@ def _block_size(block, tile: int) -> int:
 def _make_source(kernel, x1, x2, *, get, dtype, width, tile, block, ntk_options):
     """(source, x1, x2, gets, architecture metadata) for an MLP or a torch model."""
     if isinstance(kernel, Architecture):
-        need_nngp, need_ntk = _resolve_get(get)
+        need_nngp, need_ntk = resolve_get(get)
         if ntk_options:
             raise ValueError(
                 f"{sorted(ntk_options)} apply only to the empirical NTK of a torch model"
@@ -424,7 +440,10 @@ def _make_source(kernel, x1, x2, *, get, dtype, width, tile, block, ntk_options)
             )
         x1 = as_tensor(x1, "x1", dtype=dtype)
         x2 = None if x2 is None or x2 is x1 else as_tensor(x2, "x2", dtype=dtype)
-        source = _EmpiricalSource(kernel, x1, x2, dict(ntk_options))
+        from widenet.empirical import empirical_ntk_tiles
+
+        options = {key: v for key, v in ntk_options.items() if key != "mode"}
+        source = _EmpiricalSource(empirical_ntk_tiles(kernel, x1, x2, **options))
         # Validate everything (shapes, dtypes, BatchNorm in train mode, ...) on a tiny tile.
         source(slice(0, 1), slice(0, 1))
         return source, x1, x2, ("ntk",), _model_metadata(kernel, ntk_options)
@@ -1307,7 +1326,7 @@ def kernel_to_zarr(
         OSError: the Dask scheduler at the given address cannot be reached.
         WorkerDiedError: a worker process of ``scheduler="processes"`` died; rerun to resume.
     """
-    tile = _check_tile(tile)
+    tile = check_tile(tile)
     if x2 is x1:
         x2 = None
     source, x1, x2, gets, arch_meta = _make_source(
