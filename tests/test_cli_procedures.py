@@ -122,6 +122,20 @@ def test_du_training_run_records_and_matches_kernel_theory():
     np.testing.assert_allclose(run.arrays["kernel_h0"][0], run.arrays["outputs"][0], rtol=1e-12)
     assert run.summary["prediction_gap_h0"] < 0.05
     assert run.arrays["loss"][-1] < run.arrays["loss"][0]
+    # The per-step gaps, recomputed: ||u(k) - u_H(k)|| / ||y - u(0)||, u(0) the outputs at k = 0
+    # (rtol 1e-9: u(0) from the forward pass and from the tracked run agree to ~1e-15).
+    scale = np.linalg.norm(y.numpy() - run.arrays["outputs"][0])
+    for name in ("hinf", "h0"):
+        gap = np.linalg.norm(run.arrays["outputs"] - run.arrays[f"kernel_{name}"], axis=1) / scale
+        np.testing.assert_allclose(run.arrays[f"gap_{name}"], gap, rtol=1e-9, atol=1e-15)
+        assert run.summary[f"prediction_gap_{name}"] == float(run.arrays[f"gap_{name}"].max())
+    # device=: through check_device, and "cpu" gives the same run as the default.
+    same = convergence.du_training_run(
+        x, y, 4000, 30, step_size_scale=0.25, seed=0, dtype=torch.float64, device="cpu"
+    )
+    np.testing.assert_array_equal(same.arrays["outputs"], run.arrays["outputs"])
+    with pytest.raises(ValueError, match="did you mean 'cuda'"):
+        convergence.du_training_run(x, y, 8, 2, device="gpu")
 
 
 def test_du_bounds_against_the_explicit_gram_matrices():

@@ -307,7 +307,8 @@ def test_cli_fit_predict_files_equal_the_library(tmp_path):
     args += ["--train-targets", tmp_path / "y.npy", "--test-targets", tmp_path / "yt.npy"]
     result = _invoke("fit-predict", *args, "--model", "regressor", "--depth", "2", "--time", "5")
     assert result.exit_code == 0, result.output
-    ref = NTKRegressor(depth=2, t=5.0).fit(x, y).predict(xt)
+    # The CLI's σ_w, σ_b are every command's defaults (√2, 0; issue 17), not the estimators'.
+    ref = NTKRegressor(depth=2, t=5.0, b_std=0.0).fit(x, y).predict(xt)
     np.testing.assert_allclose(np.load(out)["predictions"], ref, rtol=1e-12)
     metrics = json.loads(out.with_suffix(".json").read_text())
     assert metrics["params"]["depth"] == 2 and metrics["params"]["t"] == 5.0

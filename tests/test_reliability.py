@@ -6,8 +6,11 @@ The kernel-store items (2, 3, 6 and the fault injection of 7) are in test_reliab
 
 from __future__ import annotations
 
+import functools
 import math
+import tempfile
 import warnings
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -165,6 +168,49 @@ def test_device_helper_clear_errors():
     else:
         with pytest.raises(ValueError, match="CUDA device"):
             check_device(f"cuda:{torch.cuda.device_count()}")
+
+
+@functools.cache
+def _kernel_file() -> Path:
+    """A small saved Kernel (one per test session, in a temporary folder)."""
+    path = Path(tempfile.mkdtemp(prefix="widenet-test-")) / "k.npz"
+    wn.Kernel(torch.eye(2), torch.eye(2)).save(path)
+    return path
+
+
+def _device_entry_points():
+    """Every public function or class of widenet that takes ``device=`` (issue 16)."""
+    from widenet import estimators, layers, phases
+    from widenet import random_features as rf
+
+    return {
+        "mlp.network": lambda d: wn.mlp(2).network(3, 8, seed=0, device=d),
+        "serial.network": lambda d: wn.serial(wn.Dense(8), wn.Relu(), wn.Dense(1)).network(
+            3, 8, seed=0, device=d
+        ),
+        "layers.Dense": lambda d: layers.Dense(3, 2, device=d),
+        "relu_features": lambda d: rf.relu_features(3, 4, seed=0, device=d),
+        "fourier_features": lambda d: rf.fourier_features(3, 4, seed=0, device=d),
+        "phases.init_params": lambda d: phases.init_params(
+            phases.Scaling(4, 1.0, 1.0, 1.0), 3, generator=torch.Generator(), device=d
+        ),
+        "infinite_width_gram": lambda d: estimators.infinite_width_gram(np.eye(3), device=d),
+        "TwoLayerReLU": lambda d: convergence.TwoLayerReLU(2, 4, seed=0, device=d),
+        "Kernel.load": lambda d: wn.Kernel.load(_kernel_file(), device=d),
+    }
+
+
+@pytest.mark.parametrize("name", sorted(_device_entry_points()))
+def test_every_device_argument_goes_through_check_device(name):
+    build = _device_entry_points()[name]
+    build("cpu")  # a valid device is accepted
+    build(torch.device("cpu"))
+    # check_device's own message (torch's would be a RuntimeError without the hint).
+    with pytest.raises(ValueError, match="device must be 'cpu', 'cuda'.*did you mean 'cuda'"):
+        build("gpu")
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="CUDA is not available on this machine"):
+            build("cuda")
 
 
 def test_overflow_advice_fits_the_dtype():

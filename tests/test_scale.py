@@ -596,3 +596,16 @@ def test_bench_scale_summary_rows():
     )
     rows = summary_rows(None, None, None, None, scale_res)
     assert [r[1] for r in rows] == [0.9, 1.8, 4.0]
+
+
+def test_tile_names_are_unambiguous():
+    # One DEFAULT_TILE (the in-memory engine's); the store's chunk tile is STORE_TILE. The old
+    # scale.DEFAULT_TILE (= the store's tile) still answers, with a DeprecationWarning.
+    from widenet import architectures
+
+    assert architectures.DEFAULT_TILE == 512 and scale.STORE_TILE == 4096
+    assert "DEFAULT_TILE" not in vars(scale)  # not a plain attribute any more
+    with pytest.warns(DeprecationWarning, match="STORE_TILE"):
+        assert scale.DEFAULT_TILE == scale.STORE_TILE
+    with pytest.raises(AttributeError):
+        scale.NO_SUCH_NAME  # noqa: B018 (the attribute access is the test)

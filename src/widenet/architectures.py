@@ -22,7 +22,15 @@ from torch import nn
 
 from widenet import activations as _act
 from widenet import stax
-from widenet._checks import as_tensor, check_finite, check_inputs, check_int, check_pair, check_real
+from widenet._checks import (
+    as_tensor,
+    check_device,
+    check_finite,
+    check_inputs,
+    check_int,
+    check_pair,
+    check_real,
+)
 from widenet.kernels import (
     FCTiler,
     Kernel,
@@ -201,7 +209,7 @@ class Architecture:
         gen = torch.Generator().manual_seed(seed)
         net, _ = stax.build_network(self.layers, in_shape, width, gen, dtype)
         net.register_forward_pre_hook(_ShapeCheck(in_shape))
-        return net.to(device) if device is not None else net
+        return net if device is None else net.to(check_device(device))
 
     def spec(self) -> list:
         """The layers as a YAML-able list (the inverse of :func:`from_spec`)."""
@@ -555,7 +563,7 @@ class MLP(Architecture):
             fan_in = width
         layers.append(self._dense(fan_in, self.out_dim, gen, dtype))
         net = nn.Sequential(*layers)
-        return net.to(device) if device is not None else net
+        return net if device is None else net.to(check_device(device))
 
     def _dense(self, fan_in, fan_out, gen, dtype) -> Dense:
         return Dense(

@@ -699,7 +699,8 @@ class DuRun:
 
     ``arrays`` holds per-step records (``loss``, ``pattern_change``, ``max_distance``,
     ``gram_steps``, ``gram_change``, ``gram_lambda_min``, ``labels`` and, with ``kernel=True``,
-    the trained ``outputs`` u(k) and the closed-form predictions ``kernel_hinf``/``kernel_h0``);
+    the trained ``outputs`` u(k), the closed-form predictions ``kernel_hinf``/``kernel_h0`` and
+    their gaps ``gap_hinf``/``gap_h0`` = ‖u(k) − u_H(k)‖ / ‖y − u(0)‖ at every step);
     ``summary`` the scalars (η, λ0, rates, drift bounds, final loss and, with ``kernel=True``,
     ``prediction_gap_hinf``/``prediction_gap_h0`` = max_k ‖u(k) − u_H(k)‖ / ‖y − u(0)‖).
     """
@@ -724,6 +725,7 @@ def du_training_run(
     non_unit: str = "normalize",
     seed: int = 0,
     dtype: torch.dtype = torch.float32,
+    device=None,
     progress: Callable | None = None,
 ) -> DuRun:
     """Train Du et al.'s two-layer ReLU network by full-batch GD and compare with the theory.
@@ -734,19 +736,23 @@ def du_training_run(
     at every step with the kernel predictions u(k) = y − (I − η H)^k (y − u(0)) for H = H^∞
     and H = H(0) (:func:`kernel_prediction`; Du, Zhai, Poczos, Singh 2019, ICLR, arXiv:1810.02054).
     ``x`` (n, d) float64 unit-norm inputs, ``y`` (n,) labels; the network is built in ``dtype``
-    with ``seed``.
+    with ``seed`` (on the CPU, the same on every device) and trained on ``device``; H^∞ and the
+    kernel predictions are float64 on the CPU.
     """
     x = torch.as_tensor(x)
     y = torch.as_tensor(y)
+    device = None if device is None else check_device(device)
     h_inf = gram_infinity(x)
     lam0 = lambda0(x, h_inf=h_inf)
     eta = step_size
     if eta is None:
         eta = step_size_scale * dynamics.critical_learning_rate(h_inf, loss="sum")
-    net = TwoLayerReLU(x.shape[1], width, antisymmetric=antisymmetric, seed=seed, dtype=dtype)
-    xd, yd = x.to(dtype), y.to(dtype)
-    u0 = net(xd).detach().double()
-    h0 = gram(net, xd) if kernel else None
+    net = TwoLayerReLU(
+        x.shape[1], width, antisymmetric=antisymmetric, seed=seed, dtype=dtype, device=device
+    )
+    xd, yd = x.to(device=device, dtype=dtype), y.to(device=device, dtype=dtype)
+    u0 = net(xd).detach().double().cpu()
+    h0 = gram(net, xd).cpu() if kernel else None
     steps = list(range(epochs + 1)) if kernel else None
     res = track(
         net,
@@ -797,9 +803,10 @@ def du_training_run(
     }
     if kernel:
         scale = float(np.linalg.norm(arrays["labels"] - u0.numpy()))
-        for key in ("kernel_hinf", "kernel_h0"):
-            gap = np.linalg.norm(res.outputs - arrays[key], axis=1).max() / scale
-            summary[f"prediction_gap_{key[7:]}"] = float(gap)
+        for name in ("hinf", "h0"):
+            gap = np.linalg.norm(res.outputs - arrays[f"kernel_{name}"], axis=1) / scale
+            arrays[f"gap_{name}"] = gap
+            summary[f"prediction_gap_{name}"] = float(gap.max())
     return DuRun(res, arrays, summary)
 
 

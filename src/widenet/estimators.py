@@ -44,7 +44,7 @@ from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import check_is_fitted, validate_data
 
 from widenet import dynamics
-from widenet._checks import check_int, check_real
+from widenet._checks import check_device, check_int, check_real
 
 __all__ = [
     "KERNELS",
@@ -121,6 +121,7 @@ def infinite_width_gram(
     """
     if kernel not in KERNELS:
         raise ValueError(f"kernel must be one of {KERNELS}, got {kernel!r}")
+    device = None if device is None else check_device(device)
     arch = resolve_architecture(
         architecture, in_shape, depth=depth, activation=activation, w_std=w_std, b_std=b_std
     )

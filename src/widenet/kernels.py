@@ -36,7 +36,7 @@ from dataclasses import dataclass
 
 import torch
 
-from widenet._checks import check_inputs, check_pair
+from widenet._checks import check_device, check_inputs, check_pair
 from widenet.activations import Activation, correlation
 
 GETS = ("nngp", "ntk")
@@ -115,6 +115,7 @@ class Kernel:
         if len(shapes) != 1 or len(next(iter(shapes))) != 2:
             raise ValueError(f"path: {path}: nngp and ntk must be 2-D of one shape, got {shapes}")
         if device is not None:
+            device = check_device(device)
             arrays = {n: a.to(device) for n, a in arrays.items()}
         return cls(arrays.get("nngp"), arrays.get("ntk"))
 

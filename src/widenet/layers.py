@@ -26,6 +26,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from widenet._checks import check_device
+
 PARAMETERIZATIONS = ("ntk", "standard")
 
 
@@ -54,6 +56,7 @@ class Dense(nn.Linear):
             raise ValueError(
                 f"parameterization must be one of {PARAMETERIZATIONS}, got {parameterization!r}"
             )
+        device = None if device is None else check_device(device)
         super().__init__(in_features, out_features, bias=bias, dtype=dtype, device=device)
         self.w_std = float(w_std)
         self.b_std = float(b_std)

@@ -67,7 +67,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from widenet._checks import as_tensor, check_finite, check_int, check_real
+from widenet._checks import as_tensor, check_device, check_finite, check_int, check_real
 
 __all__ = [
     "NAMED_POINTS",
@@ -266,6 +266,7 @@ def init_params(
     if not isinstance(s, Scaling):
         raise TypeError(f"s must be a phases.Scaling, got {type(s).__name__}")
     in_dim = check_int(in_dim, "in_dim", minimum=1)
+    device = None if device is None else check_device(device)
     m = s.width
     if asi and m % 2:
         raise ValueError(f"ASI pairs the neurons, so the width must be even, got {m}")

@@ -42,7 +42,14 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from widenet._checks import as_tensor, check_finite, check_inputs, check_int, check_real
+from widenet._checks import (
+    as_tensor,
+    check_device,
+    check_finite,
+    check_inputs,
+    check_int,
+    check_real,
+)
 
 __all__ = [
     "FEATURES",
@@ -134,6 +141,7 @@ def relu_features(
     the CPU from ``seed``, so a seed gives the same features on every device).
     """
     d = check_int(in_dim, "in_dim", minimum=1)
+    device = None if device is None else check_device(device)
     n = check_int(n_features, "n_features", minimum=1)
     w_std = check_real(w_std, "w_std", minimum=0.0, strict=True)
     b_std = check_real(b_std, "b_std", minimum=0.0)
@@ -156,6 +164,7 @@ def fourier_features(
     exp(−‖x − x'‖² / (2 ``bandwidth``²)); ω_j ~ N(0, bandwidth⁻² I) drawn on the CPU from ``seed``.
     """
     d = check_int(in_dim, "in_dim", minimum=1)
+    device = None if device is None else check_device(device)
     n = check_int(n_features, "n_features", minimum=2)
     if n % 2:
         raise ValueError(

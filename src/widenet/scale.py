@@ -162,11 +162,28 @@ _FORMAT_PREFIX = "widenet-kernel-store/"
 _log = logging.getLogger(__name__)
 # The tile of a store on disk: one chunk per tile, so larger than the in-memory engine's
 # (widenet.architectures.DEFAULT_TILE, 512): fewer files and done markers, and a 4096^2 float64
-# chunk (128 MiB) still fits in memory. The only tile constant of this module.
+# chunk (128 MiB) still fits in memory. The only tile constant of this module; DEFAULT_TILE is
+# the engine's alone (scale.DEFAULT_TILE, the former name of STORE_TILE, warns: __getattr__).
 STORE_TILE = 4096
-DEFAULT_TILE = STORE_TILE  # the former name, kept for scripts
 SCHEDULERS = ("threads", "processes")
 _KINDS = ("nngp", "ntk")
+
+
+def __getattr__(name: str):
+    # scale.DEFAULT_TILE was the store's tile (4096), easily taken for the engine's
+    # architectures.DEFAULT_TILE (512): still answered for old scripts, with a warning.
+    if name == "DEFAULT_TILE":
+        import warnings
+
+        warnings.warn(
+            "widenet.scale.DEFAULT_TILE is deprecated: the store's chunk tile is "
+            "widenet.scale.STORE_TILE (4096); widenet.architectures.DEFAULT_TILE (512) is the "
+            "in-memory engine's",
+            DeprecationWarning,
+            stacklevel=2,
+        )
+        return STORE_TILE
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 class StoreMismatchError(ValueError):

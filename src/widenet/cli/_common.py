@@ -160,6 +160,14 @@ def flag(*decls: str, help: str):  # noqa: A002 (typer's name)
     return typer.Option(*decls, help=help, metavar="")
 
 
+# One default per option in every command that has it (README, "Command-line conventions"):
+# σ_w = √2, σ_b = 0 is ReLU's critical initialisation (He et al. 2015; Schoenholz et al. 2017)
+# and wn.mlp's default; float64 is the dtype in which every formula is tested (float32 is an
+# opt-in speed-up).
+W_STD = 2**0.5
+B_STD = 0.0
+DTYPE = "float64"
+
 DataOpt = Annotated[str, typer.Option("--data", help=DATA_HELP)]
 NOpt = Annotated[int | None, typer.Option("--n", help="Number of points (default: all).")]
 DepthOpt = Annotated[int, typer.Option("--depth", help="Number of hidden layers.")]
@@ -168,8 +176,15 @@ WStdOpt = Annotated[float, typer.Option("--w-std", help="Weight standard deviati
 BStdOpt = Annotated[float, typer.Option("--b-std", help="Bias standard deviation σ_b.")]
 DtypeOpt = Annotated[str, typer.Option("--dtype", help="float32 or float64.")]
 StandardizeOpt = Annotated[bool | None, flag("--standardize/--no-standardize", help=STD_HELP)]
-DataSeedOpt = Annotated[int, typer.Option("--data-seed", help="Seed of the subset draw.")]
-OverwriteOpt = Annotated[bool, flag("--overwrite", help="Replace existing output files.")]
+DataSeedOpt = Annotated[
+    int,
+    typer.Option(
+        "--data-seed",
+        help="Seed of how the data are drawn: subset, train/test split, cross-validation folds.",
+    ),
+]
+OVERWRITE_HELP = "Replace existing output files (a .zarr store: delete it and start again)."
+OverwriteOpt = Annotated[bool, flag("--overwrite", help=OVERWRITE_HELP)]
 ModelArg = Annotated[Path, typer.Argument(help=MODEL_HELP, show_default=False)]
 LayersOpt = Annotated[
     str | None,
@@ -179,10 +194,30 @@ ParamOpt = Annotated[str, typer.Option("--parameterization", help=PARAM_HELP)]
 RunDirOpt = Annotated[Path, typer.Option("--out", "-o", help="Run folder (new or empty).")]
 
 # Train/test problems (predict, fit-predict, random-features); the split is
-# widenet.io.load_train_test's.
-TrainOpt = Annotated[str, typer.Option("--train", help="Training inputs: " + DATA_HELP)]
+# widenet.io.load_train_test's. --data/--n (the one-set scheme) are accepted as other names of
+# --train/--n-train: --data SET --n N trains on N points of SET.
+TrainOpt = Annotated[
+    str, typer.Option("--train", "--data", help="Training inputs (--data: the same): " + DATA_HELP)
+]
 TestOpt = Annotated[
     str, typer.Option("--test", help="Test inputs: a .npy/.csv file, or the same set as --train.")
+]
+NTrainOpt = Annotated[
+    int | None,
+    typer.Option(
+        "--n-train",
+        "--n",
+        help="Training points (--n: the same; default: a file's rows, or the rest of a bundled "
+        "set after --n-test).",
+    ),
+]
+NTestOpt = Annotated[
+    int | None,
+    typer.Option(
+        "--n-test",
+        help="Test points (default: a file's rows, or 20% of a bundled set; with --n-train, "
+        "the rest).",
+    ),
 ]
 TrainTargetsOpt = Annotated[
     str | None,
@@ -195,10 +230,6 @@ TestTargetsOpt = Annotated[
     str | None,
     typer.Option("--test-targets", help="Test targets or labels (files): MSE and accuracy."),
 ]
-SplitSeedOpt = Annotated[
-    int, typer.Option("--data-seed", help="Seed of the train/test split of a bundled set.")
-]
-
 # Composable architectures (widenet kernel / predict): a preset or a YAML file of layers.
 ARCH_HELP = "Architecture: a preset (mlp, cnn, cnn-gap, cnn-vec, myrtle5, myrtle7, myrtle10) or "
 ARCH_HELP += "a YAML file of layers (read with yaml.safe_load; see widenet.from_spec). Describes "

@@ -10,6 +10,7 @@ import typer
 
 from widenet.cli._common import (
     CONVERGENCE,
+    DTYPE,
     DataOpt,
     DataSeedOpt,
     DtypeOpt,
@@ -32,6 +33,7 @@ _DU_LABELS_HELP = (
     "gaussian (y ~ N(0,1)), true (the bundled set's labels: parity +-1 for classes, else "
     "standardized), shuffled (those labels permuted), or a .npy/.csv file of n real labels."
 )
+STEP_SCALE_HELP = "eta = this x the critical rate 2/(lambda_min + lambda_max) of H-infinity."
 DuLabelsOpt = Annotated[str, typer.Option("--labels", help=_DU_LABELS_HELP)]
 DuDimOpt = Annotated[
     int, typer.Option("--dim", help="Dimension of the synthetic 'sphere' set.", min=1)
@@ -102,7 +104,7 @@ def du_bounds(
     delta: DuDeltaOpt = 0.1,
     seed: Annotated[int, typer.Option("--seed", help="Seed of the network and labels.")] = 0,
     step_size_scale: Annotated[
-        float, typer.Option("--step-size-scale", help="Suggested eta = this x critical rate.")
+        float, typer.Option("--step-size-scale", help=STEP_SCALE_HELP)
     ] = 0.25,
     non_unit: DuNonUnitOpt = "normalize",
     standardize: StandardizeOpt = None,
@@ -146,7 +148,7 @@ def du_train(
         float | None, typer.Option("--step-size", help="eta (default: scale x critical rate).")
     ] = None,
     step_size_scale: Annotated[
-        float, typer.Option("--step-size-scale", help="eta / critical rate of H-infinity.")
+        float, typer.Option("--step-size-scale", help=STEP_SCALE_HELP)
     ] = 0.25,
     labels: DuLabelsOpt = "gaussian",
     seed: Annotated[int, typer.Option("--seed", help="Seed of the network and labels.")] = 0,
@@ -164,7 +166,7 @@ def du_train(
         bool,
         flag("--allow-divergent", help="Run even above 2/lambda_max(H(0)) (diverges)."),
     ] = False,
-    dtype: DtypeOpt = "float32",
+    dtype: DtypeOpt = DTYPE,
     non_unit: DuNonUnitOpt = "normalize",
     standardize: StandardizeOpt = None,
     data_seed: DataSeedOpt = 0,
@@ -174,7 +176,8 @@ def du_train(
 
     OUT (.npz) holds per step: loss, pattern_change, max_distance; gram_steps, gram_change,
     gram_lambda_min; with --kernel, the trained outputs and the closed-form H-inf and H(0)
-    predictions at every step. The summary (rates, bounds) goes to OUT with a .json suffix.
+    predictions at every step and their gaps (gap_hinf, gap_h0). The summary (rates, bounds)
+    goes to OUT with a .json suffix.
     """
 
     from widenet import convergence as cv

@@ -10,17 +10,22 @@ import typer
 from rich.table import Table
 
 from widenet.cli._common import (
-    DATA_HELP,
+    B_STD,
     DYNAMICS,
+    W_STD,
     ActivationOpt,
     ArchOpt,
     BStdOpt,
+    DataSeedOpt,
     DepthOpt,
     InShapeOpt,
+    NTestOpt,
+    NTrainOpt,
     OverwriteOpt,
-    SplitSeedOpt,
     StandardizeOpt,
+    TestOpt,
     TestTargetsOpt,
+    TrainOpt,
     TrainTargetsOpt,
     WStdOpt,
     architecture,
@@ -70,21 +75,10 @@ def predict(
             "--out", "-o", help="Output .npz (times, test_mean, test_variance); metrics in .json."
         ),
     ],
-    train: Annotated[str, typer.Option("--train", help="Training inputs: " + DATA_HELP)] = "digits",
-    test: Annotated[
-        str,
-        typer.Option(
-            "--test", help="Test inputs: a .npy/.csv file, or the same bundled set as --train."
-        ),
-    ] = "digits",
-    n_train: Annotated[
-        int | None,
-        typer.Option("--n-train", help="Training points (default: the rest of a bundled set)."),
-    ] = None,
-    n_test: Annotated[
-        int | None,
-        typer.Option("--n-test", help="Test points (default: 20% of a bundled set)."),
-    ] = None,
+    train: TrainOpt = "digits",
+    test: TestOpt = "digits",
+    n_train: NTrainOpt = None,
+    n_test: NTestOpt = None,
     targets: Annotated[
         str,
         typer.Option(
@@ -121,10 +115,10 @@ def predict(
     ] = True,
     depth: DepthOpt = 3,
     activation: ActivationOpt = "relu",
-    w_std: WStdOpt = 2**0.5,
-    b_std: BStdOpt = 0.0,
+    w_std: WStdOpt = W_STD,
+    b_std: BStdOpt = B_STD,
     standardize: StandardizeOpt = None,
-    data_seed: SplitSeedOpt = 0,
+    data_seed: DataSeedOpt = 0,
     overwrite: OverwriteOpt = False,
     arch: ArchOpt = None,
     in_shape: InShapeOpt = None,

@@ -11,7 +11,9 @@ from typing import Annotated
 import typer
 
 from widenet.cli._common import (
+    B_STD,
     EMBEDDING,
+    W_STD,
     ActivationOpt,
     BStdOpt,
     DataOpt,
@@ -104,8 +106,8 @@ def embed(
     activation: ActivationOpt = "relu",
     layers: LayersOpt = None,
     parameterization: ParamOpt = "standard",
-    w_std: WStdOpt = 1.0,
-    b_std: BStdOpt = 1.0,
+    w_std: WStdOpt = W_STD,
+    b_std: BStdOpt = B_STD,
     to_widths: Annotated[
         str | None,
         typer.Option(
@@ -217,8 +219,8 @@ def hessian(
     activation: ActivationOpt = "relu",
     layers: LayersOpt = None,
     parameterization: ParamOpt = "standard",
-    w_std: WStdOpt = 1.0,
-    b_std: BStdOpt = 1.0,
+    w_std: WStdOpt = W_STD,
+    b_std: BStdOpt = B_STD,
     n: NOpt = None,
     data_seed: DataSeedOpt = 0,
     standardize: StandardizeOpt = None,
@@ -335,8 +337,8 @@ def condense(
     activation: ActivationOpt = "relu",
     layers: LayersOpt = None,
     parameterization: ParamOpt = "standard",
-    w_std: WStdOpt = 1.0,
-    b_std: BStdOpt = 1.0,
+    w_std: WStdOpt = W_STD,
+    b_std: BStdOpt = B_STD,
     threshold: Annotated[
         float,
         typer.Option("--threshold", help="Cosine similarity (bias included) to share a group."),

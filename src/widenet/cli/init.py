@@ -10,7 +10,10 @@ import typer
 from rich.table import Table
 
 from widenet.cli._common import (
+    B_STD,
+    DTYPE,
     INIT,
+    W_STD,
     ActivationOpt,
     BStdOpt,
     DataOpt,
@@ -29,6 +32,8 @@ from widenet.cli._common import (
 )
 
 app, command = topic(INIT)
+
+B_VAR_HELP = "Bias variance sigma_b^2 of the critical initialisation."
 
 _TRUST_HELP = (
     "Accept a full model pickled with torch.save(model, path). Unpickling runs whatever code "
@@ -71,8 +76,8 @@ def signal_cmd(
     ] = None,
     trust_pickle: Annotated[bool, flag("--trust-pickle", help=_TRUST_HELP)] = False,
     parameterization: ParamOpt = "standard",
-    w_std: WStdOpt = 2**0.5,
-    b_std: BStdOpt = 0.0,
+    w_std: WStdOpt = W_STD,
+    b_std: BStdOpt = B_STD,
     depth: DepthOpt = 10,
     width: Annotated[int, typer.Option("--width", help="Hidden width of the built MLP.")] = 256,
     activation: ActivationOpt = "relu",
@@ -84,13 +89,13 @@ def signal_cmd(
             "kaiming_uniform, lecun_normal, lecun_uniform, orthogonal, ntk, critical.",
         ),
     ] = "kaiming_normal",
-    b_var: Annotated[float, typer.Option("--b-var", help="sigma_b^2 of --init critical.")] = 0.0,
+    b_var: Annotated[float, typer.Option("--b-var", help=B_VAR_HELP)] = 0.0,
     seed: Annotated[int, typer.Option("--seed", help="Seed of the weights and cotangent.")] = 0,
     data: DataOpt = "digits",
     n: Annotated[
         int | None, typer.Option("--n", help="Number of points (default: 256, or all if fewer).")
     ] = None,
-    dtype: DtypeOpt = "float64",
+    dtype: DtypeOpt = DTYPE,
     standardize: StandardizeOpt = None,
     data_seed: DataSeedOpt = 0,
     threshold: Annotated[
@@ -172,7 +177,7 @@ def signal_cmd(
 @command("critical-init")
 def critical_init(
     activation: ActivationOpt = "tanh",
-    b_var: Annotated[float, typer.Option("--b-var", help="sigma_b^2 (bias variance).")] = 0.0,
+    b_var: Annotated[float, typer.Option("--b-var", help=B_VAR_HELP)] = 0.0,
     json_: Annotated[bool, flag("--json", help="Print JSON instead of a table.")] = False,
 ) -> None:
     """The edge-of-chaos (sigma_w^2, sigma_b^2) of an activation: chi = 1 at the q-map's fixed

@@ -14,7 +14,10 @@ from typing import Annotated
 import typer
 
 from widenet.cli._common import (
+    B_STD,
+    DTYPE,
     KERNELS,
+    W_STD,
     ActivationOpt,
     ArchOpt,
     BStdOpt,
@@ -24,6 +27,7 @@ from widenet.cli._common import (
     DtypeOpt,
     InShapeOpt,
     NOpt,
+    OverwriteOpt,
     StandardizeOpt,
     WStdOpt,
     architecture,
@@ -45,6 +49,14 @@ from widenet.cli.stores import (
 
 app, command = topic(KERNELS)
 
+TileOpt = Annotated[
+    int | None,
+    typer.Option(
+        "--tile",
+        help="Tile size, memory O(tile^2) (default 512 in memory, widenet.architectures."
+        "DEFAULT_TILE; 4096 for a .zarr store, its chunk tile widenet.scale.STORE_TILE).",
+    ),
+]
 X2Opt = Annotated[
     str | None,
     typer.Option("--x2", help="Columns' inputs (a .npy/.csv file) for a .zarr store K(data, x2)."),
@@ -64,10 +76,10 @@ def kernel(
     n: NOpt = None,
     depth: DepthOpt = 3,
     activation: ActivationOpt = "relu",
-    w_std: WStdOpt = 2**0.5,
-    b_std: BStdOpt = 0.0,
-    tile: Annotated[int | None, typer.Option("--tile", help="Tile size; memory O(tile^2).")] = None,
-    dtype: DtypeOpt = "float64",
+    w_std: WStdOpt = W_STD,
+    b_std: BStdOpt = B_STD,
+    tile: TileOpt = None,
+    dtype: DtypeOpt = DTYPE,
     get: Annotated[str, typer.Option("--get", help="Which kernel a .npy output holds.")] = "ntk",
     standardize: StandardizeOpt = None,
     data_seed: DataSeedOpt = 0,
@@ -166,15 +178,12 @@ def ntk(
     n: NOpt = None,
     depth: DepthOpt = 3,
     activation: ActivationOpt = "relu",
-    w_std: WStdOpt = 2**0.5,
-    b_std: BStdOpt = 0.0,
-    dtype: DtypeOpt = "float32",
+    w_std: WStdOpt = W_STD,
+    b_std: BStdOpt = B_STD,
+    dtype: DtypeOpt = DTYPE,
     standardize: StandardizeOpt = None,
     data_seed: DataSeedOpt = 0,
-    tile: Annotated[
-        int | None,
-        typer.Option("--tile", help="Tile size of a .zarr store (--out K.zarr; default 4096)."),
-    ] = None,
+    tile: TileOpt = None,
     scheduler: SchedulerOpt = "threads",
     workers: WorkersOpt = None,
     overwrite: StoreOverwriteOpt = False,
@@ -207,6 +216,10 @@ def ntk(
         )
         return
     try:
+        if tile is not None:
+            raise ValueError("--tile is for a .zarr --out (the empirical NTK is not tiled)")
+        if scheduler != "threads" or workers is not None:
+            raise ValueError("--scheduler and --workers are for a .zarr --out (a kernel store)")
         io.check_suffix(out_, (".npy", ".npz"))
         torch_dtype = io.torch_dtype(dtype)
         x = io.load_inputs(data, n, seed=data_seed, standardize=standardize, dtype=torch_dtype)
@@ -236,12 +249,10 @@ def h_infinity(
     normalize: Annotated[
         bool, flag("--normalize/--no-normalize", help="Scale rows to unit norm, as Du et al.")
     ] = True,
-    dtype: DtypeOpt = "float64",
+    dtype: DtypeOpt = DTYPE,
     standardize: StandardizeOpt = None,
     data_seed: DataSeedOpt = 0,
-    overwrite: Annotated[
-        bool, flag("--overwrite", help="Replace an existing output file.")
-    ] = False,
+    overwrite: OverwriteOpt = False,
 ) -> None:
     """Du et al. (2018) Gram matrix H-infinity of a two-layer ReLU net on data, and its lambda_0."""
     import torch

@@ -13,6 +13,8 @@ from widenet.cli._common import LAB, fail, flag, interrupted, out, topic
 
 app, command = topic(LAB)
 
+FORCE_HELP = "Re-run what OUT already holds with the same config."
+
 ThreadsOpt = Annotated[
     int, typer.Option("--threads", help="Torch CPU threads (0 = torch's default).", min=0)
 ]
@@ -64,9 +66,7 @@ def run(
         list[str] | None,
         typer.Option("--set", "-s", help="Override a config value: key=value (YAML), repeatable."),
     ] = None,
-    force: Annotated[
-        bool, flag("--force", "-f", help="Re-run even if OUT holds a run with the same config.")
-    ] = False,
+    force: Annotated[bool, flag("--force", "-f", help=FORCE_HELP)] = False,
     threads: ThreadsOpt = 1,
 ) -> None:
     """Run one experiment and write its run folder (config, metrics, figures, report)."""
@@ -102,7 +102,7 @@ def run(
 @command()
 def demo(
     out_: Annotated[Path, typer.Option("--out", "-o", help="Demo folder.")] = Path("runs/demo"),
-    force: Annotated[bool, flag("--force", "-f", help="Re-run experiments already done.")] = False,
+    force: Annotated[bool, flag("--force", "-f", help=FORCE_HELP)] = False,
     seed: SeedOpt = 0,
     threads: ThreadsOpt = 1,
     only: Annotated[

@@ -12,9 +12,14 @@ import typer
 from rich.table import Table
 
 from widenet.cli._common import (
+    B_STD,
     PREDICTORS,
+    W_STD,
     ActivationOpt,
     BStdOpt,
+    DataSeedOpt,
+    NTestOpt,
+    NTrainOpt,
     OverwriteOpt,
     StandardizeOpt,
     TestOpt,
@@ -30,9 +35,6 @@ from widenet.cli._common import (
 )
 
 app, command = topic(PREDICTORS)
-
-NTrainOpt = Annotated[int | None, typer.Option("--n-train", help="Training points.")]
-NTestOpt = Annotated[int | None, typer.Option("--n-test", help="Test points.")]
 
 
 def _estimator_for(model: str, params: dict):
@@ -76,10 +78,10 @@ def fit_predict(
     ] = "inf",
     cv: Annotated[int, typer.Option("--cv", help="Folds of the grid search.", min=2)] = 3,
     activation: ActivationOpt = "relu",
-    w_std: WStdOpt = 2**0.5,
-    b_std: BStdOpt = 0.1,
+    w_std: WStdOpt = W_STD,
+    b_std: BStdOpt = B_STD,
     standardize: StandardizeOpt = None,
-    data_seed: Annotated[int, typer.Option("--data-seed", help="Seed of the split.")] = 0,
+    data_seed: DataSeedOpt = 0,
     overwrite: OverwriteOpt = False,
 ) -> None:
     """Fit an infinite-width NTK/NNGP estimator (widenet.estimators) and predict the test set.
@@ -161,7 +163,9 @@ def random_features_cmd(
     n_train: Annotated[
         int | None,
         typer.Option(
-            "--n-train", help="Training points (default: 200, or all rows of a smaller file)."
+            "--n-train",
+            "--n",
+            help="Training points (--n: the same; default: 200, or all rows of a smaller file).",
         ),
     ] = None,
     n_test: NTestOpt = None,
@@ -177,14 +181,14 @@ def random_features_cmd(
     bandwidth: Annotated[
         float, typer.Option("--bandwidth", help="Gaussian-kernel bandwidth (fourier).")
     ] = 10.0,
-    w_std: WStdOpt = 1.0,
-    b_std: BStdOpt = 0.0,
+    w_std: WStdOpt = W_STD,
+    b_std: BStdOpt = B_STD,
     penalty: Annotated[
         float, typer.Option("--ridge", help="Ridge penalty; 0 = min-norm least squares.")
     ] = 0.0,
     seed: Annotated[int, typer.Option("--seed", help="Seed of the random features.")] = 0,
     standardize: StandardizeOpt = None,
-    data_seed: Annotated[int, typer.Option("--data-seed", help="Seed of the split.")] = 0,
+    data_seed: DataSeedOpt = 0,
     overwrite: OverwriteOpt = False,
 ) -> None:
     """Random-features regression over N: train/test zero-one and squared loss, ||beta||.

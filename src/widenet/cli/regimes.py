@@ -11,13 +11,14 @@ import typer
 from rich.table import Table
 
 from widenet.cli._common import (
+    B_STD,
     PARAM_HELP,
     REGIMES,
+    W_STD,
     ActivationOpt,
     BStdOpt,
     DataOpt,
     DataSeedOpt,
-    NOpt,
     OverwriteOpt,
     StandardizeOpt,
     WStdOpt,
@@ -120,7 +121,9 @@ def regime_cmd(
     ],
     trained: Annotated[Path, typer.Option("--trained", help="Trained state dict, same layout.")],
     data: DataOpt = "digits",
-    n: NOpt = 128,
+    n: Annotated[
+        int | None, typer.Option("--n", help="Number of points (default 128, of a larger set).")
+    ] = 128,
     activation: ActivationOpt = "relu",
     parameterization: Annotated[
         str,
@@ -129,8 +132,8 @@ def regime_cmd(
             help=PARAM_HELP,
         ),
     ] = "standard",
-    w_std: WStdOpt = 2**0.5,
-    b_std: BStdOpt = 0.0,
+    w_std: WStdOpt = W_STD,
+    b_std: BStdOpt = B_STD,
     layer: Annotated[
         str | None,
         typer.Option(

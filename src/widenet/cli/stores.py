@@ -33,14 +33,7 @@ SchedulerOpt = Annotated[
 WorkersOpt = Annotated[
     int | None, typer.Option("--workers", help="Threads or processes (.zarr store).", min=1)
 ]
-StoreOverwriteOpt = Annotated[
-    bool,
-    flag(
-        "--overwrite",
-        help="Replace an existing .npy/.npz output, or delete an existing .zarr store and "
-        "start again.",
-    ),
-]
+StoreOverwriteOpt = OverwriteOpt  # the same option: a .zarr output is deleted and restarted
 BufferedIoOpt = Annotated[
     bool,
     flag(

@@ -240,13 +240,14 @@ def _label_trial(config, ctx, x, y, k, seed) -> dict:
         target = pool[shift.sample_with_prior(y[pool], q, config.n_target, seed=sub)]
         proba_t = _proba(net, x[target], device)
         pred_t = proba_t.argmax(1)
-        est = shift.bbse(
+        # BBSE and the chi-square test of Lipton et al. (2018): the library's procedure.
+        analysis = shift.analyze_label_shift(
             pred_ho, y[ho], pred_t, classes=np.arange(k), regularization=config.regularization
         )
+        est, test = analysis.estimate, analysis.test
         corrected = train(est.sample_weights(y[tr]))
         w = q / p
         yt = y[target]
-        test = shift.label_shift_test(pred_ho, pred_t)
         rows.append(
             {
                 "family": family,

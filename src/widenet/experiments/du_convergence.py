@@ -249,30 +249,26 @@ def run(config: DuConvergenceConfig, ctx: lab.RunContext) -> dict:
     lmax = float(torch.linalg.eigvalsh(h_inf)[-1])
     eta = step_size_from_kernel(h_inf, config.step_size_scale)
     ctx.log(f"lambda0 = {lam0:.4f}, lambda_max = {lmax:.4f}, step size = {eta:.4f}")
-    xd, yd = x.to(ctx.device, dtype), y.to(ctx.device, dtype)
     results = []
     for m in config.widths:
-        net = cv.TwoLayerReLU(
-            config.d,
+        # The library's procedure (as `widenet du-train`): the tracked GD run and the closed-form
+        # H_inf prediction u(k) at every step, with this experiment's eta.
+        run_m = cv.du_training_run(
+            x,
+            y,
             m,
+            config.epochs,
+            step_size=eta,
             antisymmetric=config.antisymmetric,
+            gram_every=config.gram_every,
+            kernel=True,
             seed=int(ctx.rng.integers(2**31)),
             dtype=dtype,
             device=ctx.device,
-        )
-        u0 = net(xd).detach().double().cpu()
-        res = cv.track(
-            net,
-            xd,
-            yd,
-            config.epochs,
-            eta,
-            gram_every=config.gram_every,
-            lambda0_value=lam0,
             progress=ctx.progress,
         )
-        kernel = cv.kernel_prediction(h_inf, y, list(range(config.epochs + 1)), eta, u0=u0)
-        res.extra["kernel_loss"] = 0.5 * ((kernel - y) ** 2).sum(dim=1).numpy()
+        res, kernel = run_m.track, run_m.arrays["kernel_hinf"]
+        res.extra["kernel_loss"] = 0.5 * ((kernel - y.numpy()) ** 2).sum(axis=1)
         ctx.log(
             f"m = {m}: log10 L = {math.log10(res.loss[-1]):.3f}, pattern change "
             f"{res.pattern_change[-1]:.4f}, max distance {res.max_distance[-1]:.3f} "

@@ -82,7 +82,7 @@ from widenet import convergence as cv
 from widenet import lab
 from widenet.data import load_dataset
 from widenet.experiments._common import parity_targets
-from widenet.experiments.du_convergence import sphere_problem, step_size_from_kernel
+from widenet.experiments.du_convergence import sphere_problem
 
 METRICS = {
     "pairs": "the (n, m) pairs, in order; every per-pair list below follows it",
@@ -156,30 +156,24 @@ def _seed(ctx) -> int:
 
 
 def _pair_run(config, ctx, n: int, m: int, problem) -> dict:
-    dtype = getattr(torch, config.dtype)
-    x, y, h_inf, lam0 = problem
-    eta = step_size_from_kernel(h_inf, config.step_size_scale)
-    net = cv.TwoLayerReLU(config.d, m, seed=_seed(ctx), dtype=dtype, device=ctx.device)
-    xd, yd = x.to(ctx.device, dtype), y.to(ctx.device, dtype)
-    u0 = net(xd).detach().double().cpu()
-    h0 = cv.gram(net, xd).cpu()
-    steps = list(range(config.epochs + 1))
-    res = cv.track(
-        net,
-        xd,
-        yd,
+    x, y, _, lam0 = problem  # H_inf is recomputed by du_training_run (the same x)
+    # The library's procedure (the same chain as `widenet du-train`): eta = scale x the
+    # critical rate of H_inf, the tracked GD run, the H_inf and H(0) predictions at every step.
+    run = cv.du_training_run(
+        x,
+        y,
+        m,
         config.epochs,
-        eta,
+        step_size_scale=config.step_size_scale,
         gram_every=config.gram_every,
-        output_steps=steps,
-        lambda0_value=lam0,
+        kernel=True,
+        seed=_seed(ctx),
+        dtype=getattr(torch, config.dtype),
+        device=ctx.device,
         progress=ctx.progress,
     )
-    scale = float((y - u0).norm())
-    gaps = {}
-    for name, h in (("hinf", h_inf), ("h0", h0)):
-        pred = cv.kernel_prediction(h, y, steps, eta, u0=u0).numpy()
-        gaps[name] = np.linalg.norm(res.outputs - pred, axis=1) / scale
+    res, eta = run.track, run.summary["step_size"]
+    gaps = {name: run.arrays[f"gap_{name}"] for name in ("hinf", "h0")}
     envelope = cv.loss_envelope(res.steps, eta, lam0, 2 * res.loss[0]) / 2
     wb = cv.width_bound(n, lam0, config.delta)
     ctx.log(
@@ -226,23 +220,22 @@ def _random_labels(config, ctx) -> tuple[dict, float, dict]:
         "shuffled": cv.random_labels(true, kind="shuffled", generator=g),
         "gaussian": cv.random_labels(config.rl_n, generator=g),
     }
-    h_inf = cv.gram_infinity(x)
-    lam0 = cv.lambda0(x, h_inf=h_inf)
-    eta = step_size_from_kernel(h_inf, config.rl_step_size_scale)
     finals, curves = {}, {}
     for kind in LABEL_KINDS:
-        net = cv.TwoLayerReLU(x.shape[1], config.rl_width, seed=_seed(ctx), dtype=dtype)
-        net = net.to(ctx.device)
-        res = cv.track(
-            net,
-            x.to(ctx.device, dtype),
-            labels[kind].to(ctx.device, dtype),
+        run = cv.du_training_run(
+            x,
+            labels[kind],
+            config.rl_width,
             config.rl_epochs,
-            eta,
+            step_size_scale=config.rl_step_size_scale,
             gram_every=0,
-            lambda0_value=lam0,
+            kernel=False,
+            seed=_seed(ctx),
+            dtype=dtype,
+            device=ctx.device,
             progress=ctx.progress,
         )
+        res, eta = run.track, run.summary["step_size"]
         finals[kind] = float(res.relative_error[-1])
         curves[kind] = res.relative_error
         ctx.log(f"digits, {kind} labels: L(K)/L(0) = {finals[kind]:.3g}")
