@@ -113,10 +113,11 @@ def test_mlp_multi_output_all_modes(implementation, mode):
 
 def test_auto_uses_fast_path_for_linear_and_dense():
     plan = plan_of(mlp(), data(4, 5))
-    assert [lay.name for lay in plan.layers] == ["0", "2", "4"] and plan.general == []
+    assert [u.name for u in plan.units] == ["0", "2", "4"] and plan.general == []
+    assert all(u.kind == "linear" and u.route == "gram" for u in plan.units)
     dense = nn.Sequential(Dense(5, 8, b_std=0.5), nn.ReLU(), Dense(8, 2, w_std=1.3, b_std=0.2))
     plan = plan_of(dense.double(), data(4, 5))
-    assert len(plan.layers) == 2 and plan.general == []
+    assert len(plan.units) == 2 and plan.general == []
 
 
 @pytest.mark.parametrize("parameterization", ["ntk", "standard"])
@@ -157,7 +158,7 @@ class LayerNormNet(nn.Module):
         return self.out(torch.tanh(self.norm(self.inp(x))))
 
 
-def test_layernorm_mixes_fast_and_general_paths():
+def test_layernorm_is_a_unit_beside_the_structured_layers():
     torch.manual_seed(0)
     model = LayerNormNet().double()
     with torch.no_grad():  # non-trivial affine parameters
@@ -165,13 +166,28 @@ def test_layernorm_mixes_fast_and_general_paths():
         model.norm.bias.normal_()
     x1, x2 = data(5, 4), data(3, 4, seed=2)
     plan = plan_of(model, x1)
-    assert [lay.name for lay in plan.layers] == ["inp", "out"]
-    assert plan.general == ["norm.weight", "norm.bias"]
+    # LayerNorm's per-sample gradients (Σ g ⊙ x̂, Σ g) come from the same backward.
+    assert [(u.name, u.kind) for u in plan.units] == [
+        ("inp", "linear"),
+        ("norm", "affine"),
+        ("out", "linear"),
+    ]
+    assert plan.general == []
     ref = reference_ntk(model, x1, x2)
     assert rel_err(empirical_ntk(model, x1, x2, mode="full"), ref) < TOL64
-    with pytest.warns(UserWarning, match="norm"):
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)  # every parameter has a unit: no warning
         got = empirical_ntk(model, x1, x2, mode="full", implementation="structured")
     assert rel_err(got, ref) < TOL64
+
+
+def test_structured_warns_naming_parameters_without_a_unit():
+    torch.manual_seed(0)
+    model = ScaleNet().double()  # `gain` is used directly in the root module's forward
+    x1 = data(5, 4)
+    with pytest.warns(UserWarning, match="root"):
+        got = empirical_ntk(model, x1, mode="full", implementation="structured")
+    assert rel_err(got, reference_ntk(model, x1)) < TOL64
 
 
 def small_cnn():
@@ -205,10 +221,11 @@ def test_cnn_with_batchnorm_eval(mode):
 
 def test_cnn_plan_exercises_both_position_contractions():
     plan = plan_of(small_cnn(), data(4, 2, 6, 6), mode="full")
-    by_name = {lay.name: lay for lay in plan.layers}
-    assert by_name["0"].kind == "conv" and by_name["0"].per_sample
-    assert by_name["3"].kind == "conv" and not by_name["3"].per_sample
-    assert plan.general == ["1.weight", "1.bias"]
+    by_name = {u.name: u for u in plan.units}
+    assert by_name["0"].kind == "conv" and by_name["0"].route == "jac"
+    assert by_name["3"].kind == "conv" and by_name["3"].route == "gram"
+    assert by_name["1"].kind == "affine"  # BatchNorm (eval): Σ g ⊙ x̂ per sample
+    assert plan.general == []
 
 
 class PositionsNet(nn.Module):
@@ -223,15 +240,16 @@ class PositionsNet(nn.Module):
         return self.b(torch.tanh(self.a(x))).sum(1)
 
 
-@pytest.mark.parametrize("width", [16, 1])  # Gram contraction / per-sample contraction
-def test_linear_on_extra_dims(width):
+@pytest.mark.parametrize("width", [16, 1])
+@pytest.mark.parametrize("implementation, route", [("structured", "gram"), ("jacobian", "jac")])
+def test_linear_on_extra_dims(width, implementation, route):
     torch.manual_seed(0)
     model = PositionsNet(width).double()
     x1, x2 = data(4, 2, 16), data(3, 2, 16, seed=2)
-    plan = plan_of(model, x1, mode="full")
-    assert [lay.name for lay in plan.layers] == ["a", "b"]
-    assert plan.layers[0].per_sample == (width == 1)
-    got = empirical_ntk(model, x1, x2, mode="full")
+    plan = plan_of(model, x1, mode="full", implementation=implementation)
+    assert [u.name for u in plan.units] == ["a", "b"]
+    assert [u.route for u in plan.units] == [route, route]
+    got = empirical_ntk(model, x1, x2, mode="full", implementation=implementation)
     assert rel_err(got, reference_ntk(model, x1, x2)) < TOL64
 
 

@@ -4,26 +4,37 @@ For a network f(x; θ) with k outputs per sample, the empirical NTK (Jacot et al
 
     Θ(x, x') = Σ_p ∂f(x)/∂θ_p ∂f(x')/∂θ_pᵀ        (a k × k matrix per pair of samples),
 
-a sum over the selected parameters p. Two ways to compute it:
+a sum over the selected parameters p, hence a sum over the modules that own them. widenet
+computes every module's term from **one forward and one backward pass** per block of samples:
+forward hooks record each module's inputs, and one (output-batched) backward gives the
+gradients g = ∂f/∂y of the k outputs with respect to every module's output y. Per module, the
+cheaper of two exact routes is chosen by a cost model (flops and memory, per layer):
 
-* **Structured** (Novak et al. 2022, "Fast finite width neural tangent kernel", ICML). A dense
-  layer y = W x + b contributes, per pair of samples,
+* **Structured** (Novak et al. 2022, "Fast finite width neural tangent kernel", ICML). A linear
+  map y_s = W x_s + b applied at positions s (a Linear on extra dims, a convolution over its
+  patches, per group) contributes
 
-      Θ_layer(x, x') = (G Gᵀ) ⊙ (weight_scale² X Xᵀ + bias_scale²),
+      Θ_layer(x, x')_cd = Σ_{s,t} (g_sc · g'_td)(ws² x_s · x'_t + bs²),
 
-  where X holds the layer's inputs and G = ∂f/∂y the gradients of the outputs with respect to the
-  layer's outputs. Only Gram matrices of activations and output-gradients are formed; the
-  per-sample Jacobian (k × #params per sample) never is. A layer applied at several positions s
-  (inputs (n, *, fan_in), or a convolution over its patches) gives
-  Σ_{s,t} (g_s · g'_t)(x_s · x'_t). Layers are found automatically with forward hooks.
-* **General** (torch.func): per-sample Jacobians by ``vmap(jacrev)`` (or ``jacfwd``) contracted
-  over parameters ("jacobian"), or NTK-vector products ``jvp ∘ vjp`` ("ntvp"), picked by
-  estimated cost as in Novak et al. 2022 and the torch.func NTK tutorial, and computed in blocks
-  of samples so that the workspace stays under ``memory_limit_bytes``.
+  only Gram matrices of inputs and output-gradients: (G Gᵀ) ⊙ (ws² X Xᵀ + bs²) for S = 1.
+  Its cost grows with S², so it wins for dense layers and small feature maps.
+* **Jacobian contraction**: the per-sample weight gradients J_c = Σ_s g_sc x_sᵀ (one GEMM per
+  sample and output) contracted, Θ_cd = J_c · J'_d. Its cost grows with S, so it wins for
+  convolutions over large feature maps. Any other module called once per forward (BatchNorm,
+  LayerNorm, attention, embeddings, custom modules) gets its per-sample parameter gradients by
+  ``torch.func.vmap`` of the module's own vector-Jacobian product over the samples, from the
+  same recorded inputs and output-gradients: only that module is differentiated again.
 
-``implementation="auto"`` uses the structured path for every layer it can verify and adds the
-general path's kernel for the remaining parameters (the NTK is a sum over parameters, so the two
-combine exactly).
+Parameters no module call can account for (used by several modules, or directly in a
+``forward``) go through torch.func over the whole model: per-sample Jacobians
+``vmap(jacrev)`` contracted ("jacobian"), or NTK-vector products ``jvp ∘ vjp`` ("ntvp"), the
+cheaper by the estimate of Novak et al. 2022 (Table 1). An NTK-vector product restricted to one
+tapped layer would form the same per-sample gradient as the contraction and then apply it to
+every x', so per layer it never beats the contraction and the cost model does not offer it.
+
+Samples are processed in blocks and outputs in groups (a trace or diagonal needs only the
+matching output of both samples) so that the workspace stays under ``memory_limit_bytes``;
+weight gradients are formed a slice of output channels at a time.
 """
 
 from __future__ import annotations
@@ -31,17 +42,21 @@ from __future__ import annotations
 import contextlib
 import math
 import os
+import time
 import warnings
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call, jacfwd, jacrev, jvp, vjp, vmap
+from torch.utils._pytree import tree_flatten, tree_unflatten
 
 from widenet._checks import as_tensor, check_finite, check_int, check_pair
-from widenet.layers import Dense
+from widenet.layers import Conv as ScaledConv
+from widenet.layers import Dense, pad_spatial
 
 
 @contextlib.contextmanager
@@ -53,12 +68,14 @@ def _quiet_jit_deprecation():
         yield
 
 
-__all__ = ["empirical_ntk", "empirical_nngp"]
+__all__ = ["empirical_ntk", "empirical_nngp", "empirical_ntk_tiles", "EmpiricalNTKTiles"]
 
 MODES = ("trace", "full", "diagonal")
 IMPLEMENTATIONS = ("auto", "structured", "jacobian", "ntvp")
 
 _DEFAULT_CPU_LIMIT = 4 * 2**30
+# Seconds of estimated work above which a progress bar is shown (progress=None).
+_PROGRESS_AFTER_S = 3.0
 
 
 # --------------------------------------------------------------------------------------------
@@ -78,16 +95,31 @@ def _check_choice(value, name: str, choices) -> str:
     return value
 
 
+def _is_index_input(x) -> bool:
+    """Integer (token-id) inputs, e.g. for nn.Embedding: passed to the model as they are."""
+    if isinstance(x, torch.Tensor):
+        return not x.is_floating_point() and not x.is_complex() and x.dtype != torch.bool
+    if isinstance(x, np.ndarray):
+        return x.dtype.kind in "iu"
+    return False
+
+
 def _check_x(x, name: str) -> torch.Tensor:
-    x = as_tensor(x, name)
-    if x.ndim < 2:
+    if _is_index_input(x):
+        x = torch.as_tensor(x)  # integer ids stay integers: casting would break nn.Embedding
+    else:
+        x = as_tensor(x, name)
+    if x.ndim < 2 and x.is_floating_point():
         raise ValueError(
             f"{name} must have at least 2 dimensions (n_samples, *features), "
             f"got shape {tuple(x.shape)}"
         )
+    if x.ndim < 1:
+        raise ValueError(f"{name} must have a sample dimension, got a scalar")
     if x.shape[0] == 0:
         raise ValueError(f"{name} has no samples (shape {tuple(x.shape)})")
-    check_finite(x, name)
+    if x.is_floating_point():
+        check_finite(x, name)
     return x
 
 
@@ -100,7 +132,7 @@ def _check_inputs(model: nn.Module, x1, x2):
     if ref is None:
         ref = next((b for b in model.buffers() if b.is_floating_point()), None)
     if ref is not None:
-        if ref.dtype != x1.dtype:
+        if x1.is_floating_point() and ref.dtype != x1.dtype:
             raise TypeError(
                 f"x1 has dtype {x1.dtype} but the model's parameters are {ref.dtype}; convert "
                 f"one of them (e.g. model.to({x1.dtype}) or x1.to({ref.dtype}))"
@@ -133,6 +165,11 @@ def _check_no_batch_coupling(model: nn.Module) -> None:
             raise ValueError(
                 f"module {label!r} ({type(m).__name__}) is in training mode, so the network is "
                 "random and so would be its NTK; call model.eval() first"
+            )
+        if isinstance(m, nn.MultiheadAttention) and m.training and m.dropout > 0:
+            raise ValueError(
+                f"module {label!r} (MultiheadAttention) is in training mode with dropout "
+                f"{m.dropout}, so the network is random; call model.eval() first"
             )
 
 
@@ -195,9 +232,12 @@ def _memory_limit(memory_limit_bytes, device: torch.device) -> int:
 # --------------------------------------------------------------------------------------------
 
 
-def _flat_out(out, n: int) -> torch.Tensor:
+def _flat_out(out, n: int, output_fn: Callable | None = None) -> torch.Tensor:
+    if output_fn is not None:
+        out = output_fn(out)
     if not isinstance(out, torch.Tensor):
-        raise TypeError(f"the model must return a tensor, got {type(out).__name__}")
+        hint = "" if output_fn is not None else "; pass output_fn= to pick a tensor from it"
+        raise TypeError(f"the model must return a tensor, got {type(out).__name__}{hint}")
     if out.ndim == 0 or out.shape[0] != n:
         raise ValueError(
             f"the model must return one output per sample (shape (n, ...) with n={n}), "
@@ -206,187 +246,660 @@ def _flat_out(out, n: int) -> torch.Tensor:
     return out.reshape(n, -1)
 
 
-@dataclass
-class _Layer:
-    """A module whose selected parameters the structured path handles."""
+def _call_model(model, params, x, output_fn, n):
+    """The model's flattened outputs (n, k), with a clear error for a wrong input size."""
+    stack: list = []
 
-    name: str
-    module: nn.Module
-    kind: str  # "linear" | "conv"
-    weight: bool  # weight selected
-    bias: bool  # bias selected
-    ws: float = 1.0  # forward uses weight * ws and bias * bs (widenet Dense)
-    bs: float = 1.0
-    per_sample: bool = False  # contract per-sample weight gradients rather than Grams
-    positions: int = 1  # S: positions per sample the layer is applied at
-    fan_in: int = 0
-    records: list = field(default_factory=list)
+    def pre(module, args):
+        stack.append((module, args))
+
+    def post(module, args, output):
+        if stack:
+            stack.pop()
+
+    handles = []
+    for m in model.modules():
+        handles.append(m.register_forward_pre_hook(pre))
+        handles.append(m.register_forward_hook(post))
+    try:
+        out = functional_call(model, params, (x,))
+    except RuntimeError as err:
+        explained = _explain_shape_error(model, stack, x)
+        if explained is None:
+            raise
+        raise ValueError(explained) from err
+    finally:
+        for h in handles:
+            h.remove()
+    return _flat_out(out, n, output_fn)
 
 
-def _layer_kind(m: nn.Module) -> str | None:
-    # Exact types only: a subclass may override forward in ways the factorisation can't see.
-    if type(m) is nn.Linear or (isinstance(m, Dense) and type(m).forward is Dense.forward):
-        return "linear"
-    if (
-        type(m) is nn.Conv2d
-        and m.groups == 1
-        and m.padding_mode == "zeros"
-        and (not isinstance(m.padding, str) or m.padding == "valid")
+def _explain_shape_error(model, stack, x) -> str | None:
+    """A message naming the inputs' wrong size when the innermost failing module says so."""
+    if not stack:
+        return None
+    module, args = stack[-1]
+    name = next((nm for nm, m in model.named_modules() if m is module), "?") or "<model>"
+    inp = args[0] if args and isinstance(args[0], torch.Tensor) else None
+    if inp is None:
+        return None
+    what = f"x1 with features of shape {tuple(x.shape[1:])}"
+    if isinstance(module, nn.Linear) and inp.shape[-1] != module.in_features:
+        return (
+            f"{what} does not fit the model: its layer {name!r} (Linear) expects "
+            f"in_features={module.in_features} in the last dimension, got {inp.shape[-1]}"
+        )
+    if isinstance(module, nn.modules.conv._ConvNd) and (
+        inp.ndim < 2 or inp.shape[-module.weight.ndim + 1] != module.in_channels
     ):
-        return "conv"
+        return (
+            f"{what} does not fit the model: its layer {name!r} ({type(module).__name__}) "
+            f"expects {module.in_channels} input channels in (n, C, ...) inputs, got input "
+            f"of shape {tuple(inp.shape)}"
+        )
     return None
 
 
-def _candidate_layers(model: nn.Module, selected: dict) -> list[_Layer]:
-    owners: dict[int, set] = {}
-    for m in model.modules():
-        for p in m._parameters.values():
-            if p is not None:
-                owners.setdefault(id(p), set()).add(id(m))
-    sel_ids = {id(p) for p in selected.values()}
-    layers = []
-    for name, m in model.named_modules():
-        kind = _layer_kind(m)
-        if kind is None:
-            continue
-        w = id(m.weight) in sel_ids
-        b = m.bias is not None and id(m.bias) in sel_ids
-        if not (w or b):
-            continue
-        if any(len(owners[id(p)]) > 1 for p in (m.weight, m.bias) if p is not None):
-            continue  # tied to another module: each use would need its own term
-        ws = float(getattr(m, "weight_scale", 1.0)) if isinstance(m, Dense) else 1.0
-        bs = float(getattr(m, "bias_scale", 1.0)) if isinstance(m, Dense) else 1.0
-        layers.append(_Layer(name, m, kind, w, b, ws, bs))
-    return layers
+# --------------------------------------------------------------------------------------------
+# Units: the modules whose parameters' per-sample gradients come from the shared backward
+# --------------------------------------------------------------------------------------------
 
 
-def _tap_hook(layer: _Layer):
+def _linear_like(m: nn.Module) -> bool:
+    # Subclasses count only when they keep Linear's forward (e.g. MultiheadAttention's
+    # NonDynamicallyQuantizableLinear): an overridden forward may compute something else.
+    if isinstance(m, Dense):
+        return type(m).forward is Dense.forward
+    return isinstance(m, nn.Linear) and type(m).forward is nn.Linear.forward
+
+
+def _conv_like(m: nn.Module) -> bool:
+    if isinstance(m, ScaledConv):  # widenet's NTK-parameterised convolution (arch.network)
+        return type(m).forward is ScaledConv.forward
+    return (isinstance(m, nn.Conv1d) and type(m).forward is nn.Conv1d.forward) or (
+        isinstance(m, nn.Conv2d) and type(m).forward is nn.Conv2d.forward
+    )
+
+
+def _affine_like(m: nn.Module) -> bool:
+    """BatchNorm (eval, running statistics) and LayerNorm: y = x̂ ⊙ weight + bias."""
+    if type(m) in (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d):
+        return m.affine and m.track_running_stats and not m.training
+    return type(m) is nn.LayerNorm and m.elementwise_affine
+
+
+@dataclass
+class _Unit:
+    """A module called once per forward whose selected parameters we differentiate locally."""
+
+    name: str
+    module: nn.Module
+    kind: str  # "linear" | "conv" (factorisable), "affine" (norms), "generic" (vmap of vjp)
+    params: dict  # local parameter name -> selected (model-level) name
+    ws: float = 1.0  # forward uses weight * ws and bias * bs (widenet Dense)
+    bs: float = 1.0
+    route: str = "jac"  # "gram" (structured) | "jac" (per-sample gradients, contracted)
+    in_dims: list = field(default_factory=list)  # batch dim per flattened (args, kwargs) leaf
+    out_dims: list = field(default_factory=list)  # batch dim per tapped output leaf
+    in_shapes: list = field(default_factory=list)  # per-sample shapes seen by the probe
+    groups: int = 1
+    positions: int = 1  # S
+    fan_in: int = 0  # per group, bias excluded
+    fan_out: int = 0  # per group
+    n_params: int = 0
+    flops: float = 0.0  # forward flops per sample (generic units)
+    records: list = field(default_factory=list)
+
+    @property
+    def weight(self) -> bool:
+        return "weight" in self.params
+
+    @property
+    def bias(self) -> bool:
+        return "bias" in self.params
+
+
+def _tap_hook(unit: _Unit):
     def hook(module, args, kwargs, output):
-        x = args[0] if args else kwargs.get("input")
-        if not isinstance(output, torch.Tensor) or not isinstance(x, torch.Tensor):
-            layer.records.append(None)
-            return None
-        # Differentiate with respect to `tap` and hand downstream a copy, so that in-place ops
-        # after the layer (ReLU(inplace=True)) cannot overwrite the tensor we differentiate.
-        tap = output if output.requires_grad else output.detach().requires_grad_(True)
-        layer.records.append((x.detach(), tap))
-        return tap.clone()
+        leaves, spec = tree_flatten(output)
+        taps, new = [], []
+        for leaf in leaves:
+            if isinstance(leaf, torch.Tensor) and leaf.is_floating_point():
+                # Differentiate with respect to `tap` and hand downstream a copy, so that
+                # in-place ops after the module (ReLU(inplace=True)) cannot overwrite it.
+                tap = leaf if leaf.requires_grad else leaf.detach().requires_grad_(True)
+                taps.append(tap)
+                new.append(tap.clone())
+            else:
+                new.append(leaf)
+        inputs = tree_flatten((args, kwargs))
+        detached = [t.detach() if isinstance(t, torch.Tensor) else t for t in inputs[0]]
+        unit.records.append((detached, inputs[1], taps))
+        return tree_unflatten(new, spec)
 
     return hook
 
 
-def _as_positions(layer: _Layer, x: torch.Tensor, g: torch.Tensor):
-    """Inputs (n, S, fan_in) and output-gradients (n, S, ..., fan_out) over S positions."""
-    n = x.shape[0]
-    m = layer.module
-    if layer.kind == "linear":
-        return x.reshape(n, -1, x.shape[-1]), g.reshape(n, -1, *g.shape[x.ndim - 1 :])
-    pad = 0 if isinstance(m.padding, str) else m.padding
-    cols = F.unfold(x, m.kernel_size, dilation=m.dilation, padding=pad, stride=m.stride)
-    # g: (n, [k,] C_out, H', W') -> (n, L, [k,] C_out)
-    g = g.flatten(-2).movedim(-1, 1)
-    return cols.transpose(1, 2), g
-
-
-def _run_structured(model, layers, base, x):
-    """One forward with taps, then one backward per output unit: per-layer (X, G)."""
+@contextlib.contextmanager
+def _hooked(units):
     handles = []
-    for layer in layers:
-        layer.records = []
-        handles.append(layer.module.register_forward_hook(_tap_hook(layer), with_kwargs=True))
+    for u in units:
+        u.records = []
+        handles.append(u.module.register_forward_hook(_tap_hook(u), with_kwargs=True))
     try:
-        with torch.enable_grad():
-            out = functional_call(model, base, (x,))
+        yield
     finally:
         for h in handles:
             h.remove()
-    return out
 
 
-def _check_layer_records(layers, n):
-    ok = []
-    for layer in layers:
-        recs = layer.records
-        good = len(recs) == 1 and recs[0] is not None
-        if good:
-            x, tap = recs[0]
-            if layer.kind == "linear":
-                good = x.ndim >= 2 and x.shape[0] == n and tap.shape[:-1] == x.shape[:-1]
+def _batch_dim(shape, n: int, alt=None, m: int = 0):
+    """The one dim of size n (and of size m on the batch of m samples, shape alt), None for
+    none, "?" when ambiguous."""
+    if alt is not None and len(alt) != len(shape):
+        return "?"
+    dims = [i for i, s in enumerate(shape) if s == n and (alt is None or alt[i] == m)]
+    return dims[0] if len(dims) == 1 else (None if not dims else "?")
+
+
+def _find_units(model, selected, xq, base, output_fn) -> tuple[list, list, dict]:
+    """Assign each selected parameter to the innermost module called exactly once.
+
+    Also returns, per module name, the shapes of its input and output leaves on the batch xq
+    (compared with the probe batch's to find batch dims) and xq's size.
+    """
+    calls: dict[int, int] = {}
+    shapes: dict[int, tuple] = {}
+
+    def count(module, args, kwargs, output):
+        calls[id(module)] = calls.get(id(module), 0) + 1
+        ins = [
+            t.shape if isinstance(t, torch.Tensor) else None
+            for t in tree_flatten((args, kwargs))[0]
+        ]
+        outs = [
+            t.shape
+            for t in tree_flatten(output)[0]
+            if isinstance(t, torch.Tensor) and t.is_floating_point()
+        ]
+        shapes[id(module)] = ((ins, outs), xq.shape[0])
+
+    handles = [m.register_forward_hook(count, with_kwargs=True) for m in model.modules()]
+    try:
+        with torch.no_grad():
+            _call_model(model, base, xq, output_fn, xq.shape[0])
+    finally:
+        for h in handles:
+            h.remove()
+    modules = dict(model.named_modules())
+    owners: dict[int, set] = {}
+    for mname, m in modules.items():
+        for p in m._parameters.values():
+            if p is not None:
+                owners.setdefault(id(p), set()).add(mname)
+    units: dict[str, _Unit] = {}
+    general = []
+    for full, p in selected.items():
+        if len(owners.get(id(p), ())) != 1:
+            general.append(full)  # tied to several modules: each use would need its own term
+            continue
+        path = full.split(".")
+        unit_name = None
+        for depth in range(len(path) - 1, 0, -1):  # the owner, then its ancestors; not the root
+            mname = ".".join(path[:depth])
+            c = calls.get(id(modules[mname]), 0)
+            if c == 0:
+                continue
+            unit_name = mname if c == 1 else None
+            break
+        if unit_name is None:
+            general.append(full)
+            continue
+        m = modules[unit_name]
+        local = full[len(unit_name) + 1 :]
+        if unit_name not in units:
+            if _linear_like(m):
+                kind = "linear"
+            elif _conv_like(m):
+                kind = "conv"
+            elif _affine_like(m):
+                kind = "affine"
             else:
-                good = x.ndim == 4 and tap.ndim == 4 and x.shape[0] == n
-        ok.append(good)
-    return ok
+                kind = "generic"
+            scaled = isinstance(m, (Dense, ScaledConv))
+            ws = float(getattr(m, "weight_scale", 1.0)) if scaled else 1.0
+            bs = float(getattr(m, "bias_scale", 1.0)) if scaled else 1.0
+            units[unit_name] = _Unit(unit_name, m, kind, {}, ws, bs)
+        units[unit_name].params[local] = full
+    out = list(units.values())
+    for u in out:
+        if u.kind != "generic" and not set(u.params) <= {"weight", "bias"}:
+            u.kind = "generic"
+    alt = {u.name: shapes[id(u.module)] for u in out if calls.get(id(u.module)) == 1}
+    return out, general, alt
 
 
-def _probe(model, selected, layers, xp, base):
-    """Verify each candidate layer on a 2-sample batch against autograd; return survivors."""
+def _record_dims(unit: _Unit, n: int, probe: bool, alt=None) -> bool:
+    """Find (probe: the dims of size n that have size m on a batch of m samples, alt = (shapes,
+    m)) or check the batch dims of the unit's inputs and tapped outputs."""
+    if len(unit.records) != 1:
+        return False
+    leaves, _, taps = unit.records[0]
+    if not taps:
+        return False
+    if probe:
+        if alt is None:
+            return False
+        (ins, outs), m = alt
+        if len(ins) != len(leaves) or len(outs) != len(taps):
+            return False
+        unit.in_dims = [
+            _batch_dim(t.shape, n, a, m) if isinstance(t, torch.Tensor) else None
+            for t, a in zip(leaves, ins, strict=True)
+        ]
+        unit.out_dims = [_batch_dim(t.shape, n, a, m) for t, a in zip(taps, outs, strict=True)]
+        unit.in_shapes = [
+            tuple(s for i, s in enumerate(t.shape) if i != d)
+            if isinstance(t, torch.Tensor)
+            else None
+            for t, d in zip(leaves, unit.in_dims, strict=True)
+        ]
+        if "?" in unit.in_dims or "?" in unit.out_dims or None in unit.out_dims:
+            return False
+        if all(d is None for d in unit.in_dims):
+            return False
+        if unit.kind in ("linear", "conv"):
+            x = leaves[0]
+            if not isinstance(x, torch.Tensor) or unit.in_dims[0] is None or len(taps) != 1:
+                return False
+            if unit.kind == "conv" and (unit.in_dims[0] != 0 or unit.out_dims[0] != 0):
+                return False
+            if unit.kind == "linear" and (
+                unit.in_dims[0] != unit.out_dims[0] or unit.in_dims[0] == x.ndim - 1
+            ):
+                return False
+        if unit.kind == "affine":
+            x = leaves[0]
+            m = unit.module
+            if not isinstance(x, torch.Tensor) or len(taps) != 1:
+                return False
+            if unit.in_dims[0] != unit.out_dims[0]:
+                return False
+            if isinstance(m, nn.LayerNorm):
+                if unit.in_dims[0] >= x.ndim - len(m.normalized_shape):
+                    return False
+            elif unit.in_dims[0] != 0 or x.ndim < 2:
+                return False
+        return True
+    for t, d, s in zip(leaves, unit.in_dims, unit.in_shapes, strict=True):
+        if isinstance(t, torch.Tensor):
+            if d is not None and t.shape[d] != n:
+                return False
+            if tuple(z for i, z in enumerate(t.shape) if i != d) != s:
+                return False
+    return all(t.shape[d] == n for t, d in zip(taps, unit.out_dims, strict=True))
+
+
+# --------------------------------------------------------------------------------------------
+# Per-unit features: inputs and output-gradients over positions, per-sample gradients
+# --------------------------------------------------------------------------------------------
+
+
+def _positions(unit: _Unit, leaves, g: torch.Tensor):
+    """Inputs (n, G, S, fi) and output-gradients (n, G, S, kg, fo) of a linear or conv unit.
+
+    g has shape (kg, *tap.shape).
+    """
+    m = unit.module
+    x = leaves[0]
+    if unit.kind == "linear":
+        bd = unit.in_dims[0]
+        x = x.movedim(bd, 0)
+        n = x.shape[0]
+        xs = x.reshape(n, 1, -1, x.shape[-1])
+        g = g.movedim(1 + bd, 1)  # (kg, n, *pos, fo)
+        kg = g.shape[0]
+        gs = g.reshape(kg, n, -1, g.shape[-1]).permute(1, 2, 0, 3).unsqueeze(1)
+        return xs, gs
+    n = x.shape[0]
+    x, g, ks, st, dil = _conv_operands(m, x, g)
+    cols = F.unfold(x, ks, dilation=dil, stride=st)  # (n, C_in·kh·kw, L)
+    G = getattr(m, "groups", 1)
+    xs = cols.view(n, G, -1, cols.shape[-1]).transpose(2, 3)  # (n, G, S, fi)
+    kg = g.shape[0]
+    gs = g.reshape(kg, n, G, -1, cols.shape[-1]).permute(1, 2, 4, 0, 3)  # (n, G, S, kg, fo)
+    return xs, gs
+
+
+def _conv_operands(m, x, g):
+    """The padded input as a 2-D batch (n, C, H, W), g as (kg, n, C_out, H', W'), and the
+    kernel size, stride and dilation as pairs (a Conv1d is a Conv2d of height 1)."""
+    if isinstance(m, ScaledConv):
+        ks, st, dil = m.kernel_size, m.stride, (1,) * len(m.kernel_size)
+        x = pad_spatial(x, m.pads, m.padding_mode)
+    else:
+        ks, st, dil = m.kernel_size, m.stride, m.dilation
+        pad = m._reversed_padding_repeated_twice  # what forward pads with ("same" included)
+        if any(pad):
+            mode = "constant" if m.padding_mode == "zeros" else m.padding_mode
+            x = F.pad(x, pad, mode=mode)
+    if x.ndim == 3:
+        x, g = x.unsqueeze(2), g.unsqueeze(3)
+        ks, st, dil = (1, ks[0]), (1, st[0]), (1, dil[0])
+    return x, g, tuple(ks), tuple(st), tuple(dil)
+
+
+def _jac_conv(unit: _Unit, x, g, o0: int, o1: int | None) -> torch.Tensor:
+    """Per-sample gradients (n, kg, P_slice) of a convolution's output channels o0:o1 (per
+    group), by one grouped weight-gradient convolution: the samples (and groups) as groups,
+    the kg outputs as extra output channels. Same columns as _jac_linear."""
+    m = unit.module
+    x, g, ks, st, dil = _conv_operands(m, x, g)
+    n, c_in = x.shape[:2]
+    kg = g.shape[0]
+    G = getattr(m, "groups", 1)
+    fo = g.shape[2] // G
+    o1 = fo if o1 is None else o1
+    oc = o1 - o0
+    go = g.reshape(kg, n, G, fo, *g.shape[3:])[:, :, :, o0:o1]  # (kg, n, G, oc, H', W')
+    parts = []
+    if unit.weight:
+        grad_out = go.permute(1, 2, 0, 3, 4, 5).reshape(1, n * G * kg * oc, *g.shape[3:])
+        shape = (n * G * kg * oc, c_in // G, *ks)
+        _, w, _ = torch.ops.aten.convolution_backward(
+            grad_out,
+            x.reshape(1, n * c_in, *x.shape[2:]),
+            x.new_empty(shape),
+            None,
+            list(st),
+            [0, 0],
+            list(dil),
+            False,
+            [0, 0],
+            n * G,
+            [False, True, False],
+        )
+        w = w.view(n, G, kg, -1).transpose(1, 2).reshape(n, kg, -1)
+        parts.append(w if unit.ws == 1.0 else w * unit.ws)
+    if unit.bias:
+        b = go.sum((4, 5)).permute(1, 0, 2, 3).reshape(n, kg, -1)
+        parts.append(b if unit.bs == 1.0 else b * unit.bs)
+    return parts[0] if len(parts) == 1 else torch.cat(parts, dim=2)
+
+
+def _jac_linear(unit: _Unit, xs, gs, o0: int, o1: int) -> torch.Tensor:
+    """Per-sample gradients (n, kg, P_slice) of output channels o0:o1 (per group)."""
+    n, G = xs.shape[:2]
+    kg = gs.shape[3]
+    go = gs[..., o0:o1]
+    parts = []
+    if unit.weight:
+        w = torch.einsum("ngsco,ngsi->ncgoi", go, xs).reshape(n, kg, -1)
+        parts.append(w if unit.ws == 1.0 else w * unit.ws)
+    if unit.bias:
+        b = go.sum(2).permute(0, 2, 1, 3).reshape(n, kg, -1)
+        parts.append(b if unit.bs == 1.0 else b * unit.bs)
+    return parts[0] if len(parts) == 1 else torch.cat(parts, dim=2)
+
+
+def _generic_fn(unit: _Unit, spec):
+    """f(params, *per-sample tensor leaves) -> per-sample tapped outputs, for vmap."""
+    m = unit.module
+
+    def f(params, leaves):
+        full = [
+            t.unsqueeze(d) if isinstance(t, torch.Tensor) and d is not None else t
+            for t, d in zip(leaves, unit.in_dims, strict=True)
+        ]
+        args, kwargs = tree_unflatten(full, spec)
+        out = functional_call(m, params, args, kwargs, strict=False)
+        outs = [
+            leaf
+            for leaf in tree_flatten(out)[0]
+            if isinstance(leaf, torch.Tensor) and leaf.is_floating_point()
+        ]
+        return tuple(o.squeeze(d) for o, d in zip(outs, unit.out_dims, strict=True))
+
+    return f
+
+
+def _jac_generic(unit: _Unit, record, gs: list) -> torch.Tensor:
+    """Per-sample gradients (n, kg, P) of a generic unit by vmap of its vjp over the samples.
+
+    gs: one (kg, *tap.shape) output-gradient per tapped output.
+    """
+    leaves, spec, _ = record
+    f = _generic_fn(unit, spec)
+    params = {loc: _getattr_path(unit.module, loc).detach() for loc in unit.params}
+    names = list(unit.params)
+
+    def one(sample_leaves, sample_gs):
+        _, vjp_fn = vjp(lambda p: f(p, sample_leaves), params)
+        (grads,) = vmap(vjp_fn)(tuple(sample_gs))  # over the kg outputs
+        return torch.cat([grads[nm].flatten(1) for nm in names], dim=1)
+
+    in_dims = (list(unit.in_dims), [1 + d for d in unit.out_dims])
+    with _math_attention():
+        return vmap(one, in_dims=in_dims)(list(leaves), list(gs))
+
+
+@contextlib.contextmanager
+def _math_attention():
+    """scaled_dot_product_attention's fused CPU kernels have no vmap batching rule (torch
+    falls back to a loop over the batch); its math form (matmul, softmax) batches."""
+    try:
+        from torch.nn.attention import SDPBackend, sdpa_kernel
+    except ImportError:  # older torch: nothing to choose
+        yield
+        return
+    with sdpa_kernel([SDPBackend.MATH]):
+        yield
+
+
+def _getattr_path(m: nn.Module, path: str):
+    for part in path.split("."):
+        m = getattr(m, part)
+    return m
+
+
+# --------------------------------------------------------------------------------------------
+# The probe: verify each unit against autograd on a small batch
+# --------------------------------------------------------------------------------------------
+
+
+def _probe_size(x: torch.Tensor) -> int:
+    """A probe batch size unlikely to equal another dim, so that batch dims are unambiguous."""
+    for n in (5, 7, 11, 13, 17):
+        if n not in x.shape[1:]:
+            return n
+    return 19
+
+
+def _probe_batch(x1, x2, n_p):
+    pool = x1 if x2 is None else torch.cat([x1[:n_p], x2[:n_p]])
+    idx = torch.arange(n_p, device=pool.device) % pool.shape[0]
+    return pool[idx]
+
+
+def _saved_bytes(fn) -> tuple:
+    """Run fn, returning (its result, bytes of tensors autograd saved for the backward)."""
+    seen: dict = {}
+
+    def pack(t):
+        try:
+            key = (t.untyped_storage().data_ptr(), t.device)
+            seen[key] = max(seen.get(key, 0), t.untyped_storage().nbytes())
+        except (RuntimeError, NotImplementedError):
+            pass
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        out = fn()
+    return out, sum(seen.values())
+
+
+def _jac_affine(unit: _Unit, record, gs: list) -> torch.Tensor:
+    """Per-sample gradients (n, kg, P) of y = x̂ ⊙ weight + bias: Σ g ⊙ x̂ and Σ g over the
+    positions the affine map is shared by (BatchNorm: spatial; LayerNorm: leading dims)."""
+    m = unit.module
+    x = record[0][0]
+    d = unit.in_dims[0]
+    g = gs[0].movedim(1 + d, 1)  # (kg, n, ...)
+    x = x.movedim(d, 0)
+    if isinstance(m, nn.LayerNorm):
+        xhat = F.layer_norm(x, m.normalized_shape, None, None, m.eps)
+        keep = len(m.normalized_shape)
+        sum_dims = tuple(range(2, g.ndim - keep))
+        flat = lambda t: t.flatten(2)  # noqa: E731
+    else:
+        shape = (1, -1) + (1,) * (x.ndim - 2)
+        var = m.running_var.view(shape) + m.eps
+        xhat = (x - m.running_mean.view(shape)) * var.rsqrt()
+        sum_dims = tuple(range(3, g.ndim))
+        flat = lambda t: t  # noqa: E731
+    parts = []
+    if unit.weight:
+        w = g * xhat.unsqueeze(0)
+        parts.append(flat(w.sum(sum_dims) if sum_dims else w))
+    if unit.bias:
+        parts.append(flat(g.sum(sum_dims) if sum_dims else g))
+    out = parts[0] if len(parts) == 1 else torch.cat(parts, dim=2)
+    return out.transpose(0, 1)
+
+
+def _unit_jac(unit: _Unit, record, gs: list) -> torch.Tensor:
+    if unit.kind == "generic":
+        return _jac_generic(unit, record, gs)
+    if unit.kind == "affine":
+        return _jac_affine(unit, record, gs)
+    if unit.kind == "conv":
+        return _jac_conv(unit, record[0][0], gs[0], 0, None)
+    xs, g = _positions(unit, record[0], gs[0])
+    return _jac_linear(unit, xs, g, 0, g.shape[-1])
+
+
+def _probe(model, selected, units, xp, alt, base, output_fn):
+    """Keep the units whose per-sample gradients match autograd; measure memory per sample."""
     n = xp.shape[0]
     leaves = {}
-    for layer in layers:
-        for pname, use in (("weight", layer.weight), ("bias", layer.bias)):
-            if use:
-                full = _param_name(selected, getattr(layer.module, pname))
-                leaves[full] = base[full].detach().requires_grad_(True)
-    out = _run_structured(model, layers, {**base, **leaves}, xp)
-    f = _flat_out(out, n)
-    ok = _check_layer_records(layers, n)
-    layers = [lay for lay, good in zip(layers, ok, strict=True) if good]
-    if not layers or not f.requires_grad:
-        return layers, f.shape[1]
-    # Cotangent on sample 0 only: the layer's rows for other samples must get zero gradient
-    # (dim 0 is the batch), and the factorised weight gradient must equal autograd's.
+    for u in units:
+        for full in u.params.values():
+            leaves[full] = base[full].detach().requires_grad_(True)
+    params = {**base, **leaves}
+
+    def run():
+        with torch.enable_grad(), _hooked(units):
+            return _call_model(model, params, xp, output_fn, n)
+
+    f, saved = _saved_bytes(run)
+    ok = [_record_dims(u, n, probe=True, alt=alt.get(u.name)) for u in units]
+    units = [u for u, good in zip(units, ok, strict=True) if good]
+    taps_bytes = sum(t.numel() * t.element_size() for u in units for t in u.records[0][2])
+    stats = dict(k=f.shape[1], saved=saved / n, taps=taps_bytes / n)
+    if not units or not f.requires_grad:
+        for u in units:
+            u.records = []
+        return units, stats
+    # Cotangent on sample 0 only: the units' outputs for other samples must get zero gradient
+    # (the batch dim is what we think it is), and the per-sample gradients summed over the
+    # samples must equal autograd's parameter gradients.
     v = torch.randn(f.shape, generator=torch.Generator().manual_seed(0), dtype=f.dtype)
     v = v.to(f.device)
     v[1:] = 0
-    taps = [lay.records[0][1] for lay in layers]
+    taps = [t for u in units for t in u.records[0][2]]
     names = list(leaves)
     grads = torch.autograd.grad(
         (f * v).sum(), taps + [leaves[nm] for nm in names], allow_unused=True
     )
     gtaps, gparams = grads[: len(taps)], dict(zip(names, grads[len(taps) :], strict=True))
-    tol = 1e-2 if f.dtype == torch.float32 else 1e-7
+    tol = 1e-3 if f.dtype == torch.float32 else 1e-9
     survivors = []
-    for layer, gt in zip(layers, gtaps, strict=True):
-        x, tap = layer.records[0]
-        gt = torch.zeros_like(tap) if gt is None else gt
-        if bool((gt[1:] != 0).any()):
-            continue
-        xs, gs = _as_positions(layer, x, gt)
+    pos = 0
+    for u in units:
+        nt = len(u.records[0][2])
+        gts = [
+            torch.zeros_like(t) if gt is None else gt
+            for gt, t in zip(gtaps[pos : pos + nt], u.records[0][2], strict=True)
+        ]
+        pos += nt
         good = True
-        for pname, use, scale in (
-            ("weight", layer.weight, layer.ws),
-            ("bias", layer.bias, layer.bs),
-        ):
-            if not use:
-                continue
-            ref = gparams[_param_name(selected, getattr(layer.module, pname))]
-            p = getattr(layer.module, pname)
-            ref = torch.zeros_like(p) if ref is None else ref
-            if pname == "weight":
-                mine = scale * torch.einsum("nso,nsi->oi", gs, xs).reshape(p.shape)
-            else:
-                mine = scale * gs.sum((0, 1))
-            err = float((mine - ref).norm())
-            if err > tol * (float(ref.norm()) + float(mine.norm())) + 1e-30:
+        for gt, d in zip(gts, u.out_dims, strict=True):
+            rest = gt.narrow(d, 1, n - 1)
+            if bool((rest != 0).any()):
                 good = False
         if good:
-            layer.positions, layer.fan_in = xs.shape[1], xs.shape[2]
-            survivors.append(layer)
-    for layer in layers:
-        layer.records = []
-    return survivors, f.shape[1]
+            try:
+                with _quiet_jit_deprecation():
+                    jac = _unit_jac(u, u.records[0], [gt.unsqueeze(0) for gt in gts])
+            except Exception:  # no batching rule, data-dependent control flow, ...
+                good = False
+        if good:
+            mine = jac.sum((0, 1))
+            ref = torch.cat(
+                [
+                    (
+                        torch.zeros_like(base[full]) if gparams[full] is None else gparams[full]
+                    ).reshape(-1)
+                    for full in _param_order(u)
+                ]
+            )
+            err = float((mine - ref).norm())
+            good = err <= tol * (float(ref.norm()) + float(mine.norm())) + 1e-30
+        if good:
+            _geometry(u, xp)
+            survivors.append(u)
+    for u in units:
+        u.records = []
+    return survivors, stats
 
 
-def _param_name(selected: dict, p) -> str:
-    for n, q in selected.items():
-        if q is p:
-            return n
-    raise KeyError("parameter not selected")
+def _param_order(u: _Unit) -> list:
+    """Selected names in the order of the unit's per-sample gradient columns."""
+    if u.kind == "generic":
+        return list(u.params.values())
+    # Column order of _jac_linear: weight (group, out, in) then bias (group, out) — that is the
+    # parameters' own memory order when one slice covers every output channel.
+    return [u.params[p] for p in ("weight", "bias") if p in u.params]
+
+
+def _geometry(u: _Unit, xp):
+    u.n_params = sum(_getattr_path(u.module, loc).numel() for loc in u.params)
+    if u.kind == "generic":
+        u.flops = _module_flops(u)
+        return
+    if u.kind == "affine":
+        return
+    leaves, _, taps = u.records[0]
+    x, y, m = leaves[0], taps[0], u.module
+    if u.kind == "linear":
+        d = u.in_dims[0]
+        u.positions = x.numel() // (x.shape[d] * x.shape[-1])
+        u.fan_in, u.fan_out = x.shape[-1], y.shape[-1]
+    else:
+        u.groups = getattr(m, "groups", 1)
+        u.positions = math.prod(y.shape[2:])
+        u.fan_in = m.in_channels // u.groups * math.prod(m.kernel_size)
+        u.fan_out = m.out_channels // u.groups
+
+
+def _module_flops(u: _Unit) -> float:
+    leaves, spec, _ = u.records[0]
+    n = next(t.shape[d] for t, d in zip(leaves, u.in_dims, strict=True) if d is not None)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            from torch.utils.flop_counter import FlopCounterMode
+
+        args, kwargs = tree_unflatten(list(leaves), spec)
+        with torch.no_grad(), FlopCounterMode(display=False) as counter:
+            u.module(*args, **kwargs)
+        return float(counter.get_total_flops()) / n
+    except Exception:  # only an estimate
+        return 2.0 * u.n_params * 8
 
 
 # --------------------------------------------------------------------------------------------
-# Contractions. Feature tensors have shape (n, k, P); modes reduce the output-pair axes.
+# Contractions. Per-sample gradients have shape (n, kg, P); modes reduce the output axes.
 # --------------------------------------------------------------------------------------------
 
 
@@ -401,129 +914,133 @@ def _contract(a: torch.Tensor, b: torch.Tensor, mode: str) -> torch.Tensor:
     return (a.reshape(na * k, -1) @ b.reshape(nb * k, -1).T).view(na, k, nb, k).transpose(1, 2)
 
 
-def _gram_features(layer: _Layer, x, gs):
-    """Features of one layer for one block. gs: (n, *, k, fan_out)-shaped output gradients."""
-    xs, g = _as_positions(layer, x, gs)  # (n,S,fi), (n,S,k,fo)
-    n, S = xs.shape[:2]
-    if layer.per_sample:
-        # J[i, c] = [ws Σ_s g_isc x_isᵀ, bs Σ_s g_isc]: (n, k, fo*fi + fo)
-        parts = []
-        if layer.weight:
-            parts.append(layer.ws * torch.einsum("nsco,nsi->ncoi", g, xs).flatten(2))
-        if layer.bias:
-            parts.append(layer.bs * g.sum(1))
-        return ("jac", torch.cat(parts, dim=2))
-    return ("gram", xs, g)
+# Elementwise work, in GEMM-flop equivalents per element: the cost model's one constant for
+# memory-bound passes (a GEMM does ~50 Gflop/s here, an elementwise pass ~5 G elements/s).
+_EW = 8.0
 
 
-def _contract_layer(layer: _Layer, fa, fb, mode: str) -> torch.Tensor:
-    if fa[0] == "jac":
-        return _contract(fa[1], fb[1], mode)
-    _, xa, ga = fa
-    _, xb, gb = fb
-    na, S = xa.shape[:2]
-    nb, T = xb.shape[:2]
-    k = ga.shape[2]
-    if S == 1 and T == 1:
-        kg = _contract(ga[:, 0], gb[:, 0], mode)
-        if layer.weight:
-            kx = xa[:, 0] @ xb[:, 0].T
-            if layer.ws != 1.0:
-                kx.mul_(layer.ws**2)
-            if layer.bias:
-                kx.add_(layer.bs**2)
-            return kg.mul_(kx.view(na, nb, *([1] * (kg.ndim - 2))))
-        return kg.mul_(layer.bs**2)
-    # Several positions: Θ_ij = Σ_{s,t} (g_is·g_jt)(ws² x_is·x_jt + bs²), one output pair at a time.
-    kx = torch.zeros((na * S, nb * T), dtype=xa.dtype, device=xa.device)
-    if layer.weight:
-        kx = kx + layer.ws**2 * (xa.reshape(na * S, -1) @ xb.reshape(nb * T, -1).T)
-    if layer.bias:
-        kx = kx + layer.bs**2
-    kx = kx.view(na, S, nb, T)
-    ga2 = ga.reshape(na * S, k, -1)
-    gb2 = gb.reshape(nb * T, k, -1)
+def _gram_term(u: _Unit, xa, ga, xb, gb, mode: str, tile: int, same: bool = False):
+    """Σ_grp Σ_{s,t} (g_sc·g'_td)(ws² x_s·x'_t + bs²) over sample tiles of ``tile`` rows.
 
-    def pair(c, d):
-        kg = (ga2[:, c] @ gb2[:, d].T).view(na, S, nb, T)
-        return (kg * kx).sum((1, 3))
-
-    if mode == "trace":
-        return sum(pair(c, c) for c in range(k))
-    if mode == "diagonal":
-        return torch.stack([pair(c, c) for c in range(k)], dim=2)
-    return torch.stack(
-        [torch.stack([pair(c, d) for d in range(k)], dim=2) for c in range(k)], dim=2
-    )
+    x: (n, G, S, fi), g: (n, G, S, kg, fo). same: xb, gb are xa, ga, and only the tiles on and
+    above the diagonal are computed (the others are their mirror images), halving the work.
+    """
+    na, G, S = xa.shape[:3]
+    nb, T = xb.shape[0], xb.shape[2]
+    kg = ga.shape[3]
+    shape = (na, nb) + {"trace": (), "diagonal": (kg,), "full": (kg, kg)}[mode]
+    out = xa.new_empty(shape)
+    for i0 in range(0, na, tile):
+        i1 = min(na, i0 + tile)
+        xi = xa[i0:i1].transpose(0, 1).reshape(G, -1, xa.shape[3])
+        gi = ga[i0:i1].transpose(0, 1)  # (G, ta, S, kg, fo)
+        ta = i1 - i0
+        for j0 in range(i0 if same else 0, nb, tile):
+            j1 = min(nb, j0 + tile)
+            tb = j1 - j0
+            if u.weight:
+                kx = torch.bmm(xi, xb[j0:j1].transpose(0, 1).reshape(G, -1, xb.shape[3]).mT)
+                if u.ws != 1.0:
+                    kx.mul_(u.ws**2)
+                if u.bias:
+                    kx.add_(u.bs**2)
+            else:
+                kx = xa.new_full((G, ta * S, tb * T), u.bs**2)
+            gj = gb[j0:j1].transpose(0, 1)
+            if mode == "trace":
+                kgr = torch.bmm(gi.reshape(G, ta * S, -1), gj.reshape(G, tb * T, -1).mT)
+                blk = kgr.mul_(kx).view(G, ta, S, tb, T).sum((0, 2, 4))
+            elif mode == "diagonal":
+                a = gi.permute(0, 3, 1, 2, 4).reshape(G * kg, ta * S, -1)
+                b = gj.permute(0, 3, 1, 2, 4).reshape(G * kg, tb * T, -1)
+                kgr = torch.bmm(a, b.mT).view(G, kg, ta * S, tb * T).mul_(kx.unsqueeze(1))
+                blk = kgr.view(G, kg, ta, S, tb, T).sum((0, 3, 5)).permute(1, 2, 0)
+            else:
+                a = gi.reshape(G, ta * S * kg, -1)
+                b = gj.reshape(G, tb * T * kg, -1)
+                kgr = torch.bmm(a, b.mT).view(G, ta * S, kg, tb * T, kg)
+                kgr.mul_(kx.view(G, ta * S, 1, tb * T, 1))
+                blk = kgr.view(G, ta, S, kg, tb, T, kg).sum((0, 2, 5)).permute(0, 2, 1, 3)
+            out[i0:i1, j0:j1] = blk
+            if same and j0 != i0:
+                out[j0:j1, i0:i1] = _swap(blk, mode)
+    return out
 
 
 # --------------------------------------------------------------------------------------------
-# The planner and the block loop
+# The plan: units, routes, the general path, block and output-group sizes
 # --------------------------------------------------------------------------------------------
 
 
 @dataclass
 class _Plan:
-    layers: list
+    units: list
     general: list  # names of parameters for the torch.func path
     general_impl: str  # "jacobian" | "ntvp"
     use_fwd: bool  # jacfwd rather than jacrev
     k: int
-    block: int
+    stats: dict
+    output_fn: Callable | None = None
+    mode: str = "trace"
+    limit: int = 2**30
+    block: int = 1  # samples per block
+    group: int = 1  # output units per backward
+    tile: int = 512  # sample rows per Gram tile
     loop: bool = False  # per-sample Python loop: vmap could not batch the model
     loop_outputs: bool = False  # one backward per output unit: batched backward failed
+    fp: float = 0.0  # forward flops per sample
+    forced_chunk: int | None = None
 
 
-def _forward_flops(model, base, x1) -> float:
+def _forward_flops(model, base, x1, output_fn) -> float:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # the counter's first import warns about torch.jit
             from torch.utils.flop_counter import FlopCounterMode
 
         with torch.no_grad(), FlopCounterMode(display=False) as counter:
-            functional_call(model, base, (x1[:1],))
+            _call_model(model, base, x1[:1], output_fn, 1)
         return float(counter.get_total_flops())
     except Exception:  # counting is only a cost estimate
         return 0.0
 
 
-def _activation_numel(model, base, x) -> int:
-    """Elements of all module outputs for one sample: a proxy for per-sample activation memory."""
-    total = [0]
+def _route_costs(u: _Unit, na: int, nb: int, same: bool, k: int, mode: str) -> dict:
+    """Estimated work (GEMM-flop equivalents) of each exact route for one block pair."""
+    kk = k * k if mode == "full" else k
+    pairs = na * nb / (2 if same else 1)
+    sides = na + (0 if same else nb)
+    if u.kind == "affine":
+        return {"jac": pairs * 2 * kk * u.n_params}
+    if u.kind == "generic":
+        build = sides * k * 3 * max(u.flops, 2 * u.n_params)
+        return {"jac": build + pairs * 2 * kk * u.n_params + _EW * sides * k * u.n_params}
+    S, G, fi, fo = u.positions, u.groups, u.fan_in, u.fan_out
+    per_out = fo * (fi * u.weight + u.bias)  # parameters per group and output unit
+    gram = pairs * G * S * S * (2 * fi * u.weight + 2 * kk * fo + _EW * (kk + 1))
+    build = sides * k * G * max(2 * S * fi * fo * u.weight, _EW * per_out)
+    jac = build + pairs * 2 * kk * G * per_out + _EW * sides * k * G * per_out
+    return {"gram": gram, "jac": jac}
 
-    def hook(module, args, output):
-        if isinstance(output, torch.Tensor):
-            total[0] += output.numel()
 
-    handles = [m.register_forward_hook(hook) for m in model.modules() if m is not model]
-    try:
-        with torch.no_grad():
-            functional_call(model, base, (x[:1],))
-    finally:
-        for h in handles:
-            h.remove()
-    return max(total[0], 1)
-
-
-def _plan(model, selected, x1, x2, mode, implementation, memory_limit, chunk_size):
+def _plan(model, selected, x1, x2, mode, implementation, memory_limit, chunk_size, output_fn=None):
     base = {n: p.detach() for n, p in model.named_parameters()}
     n1 = x1.shape[0]
     n2 = n1 if x2 is None else x2.shape[0]
-    layers = []
-    if implementation in ("auto", "structured"):
-        cands = _candidate_layers(model, selected)
-        xp = x1[:2] if n1 >= 2 else torch.cat([x1[:1], (x1 if x2 is None else x2)[:1]])
-        layers, k = _probe(model, selected, cands, xp, base)
+    n_p = _probe_size(x1)
+    xp = _probe_batch(x1, x2, n_p)
+    units, general = [], list(selected)
+    if implementation != "ntvp":
+        xq = _probe_batch(x1, x2, n_p + 1)
+        cands, general, alt = _find_units(model, selected, xq, base, output_fn)
+        units, stats = _probe(model, selected, cands, xp, alt, base, output_fn)
+        covered = {full for u in units for full in u.params.values()}
+        general = [nm for nm in selected if nm not in covered]
     else:
         with torch.no_grad():
-            k = _flat_out(functional_call(model, base, (x1[:1],)), 1).shape[1]
-    covered = set()
-    for layer in layers:
-        if layer.weight:
-            covered.add(_param_name(selected, layer.module.weight))
-        if layer.bias:
-            covered.add(_param_name(selected, layer.module.bias))
-    general = [n for n in selected if n not in covered]
+            f = _call_model(model, base, xp, output_fn, n_p)
+        stats = dict(k=f.shape[1], saved=0.0, taps=0.0)
+    k = stats["k"]
     if implementation == "structured" and general:
         owners = sorted({n.rpartition(".")[0] or "<root>" for n in general})
         warnings.warn(
@@ -531,132 +1048,126 @@ def _plan(model, selected, x1, x2, mode, implementation, memory_limit, chunk_siz
             f"{owners}; they are handled by the general torch.func path",
             stacklevel=3,
         )
-    item = x1.element_size()
-    act = _activation_numel(model, base, x1)
+    fp = max(
+        _forward_flops(model, base, x1, output_fn),
+        2.0 * sum(p.numel() for p in selected.values()),
+    )
     p_gen = sum(selected[n].numel() for n in general)
-    kk = k * k if mode == "full" else k
-
-    # Per-sample bytes of block features (a), per-pair bytes of workspace (b).
-    a = 3 * act * item  # the retained graph of the structured forward
-    b = kk * item
-    for layer in layers:
-        S, fi, fo = layer.positions, layer.fan_in, layer.module.weight.shape[0]
-        # Grams over positions cost ~S²(fi + kk fo) per pair of samples; contracting per-sample
-        # weight gradients costs ~kk fo fi (and k fo fi memory per sample).
-        layer.per_sample = S > 1 and S * S * (fi + kk * fo) > kk * fo * fi
-        a += S * (fi + k * fo) * item
-        if layer.per_sample:
-            a += k * fo * (fi + 1) * item
-        elif S > 1:
-            b += 2 * S * S * item
-    use_fwd = p_gen < k
     impl = implementation if implementation in ("jacobian", "ntvp") else None
     if general and impl is None:
         # Novak et al. 2022, Table 1: Jacobian contraction ~ N k [FP] + N² k P (k² P in full
         # mode); NTK-vector products ~ N² k [FP]. Constant 3: a backward costs ~2 forwards.
-        fp = max(_forward_flops(model, base, x1), 2.0 * sum(p.numel() for p in selected.values()))
+        kk = k * k if mode == "full" else k
         cost_jac = 3 * (n1 + n2) * k * fp + n1 * n2 * kk * p_gen
         cost_ntvp = 3 * n1 * k * (n1 + n2) * fp
         impl = "ntvp" if cost_ntvp < cost_jac else "jacobian"
-    if general and impl == "jacobian":
-        a += 3 * k * (p_gen + act) * item
-    ntvp_pair = 0
-    if general and impl == "ntvp":
-        a += 3 * k * p_gen * item
-        ntvp_pair = 3 * k * act * item
-    b += ntvp_pair
-    if chunk_size is not None:
-        block = check_int(chunk_size, "chunk_size", minimum=1)
+    plan = _Plan(
+        units, general, impl or "jacobian", p_gen < k, k, stats, output_fn, mode, memory_limit
+    )
+    plan.fp = fp
+    plan.forced_chunk = chunk_size
+    for u in units:
+        if u.kind in ("generic", "affine"):
+            u.route = "jac"
+        elif implementation == "structured":
+            u.route = "gram"
+        elif implementation == "jacobian":
+            u.route = "jac"
+        else:
+            costs = _route_costs(u, n1, n2, x2 is None, k, mode)
+            u.route = min(costs, key=costs.get)
+    _size(plan, n1, n2, x2 is None, x1.element_size())
+    return plan, base
+
+
+def _size(plan: _Plan, n1: int, n2: int, symmetric: bool, item: int) -> None:
+    """Samples per block and outputs per backward so that the workspace fits plan.limit."""
+    k, limit, st = plan.k, plan.limit, plan.stats
+    kk = k * k if plan.mode == "full" else k
+    p_gen = 0
+    gen_sel = plan.general
+    if gen_sel:
+        p_gen = plan.stats.get("p_general", 0)
+    fixed = st["saved"] + st["taps"]  # per sample: the retained graph and the taps' copies
+    per_out = 2 * st["taps"]  # per sample and output: gradients and backward transients
+    unfold = max(
+        [u.positions * u.groups * u.fan_in * item for u in plan.units if u.kind == "conv"],
+        default=0,
+    )
+    gen = 3 * k * (p_gen + 0) * item if plan.general_impl == "jacobian" else 0
+    budget = 0.75 * limit  # the rest for Gram tiles and gradient slices
+
+    def mem(c, kg, sides):
+        return sides * c * (fixed + kg * per_out + unfold + gen) + kk * item * c * c
+
+    n = max(n1, n2)
+    full = plan.mode == "full"
+    if plan.forced_chunk is not None:
+        c = plan.forced_chunk
     else:
-        # 2 a c + b c² <= limit
-        disc = (2 * a) ** 2 + 4 * b * memory_limit
-        block = int((-2 * a + math.sqrt(disc)) / (2 * b)) if b > 0 else n1
-        block = max(1, block)
-    block = min(block, max(n1, n2))
-    return _Plan(layers, general, impl or "jacobian", use_fwd, k, block), base
+        sides1 = 1 if symmetric else 2
+        if mem(n, k if full else 1, sides1) <= budget:
+            c = n
+        else:
+            c = n
+            while c > 1 and mem(c, k if full else 1, 2) > budget:
+                c = max(1, c // 2)
+    sides = 1 if (symmetric and c >= n) else 2
+    kg = k
+    if not full:
+        while kg > 1 and mem(c, kg, sides) > budget:
+            kg = (kg + 1) // 2
+    plan.block, plan.group = max(1, min(c, n)), kg
+    # Gram tiles: G·(t S)²·(2 + kk) elements at most a quarter of the limit.
+    worst = max(
+        [
+            u.groups * u.positions**2 * (2 + (plan.group**2 if full else plan.group))
+            for u in plan.units
+            if u.route == "gram"
+        ],
+        default=1,
+    )
+    plan.tile = max(1, min(_SYMMETRIC_TILE, int(math.sqrt(0.25 * limit / (worst * item)))))
 
 
-def _structured_features(model, plan: _Plan, base, x, mode):
-    layers = plan.layers
-    n = x.shape[0]
-    out = _run_structured(model, layers, base, x)
-    f = _flat_out(out, n)
-    if not all(_check_layer_records(layers, n)):
-        raise RuntimeError(
-            "a layer of the model was called differently than on the probe batch; pass "
-            "implementation='jacobian'"
-        )
-    taps = [lay.records[0][1] for lay in layers]
-    grads = _output_gradients(f, taps, plan)
-    feats = []
-    for layer, g in zip(layers, grads, strict=True):
-        # Output units as an extra axis: (n, *, k, fo) for Linear, (n, k, C, H, W) for Conv2d,
-        # the layouts _as_positions maps to (n, S, k, fo).
-        g = g.movedim(0, -2 if layer.kind == "linear" else 1)
-        feats.append(_gram_features(layer, layer.records[0][0], g))
-        layer.records = []
-    return feats
+_SYMMETRIC_TILE = 512
 
 
-def _output_gradients(f: torch.Tensor, taps: list, plan: _Plan) -> list:
-    """∂f_c/∂tap for every output unit c, per tap stacked as (k, *tap.shape).
-
-    Samples are independent, so the gradient of Σ_i f_ic gives each sample's own row.
-    """
-    n, k = f.shape
-    if not f.requires_grad:
-        return [t.new_zeros((k, *t.shape)) for t in taps]
-    if k > 1 and not plan.loop_outputs:
-        basis = torch.eye(k, dtype=f.dtype, device=f.device)[:, None, :].expand(k, n, k)
-        try:
-            # One vmapped backward for all k units instead of k backward passes.
-            grads = torch.autograd.grad(
-                f, taps, basis, retain_graph=True, allow_unused=True, is_grads_batched=True
-            )
-            return [
-                t.new_zeros((k, *t.shape)) if g is None else g
-                for g, t in zip(grads, taps, strict=True)
-            ]
-        except RuntimeError:
-            plan.loop_outputs = True  # an op without a batching rule: one backward per unit
-    per_unit = []
-    for c in range(k):
-        gs = torch.autograd.grad(f[:, c].sum(), taps, retain_graph=c < k - 1, allow_unused=True)
-        per_unit.append(
-            [torch.zeros_like(t) if g is None else g for g, t in zip(gs, taps, strict=True)]
-        )
-    return [torch.stack([unit[i] for unit in per_unit]) for i in range(len(taps))]
+# --------------------------------------------------------------------------------------------
+# The general torch.func path (parameters no unit accounts for)
+# --------------------------------------------------------------------------------------------
 
 
-def _jacobian_features(model, plan: _Plan, base, x):
+def _jacobian_features(model, plan: _Plan, base, x) -> torch.Tensor:
     names = plan.general
     gp = {nm: base[nm] for nm in names}
     n = x.shape[0]
+    ofn = plan.output_fn
 
     def f1(gp, xi):
         out = functional_call(model, {**base, **gp}, (xi.unsqueeze(0),))
-        return out.reshape(-1)
+        return _flat_out(out, 1, ofn).reshape(-1)
 
     if not plan.loop:
         jac = (jacfwd if plan.use_fwd else jacrev)(f1)
         try:
             with _quiet_jit_deprecation():
                 js = vmap(jac, in_dims=(None, 0))(gp, x)
-            return ("jac", torch.cat([js[nm].reshape(n, plan.k, -1) for nm in names], dim=2))
+            return torch.cat([js[nm].reshape(n, plan.k, -1) for nm in names], dim=2)
         except RuntimeError as err:
             # e.g. data-dependent control flow or .item() in forward, which vmap cannot batch
             reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
             warnings.warn(
                 f"torch.func.vmap failed on the model ({reason}); computing per-sample "
                 "Jacobians in a Python loop instead, which is slower",
-                stacklevel=4,
+                stacklevel=5,
             )
             plan.loop = True
     leaves = {nm: base[nm].detach().requires_grad_(True) for nm in names}
     rows = []
     for i in range(n):
         with torch.enable_grad():
-            out = _flat_out(functional_call(model, {**base, **leaves}, (x[i : i + 1],)), 1)[0]
+            out = _flat_out(functional_call(model, {**base, **leaves}, (x[i : i + 1],)), 1, ofn)[0]
         per_unit = []
         for c in range(out.shape[0]):
             gs = torch.autograd.grad(
@@ -671,19 +1182,20 @@ def _jacobian_features(model, plan: _Plan, base, x):
                 )
             )
         rows.append(torch.stack(per_unit))
-    return ("jac", torch.stack(rows))
+    return torch.stack(rows)
 
 
 def _ntvp_block(model, plan: _Plan, base, xa, xb, mode):
     names = plan.general
     gp = {nm: base[nm] for nm in names}
     na, nb, k = xa.shape[0], xb.shape[0], plan.k
+    ofn = plan.output_fn
 
     def fa(gp):
-        return functional_call(model, {**base, **gp}, (xa,)).reshape(na, -1)
+        return _flat_out(functional_call(model, {**base, **gp}, (xa,)), na, ofn)
 
     def fb(gp):
-        return functional_call(model, {**base, **gp}, (xb,)).reshape(nb, -1)
+        return _flat_out(functional_call(model, {**base, **gp}, (xb,)), nb, ofn)
 
     _, vjp_fn = vjp(fa, gp)
 
@@ -691,66 +1203,157 @@ def _ntvp_block(model, plan: _Plan, base, xa, xb, mode):
         (g,) = vjp_fn(v)
         return jvp(fb, (gp,), (g,))[1]
 
-    basis = torch.eye(na * k, dtype=xa.dtype, device=xa.device).view(na * k, na, k)
-    full = vmap(ntk_slice)(basis).view(na, k, nb, k).transpose(1, 2)  # (na, nb, k, k)
+    basis = torch.eye(na * k, dtype=base[names[0]].dtype, device=base[names[0]].device)
+    full = vmap(ntk_slice)(basis.view(na * k, na, k)).view(na, k, nb, k).transpose(1, 2)
     if mode == "full":
         return full
     diag = torch.diagonal(full, dim1=2, dim2=3)  # (na, nb, k)
     return diag.sum(-1) if mode == "trace" else diag
 
 
-def _features(model, plan: _Plan, base, x, mode):
-    feats = _structured_features(model, plan, base, x, mode) if plan.layers else []
+# --------------------------------------------------------------------------------------------
+# The block loop: one forward per block, one backward per output group, every unit's term
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass
+class _Side:
+    x: torch.Tensor
+    f: torch.Tensor | None
+    records: list
+    general: torch.Tensor | None
+    grads: dict = field(default_factory=dict)  # (c0, c1) -> per-unit gradients
+
+
+def _forward(model, plan: _Plan, base, x) -> _Side:
+    n = x.shape[0]
+    f, records = None, []
+    if plan.units:
+        with torch.enable_grad(), _hooked(plan.units):
+            f = _call_model(model, base, x, plan.output_fn, n)
+        bad = [u.name for u in plan.units if not _record_dims(u, n, probe=False)]
+        records = [u.records[0] if u.records else None for u in plan.units]
+        for u in plan.units:
+            u.records = []
+        if bad:
+            raise RuntimeError(
+                f"module(s) {bad} were called differently than on the probe batch; pass "
+                "implementation='ntvp' (the model is then differentiated as a whole)"
+            )
+    gen = None
     if plan.general and plan.general_impl == "jacobian":
-        feats.append(_jacobian_features(model, plan, base, x))
-    return feats
+        with _quiet_jit_deprecation():
+            gen = _jacobian_features(model, plan, base, x)
+    return _Side(x, f, records, gen)
 
 
-def _block_kernel(model, plan, base, xa, xb, fa, fb, mode):
-    with _quiet_jit_deprecation():
-        return _block_kernel_impl(model, plan, base, xa, xb, fa, fb, mode)
+def _output_grads(plan: _Plan, side: _Side, c0: int, c1: int) -> list:
+    """∂f_c/∂tap for c in c0:c1, per unit a list of (kg, *tap.shape) tensors.
+
+    Samples are independent, so the gradient of Σ_i f_ic gives each sample's own row; the kg
+    outputs go through one batched backward (is_grads_batched) when every op allows it.
+    """
+    key = (c0, c1)
+    if key in side.grads:
+        return side.grads[key]
+    f = side.f
+    taps = [t for rec in side.records for t in rec[2]]
+    kg = c1 - c0
+    n = f.shape[0]
+    if not f.requires_grad:
+        flat = [t.new_zeros((kg, *t.shape)) for t in taps]
+    else:
+        flat = None
+        if kg > 1 and not plan.loop_outputs:
+            basis = f.new_zeros((kg, n, f.shape[1]))
+            basis[torch.arange(kg), :, torch.arange(c0, c1)] = 1
+            try:
+                gs = torch.autograd.grad(
+                    f, taps, basis, retain_graph=True, allow_unused=True, is_grads_batched=True
+                )
+                flat = [
+                    t.new_zeros((kg, *t.shape)) if g is None else g
+                    for g, t in zip(gs, taps, strict=True)
+                ]
+            except RuntimeError:
+                plan.loop_outputs = True  # an op without a batching rule: one backward per unit
+        if flat is None:
+            per = []
+            for c in range(c0, c1):
+                gs = torch.autograd.grad(f[:, c].sum(), taps, retain_graph=True, allow_unused=True)
+                per.append(
+                    [torch.zeros_like(t) if g is None else g for g, t in zip(gs, taps, strict=True)]
+                )
+            flat = [torch.stack([p[i] for p in per]) for i in range(len(taps))]
+    out, pos = [], 0
+    for rec in side.records:
+        nt = len(rec[2])
+        out.append(flat[pos : pos + nt])
+        pos += nt
+    if plan.group == plan.k:
+        side.grads[key] = out  # one group: reused for every block paired with this one
+    return out
 
 
-def _block_kernel_impl(model, plan, base, xa, xb, fa, fb, mode):
+def _unit_term(plan: _Plan, u: _Unit, ra, ga, rb, gb, mode: str, same: bool):
+    if u.route == "gram":
+        xa, gA = _positions(u, ra[0], ga[0])
+        xb, gB = (xa, gA) if same else _positions(u, rb[0], gb[0])
+        return _gram_term(u, xa, gA, xb, gB, mode, plan.tile, same)
+    if u.kind in ("generic", "affine"):
+        ja = _unit_jac(u, ra, ga)
+        jb = ja if same else _unit_jac(u, rb, gb)
+        return _contract(ja, jb, mode)
+    na, nb = ra[2][0].shape[u.out_dims[0]], rb[2][0].shape[u.out_dims[0]]
+    kg, G, fi, fo = ga[0].shape[0], u.groups, u.fan_in, u.fan_out
+    per = (na + (0 if same else nb)) * kg * G * (fi + 1) * plan.stats["item"]
+    oc = max(1, min(fo, int(plan.limit / 8 / per)))
+    if u.kind == "conv":
+        # Per-sample weight gradients by grouped convolution (no im2col of the inputs).
+        def jac(r, g, o0):
+            return _jac_conv(u, r[0][0], g[0], o0, min(fo, o0 + oc))
+    else:
+        xa, gA = _positions(u, ra[0], ga[0])
+        xb, gB = (xa, gA) if same else _positions(u, rb[0], gb[0])
+        sides = {id(ra): (xa, gA), id(rb): (xb, gB)}
+
+        def jac(r, g, o0):
+            xs, gs = sides[id(r)]
+            return _jac_linear(u, xs, gs, o0, min(fo, o0 + oc))
+
     out = None
-    for i, (ga, gb) in enumerate(zip(fa, fb, strict=True)):
-        if i < len(plan.layers):
-            term = _contract_layer(plan.layers[i], ga, gb, mode)
+    for o0 in range(0, fo, oc):
+        ja = jac(ra, ga, o0)
+        jb = ja if same else jac(rb, gb, o0)
+        t = _contract(ja, jb, mode)
+        out = t if out is None else out.add_(t)
+        del ja, jb
+    return out
+
+
+def _block(model, plan: _Plan, base, sa: _Side, sb: _Side, same: bool, groups, step):
+    mode, k = plan.mode, plan.k
+    na, nb = sa.x.shape[0], sb.x.shape[0]
+    shape = (na, nb) + {"trace": (), "diagonal": (k,), "full": (k, k)}[mode]
+    blk = sa.x.new_zeros(shape, dtype=plan.stats["dtype"]) if plan.units or plan.general else None
+    for c0, c1 in groups:
+        if plan.units:
+            ga = _output_grads(plan, sa, c0, c1)
+            gb = ga if same else _output_grads(plan, sb, c0, c1)
+            for i, u in enumerate(plan.units):
+                term = _unit_term(plan, u, sa.records[i], ga[i], sb.records[i], gb[i], mode, same)
+                if mode == "diagonal":
+                    blk[..., c0:c1] += term
+                else:
+                    blk += term
+        step()
+    if plan.general:
+        if plan.general_impl == "jacobian":
+            blk += _contract(sa.general, sb.general, mode)
         else:
-            term = _contract(ga[1], gb[1], mode)
-        out = term if out is None else out.add_(term)
-    if plan.general and plan.general_impl == "ntvp":
-        term = _ntvp_block(model, plan, base, xa, xb, mode)
-        out = term if out is None else out.add_(term)
-    return out
-
-
-# Rows per sub-tile of a symmetric block: GEMMs of this size still run at full speed, and only
-# tiles on and above the diagonal are computed, halving the work of Θ(x, x).
-_SYMMETRIC_TILE = 512
-
-
-def _slice_features(feats: list, rows: slice) -> list:
-    return [tuple(t[rows] if torch.is_tensor(t) else t for t in f) for f in feats]
-
-
-def _symmetric_block(model, plan, base, x, feats, mode):
-    """Θ(x, x) from one block's features, computing only the upper triangle of sub-tiles."""
-    n, t = x.shape[0], _SYMMETRIC_TILE
-    out = None
-    for i0 in range(0, n, t):
-        si = slice(i0, i0 + t)
-        fi = _slice_features(feats, si)
-        for j0 in range(i0, n, t):
-            sj = slice(j0, j0 + t)
-            fj = fi if j0 == i0 else _slice_features(feats, sj)
-            blk = _block_kernel(model, plan, base, x[si], x[sj], fi, fj, mode)
-            if out is None:
-                out = blk.new_empty((n, n) + tuple(blk.shape[2:]))
-            out[si, sj] = blk
-            if j0 != i0:
-                out[sj, si] = _swap(blk, mode)
-    return out
+            with _quiet_jit_deprecation():
+                blk += _ntvp_block(model, plan, base, sa.x, sb.x, mode)
+    return blk.detach()
 
 
 def _swap(t: torch.Tensor, mode: str) -> torch.Tensor:
@@ -759,9 +1362,116 @@ def _swap(t: torch.Tensor, mode: str) -> torch.Tensor:
     return t.transpose(2, 3) if mode == "full" else t
 
 
+@contextlib.contextmanager
+def _progress(total: int, enabled: bool | None) -> Iterator[Callable[[], None]]:
+    """A rich progress bar over the (block pair, output group) steps.
+
+    enabled=None shows it once the first steps project more than _PROGRESS_AFTER_S seconds.
+    """
+    state = dict(done=0, bar=None, task=None, t0=time.perf_counter())
+
+    def start():
+        from rich.progress import (
+            BarColumn,
+            Progress,
+            TextColumn,
+            TimeElapsedColumn,
+            TimeRemainingColumn,
+        )
+
+        bar = Progress(
+            TextColumn("empirical NTK"),
+            BarColumn(),
+            TextColumn("{task.completed}/{task.total} chunks"),
+            TimeElapsedColumn(),
+            TimeRemainingColumn(),
+            transient=True,
+        )
+        bar.start()
+        state["bar"], state["task"] = bar, bar.add_task("ntk", total=total, completed=state["done"])
+
+    if enabled:
+        start()
+
+    def step():
+        state["done"] += 1
+        if state["bar"] is not None:
+            state["bar"].update(state["task"], completed=state["done"])
+        elif enabled is None and state["done"] < total:
+            elapsed = time.perf_counter() - state["t0"]
+            if elapsed / state["done"] * total > _PROGRESS_AFTER_S:
+                start()
+
+    try:
+        yield step
+    finally:
+        if state["bar"] is not None:
+            state["bar"].stop()
+
+
+def _compute(model, plan: _Plan, base, x1, x2, progress) -> torch.Tensor:
+    """Θ(x1, x2) (x2 None: Θ(x1, x1), exactly symmetric) in blocks and output groups."""
+    mode, k = plan.mode, plan.k
+    xs2 = x1 if x2 is None else x2
+    n1, n2 = x1.shape[0], xs2.shape[0]
+    _size(plan, n1, n2, x2 is None, plan.stats["item"])
+    c, kg = plan.block, plan.group
+    groups = [(c0, min(k, c0 + kg)) for c0 in range(0, k, kg)] if plan.units else [(0, k)]
+    starts1 = list(range(0, n1, c))
+    pairs = sum(len(range(i0 if x2 is None else 0, n2, c)) for i0 in starts1)
+    shape = (n1, n2) + {"trace": (), "diagonal": (k,), "full": (k, k)}[mode]
+    result = torch.empty(shape, dtype=plan.stats["dtype"], device=x1.device)
+    with _progress(pairs * len(groups), progress) as step:
+        for i0 in starts1:
+            sa = _forward(model, plan, base, x1[i0 : i0 + c])
+            for j0 in range(i0 if x2 is None else 0, n2, c):
+                same = x2 is None and j0 == i0
+                sb = sa if same else _forward(model, plan, base, xs2[j0 : j0 + c])
+                blk = _block(model, plan, base, sa, sb, same, groups, step)
+                result[i0 : i0 + c, j0 : j0 + c] = blk
+                if x2 is None and not same:
+                    result[j0 : j0 + c, i0 : i0 + c] = _swap(blk, mode)
+                del sb
+            del sa
+    if x2 is None:
+        result = 0.5 * (result + _swap(result, mode))  # exact symmetry despite rounding
+    if mode == "trace":
+        result = result / k
+    return result
+
+
 # --------------------------------------------------------------------------------------------
 # Public API
 # --------------------------------------------------------------------------------------------
+
+
+def _prepare(model, x1, x2, mode, params, implementation, memory_limit_bytes, chunk_size):
+    model = _check_model(model)
+    _check_choice(mode, "mode", MODES)
+    _check_choice(implementation, "implementation", IMPLEMENTATIONS)
+    if x2 is x1:  # the same tensor: the symmetric path does half the work
+        x2 = None
+    x1, x2 = _check_inputs(model, x1, x2)
+    _check_no_batch_coupling(model)
+    selected = _select_params(model, params)
+    dtype = next(iter(selected.values())).dtype
+    for name, p in selected.items():
+        float_ok = not x1.is_floating_point() or p.dtype == x1.dtype
+        if not p.is_floating_point() or not float_ok or p.device != x1.device or p.dtype != dtype:
+            raise TypeError(
+                f"parameter {name!r} is {p.dtype} on {p.device} but x1 is {x1.dtype} on "
+                f"{x1.device}; the model and the inputs must agree"
+            )
+    limit = _memory_limit(memory_limit_bytes, x1.device)
+    if chunk_size is not None:
+        check_int(chunk_size, "chunk_size", minimum=1)
+    return model, x1, x2, selected, limit
+
+
+def _finish_plan(plan: _Plan, selected, dtype) -> None:
+    plan.stats["dtype"] = dtype
+    plan.stats["item"] = torch.empty((), dtype=dtype).element_size()
+    plan.stats["p_general"] = sum(selected[n].numel() for n in plan.general)
 
 
 def empirical_ntk(
@@ -774,99 +1484,155 @@ def empirical_ntk(
     implementation: str = "auto",
     memory_limit_bytes: int | None = None,
     chunk_size: int | None = None,
+    output_fn: Callable | None = None,
+    progress: bool | None = None,
 ) -> torch.Tensor:
     """The empirical neural tangent kernel of ``model`` between the samples ``x1`` and ``x2``.
 
     Θ(x, x') = Σ_p ∂f(x)/∂θ_p ∂f(x')/∂θ_pᵀ  (Jacot et al. 2018), the sum running over the
     selected parameters θ_p, with f(x) the model's output for one sample flattened to k units.
 
-    For ``nn.Linear``, ``nn.Conv2d`` (groups=1) and widenet's ``Dense`` layers the term of the
-    layer's weight and bias is computed without per-sample Jacobians, by the factorisation of
-    Novak et al. 2022 ("Fast finite width neural tangent kernel", ICML):
+    Every module called once per forward contributes the term of its own parameters, from one
+    forward and one backward pass per block of samples (see the module docstring). For
+    ``nn.Linear`` (and subclasses keeping its forward), ``nn.Conv1d``/``nn.Conv2d`` (any
+    stride, dilation, groups, padding and padding_mode) and widenet's ``Dense`` the term is
+    computed either by the factorisation of Novak et al. 2022 ("Fast finite width neural
+    tangent kernel", ICML),
 
         Θ_layer(x, x')_cd = Σ_{s,t} (g_sc(x) · g_td(x')) (ws² x_s · x'_t + bs²),
 
-    i.e. Θ_layer = (G Gᵀ) ⊙ (ws² X Xᵀ + bs²) for a layer applied once per sample, where X are
-    the layer's inputs, g_sc = ∂f_c/∂y_s (rows of G) the gradients of output unit c with respect
-    to the layer's outputs, s, t the positions the layer is applied at (extra input dims,
-    convolution patches) and ws, bs ``Dense.weight_scale`` / ``bias_scale`` (1 for torch
-    layers). Each such layer is checked on
-    a probe batch against autograd before it is trusted; the remaining parameters (normalisation
-    weights, custom modules, weights used more than once) go through torch.func and are added.
+    with x_s the layer's inputs (patches) at position s, g_sc = ∂f_c/∂y_s the output-gradients
+    and ws, bs ``Dense.weight_scale`` / ``bias_scale`` (1 for torch layers), or by contracting
+    the per-sample weight gradients Σ_s g_sc x_sᵀ, whichever a flop and memory estimate finds
+    cheaper for that layer. Other modules (BatchNorm in eval mode, LayerNorm, attention,
+    embeddings, custom modules) get per-sample gradients from ``vmap`` of their own
+    vector-Jacobian product. Every module's route is checked on a probe batch against autograd
+    before it is trusted; parameters used outside a single module call go through torch.func
+    over the whole model (per-sample Jacobians or NTK-vector products).
 
     Args:
         model: any module whose forward maps a batch (n, ...) to outputs (n, ...), treating
             samples independently. Training-mode BatchNorm and Dropout are refused.
-        x1: inputs, shape (n1, ...), at least 2-D, finite, same dtype/device as the model.
+        x1: inputs, shape (n1, ...), float (same dtype/device as the model, at least 2-D,
+            finite) or integer token ids (e.g. for ``nn.Embedding``; passed on uncast).
         x2: second inputs (n2, ...) or None for x2 = x1 (the result is then exactly symmetric).
         mode: "trace": (n1, n2), the trace over output units divided by k (neural-tangents'
             ``trace_axes=(-1,)`` convention, so that Θ ⊗ I_k gives Θ); "full": (n1, n2, k, k);
             "diagonal": (n1, n2, k), the output-unit diagonal.
         params: parameters to differentiate, as names (``model.named_parameters()``) or
             ``nn.Parameter`` objects; default every parameter with ``requires_grad``.
-        implementation: "auto" (structured where possible, else the cheaper general method),
-            "structured" (warns naming modules it cannot factorise), "jacobian" (per-sample
-            Jacobians by vmap(jacrev)/jacfwd, contracted) or "ntvp" (NTK-vector products).
-        memory_limit_bytes: rough bound on the workspace beyond the model, the inputs and the
-            result; samples are processed in blocks to respect it. Default: half the free memory
-            on CUDA, min(half the available RAM, 4 GiB) on CPU.
+        implementation: "auto" (per layer the cheaper exact route, by estimated cost),
+            "structured" (the factorisation for every Linear/Conv layer; warns naming modules
+            no unit covers), "jacobian" (per-sample gradients contracted, for every layer; the
+            parameters no module call covers by vmap(jacrev)) or "ntvp" (NTK-vector products
+            through the whole model).
+        memory_limit_bytes: bound on the workspace beyond the model, the inputs and the
+            result: samples are processed in blocks, outputs in groups and weight gradients in
+            slices of output channels to respect it. Default: half the free memory on CUDA,
+            min(half the available RAM, 4 GiB) on CPU.
         chunk_size: samples per block, overriding the memory-based choice.
+        output_fn: applied to the model's output to get the (n, ...) tensor differentiated,
+            e.g. ``lambda out: out["logits"]`` or ``lambda out: out[0]`` for models returning
+            dicts or tuples.
+        progress: a progress bar over the chunks on stderr: True always, False never, None
+            (default) when the call is projected to take more than a few seconds.
 
     Returns:
-        A tensor on the inputs' device, in their dtype. Parameters, ``.grad`` and the module's
-        training flags are left as they were.
+        A tensor on the inputs' device, in the parameters' dtype. Parameters, ``.grad`` and the
+        module's training flags are left as they were.
     """
-    model = _check_model(model)
-    _check_choice(mode, "mode", MODES)
-    _check_choice(implementation, "implementation", IMPLEMENTATIONS)
-    if x2 is x1:  # the same tensor: the symmetric path does half the work
-        x2 = None
-    x1, x2 = _check_inputs(model, x1, x2)
-    _check_no_batch_coupling(model)
-    selected = _select_params(model, params)
-    for name, p in selected.items():
-        if p.dtype != x1.dtype or p.device != x1.device:
-            raise TypeError(
-                f"parameter {name!r} is {p.dtype} on {p.device} but x1 is {x1.dtype} on "
-                f"{x1.device}; the model and the inputs must agree"
+    model, x1, x2, selected, limit = _prepare(
+        model, x1, x2, mode, params, implementation, memory_limit_bytes, chunk_size
+    )
+    plan, base = _plan(model, selected, x1, x2, mode, implementation, limit, chunk_size, output_fn)
+    _finish_plan(plan, selected, next(iter(selected.values())).dtype)
+    return _compute(model, plan, base, x1, x2, progress)
+
+
+class EmpiricalNTKTiles:
+    """Tiles Θ(x1[rows], x2[cols]) of an empirical NTK (``mode="trace"``), planned once.
+
+    The probe, the routes and the cost model of :func:`empirical_ntk` are set up on the first
+    tile and reused; every tile is computed with the same sample blocks, output groups and
+    memory bound. A diagonal tile of Θ(x1, x1) (rows == cols, x2 None) takes the symmetric
+    path and is exactly symmetric. ``widenet.scale.kernel_to_zarr(model, x, get="ntk")``
+    writes its stores with these tiles; the object pickles (for Dask workers) without its
+    plan, which each process rebuilds on its first tile.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        x1,
+        x2=None,
+        *,
+        params=None,
+        implementation: str = "auto",
+        memory_limit_bytes: int | None = None,
+        chunk_size: int | None = None,
+        output_fn: Callable | None = None,
+        progress: bool | None = False,
+    ):
+        model, x1, x2, selected, limit = _prepare(
+            model, x1, x2, "trace", params, implementation, memory_limit_bytes, chunk_size
+        )
+        self.model, self.x1, self.x2 = model, x1, x2
+        self.options = dict(
+            params=params,
+            implementation=implementation,
+            limit=limit,
+            chunk_size=chunk_size,
+            output_fn=output_fn,
+            progress=progress,
+        )
+        self._state = None
+
+    def __getstate__(self):
+        d = dict(self.__dict__)
+        d["_state"] = None
+        return d
+
+    def _planned(self, xa, xb):
+        if self._state is None:
+            o = self.options
+            selected = _select_params(self.model, o["params"])
+            plan, base = _plan(
+                self.model,
+                selected,
+                xa,
+                xb,
+                "trace",
+                o["implementation"],
+                o["limit"],
+                o["chunk_size"],
+                o["output_fn"],
             )
-    limit = _memory_limit(memory_limit_bytes, x1.device)
-    if chunk_size is not None:
-        check_int(chunk_size, "chunk_size", minimum=1)
-    plan, base = _plan(model, selected, x1, x2, mode, implementation, limit, chunk_size)
-    k = plan.k
+            _finish_plan(plan, selected, next(iter(selected.values())).dtype)
+            self._state = (plan, base)
+        return self._state
 
-    xs2 = x1 if x2 is None else x2
-    n1, n2 = x1.shape[0], xs2.shape[0]
-    shape = (n1, n2) + {"trace": (), "diagonal": (k,), "full": (k, k)}[mode]
-    result = torch.empty(shape, dtype=x1.dtype, device=x1.device)
-    c = plan.block
-    starts1 = range(0, n1, c)
-    for i0 in starts1:
-        xa = x1[i0 : i0 + c]
-        fa = _features(model, plan, base, xa, mode)
-        j_first = i0 if x2 is None else 0
-        for j0 in range(j_first, n2, c):
-            xb = xs2[j0 : j0 + c]
-            same = x2 is None and j0 == i0
-            fb = fa if same else _features(model, plan, base, xb, mode)
-            if same:
-                blk = _symmetric_block(model, plan, base, xa, fa, mode).detach()
-            else:
-                blk = _block_kernel(model, plan, base, xa, xb, fa, fb, mode).detach()
-            result[i0 : i0 + c, j0 : j0 + c] = blk
-            if x2 is None and not same:
-                result[j0 : j0 + c, i0 : i0 + c] = _swap(blk, mode)
-            del fb
-        del fa
-    if x2 is None:
-        result = 0.5 * (result + _swap(result, mode))  # exact symmetry despite rounding
-    if mode == "trace":
-        result = result / k
-    return result
+    def __call__(self, rows: slice, cols: slice) -> torch.Tensor:
+        xb_all = self.x1 if self.x2 is None else self.x2
+        xa = self.x1[rows]
+        xb = None if (self.x2 is None and rows == cols) else xb_all[cols]
+        plan, base = self._planned(xa, xb)
+        return _compute(self.model, plan, base, xa, xb, self.options["progress"])
 
 
-def empirical_nngp(model: nn.Module, x1, x2=None, *, mode: str = "trace", chunk_size=None):
+def empirical_ntk_tiles(model: nn.Module, x1, x2=None, **options) -> EmpiricalNTKTiles:
+    """``EmpiricalNTKTiles(model, x1, x2, **options)``: a callable (rows, cols) -> tile."""
+    return EmpiricalNTKTiles(model, x1, x2, **options)
+
+
+def empirical_nngp(
+    model: nn.Module,
+    x1,
+    x2=None,
+    *,
+    mode: str = "trace",
+    chunk_size=None,
+    output_fn: Callable | None = None,
+):
     """The empirical NNGP kernel: the outputs' covariance over output units.
 
     K(x, x') = f(x) · f(x')ᵀ / k for k output units (neural-tangents' ``empirical_nngp_fn`` with
@@ -875,19 +1641,20 @@ def empirical_nngp(model: nn.Module, x1, x2=None, *, mode: str = "trace", chunk_
     estimate. ``mode="full"`` returns the unaveraged (n1, n2, k, k) products f_c(x) f_d(x'),
     ``"diagonal"`` the (n1, n2, k) products f_c(x) f_c(x').
 
-    Inputs are validated as in :func:`empirical_ntk`; the model is run without gradients, in
-    blocks of ``chunk_size`` samples if given.
+    Inputs are validated as in :func:`empirical_ntk` (``output_fn`` as there); the model is run
+    without gradients, in blocks of ``chunk_size`` samples if given.
     """
     model = _check_model(model)
     _check_choice(mode, "mode", MODES)
     x1, x2 = _check_inputs(model, x1, x2)
     _check_no_batch_coupling(model)
+    base = dict(model.named_parameters())
 
     def outputs(x):
         step = x.shape[0] if chunk_size is None else check_int(chunk_size, "chunk_size", minimum=1)
         with torch.no_grad():
             parts = [
-                _flat_out(model(x[i : i + step]), x[i : i + step].shape[0])
+                _call_model(model, base, x[i : i + step], output_fn, x[i : i + step].shape[0])
                 for i in range(0, x.shape[0], step)
             ]
         return torch.cat(parts)

@@ -352,22 +352,14 @@ def _shift(s: slice, by: int) -> slice:
 
 @dataclass(frozen=True)
 class _EmpiricalSource:
-    """Tiles of the empirical NTK (trace mode) of a model: one empirical_ntk call per tile."""
+    """Tiles of the empirical NTK (trace mode) of a model, from one
+    :class:`widenet.empirical.EmpiricalNTKTiles`: planned once per process, each tile computed
+    in the sample blocks and output groups that fit its memory limit."""
 
-    model: nn.Module
-    x1: torch.Tensor
-    x2: torch.Tensor | None
-    options: dict
+    tiles: object  # widenet.empirical.EmpiricalNTKTiles
 
     def __call__(self, rows: slice, cols: slice) -> dict[str, torch.Tensor]:
-        from widenet.empirical import empirical_ntk
-
-        if self.x2 is None and rows == cols:
-            theta = empirical_ntk(self.model, self.x1[rows], **self.options)
-        else:
-            xb = self.x1 if self.x2 is None else self.x2
-            theta = empirical_ntk(self.model, self.x1[rows], xb[cols], **self.options)
-        return {"ntk": theta}
+        return {"ntk": self.tiles(rows, cols)}
 
 
 def _arch_metadata(arch: Architecture, width) -> dict:
@@ -441,7 +433,10 @@ def _make_source(kernel, x1, x2, *, get, dtype, width, tile, block, ntk_options)
             )
         x1 = as_tensor(x1, "x1", dtype=dtype)
         x2 = None if x2 is None or x2 is x1 else as_tensor(x2, "x2", dtype=dtype)
-        source = _EmpiricalSource(kernel, x1, x2, dict(ntk_options))
+        from widenet.empirical import empirical_ntk_tiles
+
+        options = {key: v for key, v in ntk_options.items() if key != "mode"}
+        source = _EmpiricalSource(empirical_ntk_tiles(kernel, x1, x2, **options))
         # Validate everything (shapes, dtypes, BatchNorm in train mode, ...) on a tiny tile.
         source(slice(0, 1), slice(0, 1))
         return source, x1, x2, ("ntk",), _model_metadata(kernel, ntk_options)

@@ -1,0 +1,527 @@
+"""Empirical NTK of real architectures (issue 19) against float64 autograd.
+
+The reference is the brute-force contraction of per-sample, per-output float64 Jacobians built
+with torch.autograd.grad (``reference_ntk`` of test_empirical.py). In float64 every exact route
+differs from it only by summation order (~1e-16 relative, ~1e-15 through the deeper networks),
+so TOL64 = 1e-9 is far above rounding and far below any formula error (a missing or mis-scaled
+term changes the kernel by O(1e-2) or more relative on these models); it is also far inside the
+issue's 1e-5 bar. float32 runs are held to 1e-4 (their rounding, ~1e-6, accumulates over depth).
+"""
+
+from __future__ import annotations
+
+import copy
+import pickle
+import warnings
+
+import pytest
+import torch
+import torch.nn.functional as F
+from test_empirical import data, reduce, reference_ntk, rel_err
+from torch import nn
+
+from widenet.empirical import (
+    EmpiricalNTKTiles,
+    _plan,
+    _select_params,
+    empirical_nngp,
+    empirical_ntk,
+    empirical_ntk_tiles,
+)
+
+TOL64 = 1e-9
+TOL32 = 1e-4
+MODES = ("trace", "full", "diagonal")
+
+
+def plan_of(model, x, mode="trace", implementation="auto", params=None, limit=2**30):
+    plan, _ = _plan(
+        model, _select_params(model, params), x, None, mode, implementation, limit, None
+    )
+    return plan
+
+
+# --------------------------------------------------------------------------------------------
+# Models
+# --------------------------------------------------------------------------------------------
+
+
+class Block(nn.Module):
+    """He et al. 2016's BasicBlock (conv-BN-ReLU-conv-BN + shortcut, then ReLU)."""
+
+    def __init__(self, c_in, c_out, stride):
+        super().__init__()
+        self.conv1 = nn.Conv2d(c_in, c_out, 3, stride, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(c_out)
+        self.conv2 = nn.Conv2d(c_out, c_out, 3, 1, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(c_out)
+        self.shortcut = nn.Sequential()
+        if stride != 1 or c_in != c_out:
+            self.shortcut = nn.Sequential(
+                nn.Conv2d(c_in, c_out, 1, stride, bias=False), nn.BatchNorm2d(c_out)
+            )
+
+    def forward(self, x):
+        out = F.relu(self.bn1(self.conv1(x)))
+        out = self.bn2(self.conv2(out))
+        return F.relu(out + self.shortcut(x))
+
+
+class SmallResNet(nn.Module):
+    """A CIFAR-style ResNet with one BasicBlock per stage (widths w, 2w, 4w)."""
+
+    def __init__(self, width=3, classes=3):
+        super().__init__()
+        self.stem = nn.Conv2d(3, width, 3, 1, 1, bias=False)
+        self.bn = nn.BatchNorm2d(width)
+        self.blocks = nn.Sequential(
+            Block(width, width, 1), Block(width, 2 * width, 2), Block(2 * width, 4 * width, 2)
+        )
+        self.linear = nn.Linear(4 * width, classes)
+
+    def forward(self, x):
+        out = self.blocks(F.relu(self.bn(self.stem(x))))
+        return self.linear(F.adaptive_avg_pool2d(out, 1).flatten(1))
+
+
+def small_resnet(dtype=torch.float64):
+    torch.manual_seed(0)
+    model = SmallResNet()
+    gen = torch.Generator().manual_seed(1)
+    with torch.no_grad():  # statistics and affine parameters as after training
+        for m in model.modules():
+            if isinstance(m, nn.BatchNorm2d):
+                m.running_mean.copy_(0.2 * torch.randn(m.num_features, generator=gen))
+                m.running_var.copy_(0.5 + torch.rand(m.num_features, generator=gen))
+                m.weight.copy_(1 + 0.2 * torch.randn(m.num_features, generator=gen))
+                m.bias.copy_(0.2 * torch.randn(m.num_features, generator=gen))
+    return model.eval().to(dtype)
+
+
+class Encoder(nn.Module):
+    def __init__(self, batch_first=True, norm_first=False):
+        super().__init__()
+        layer = nn.TransformerEncoderLayer(
+            8, 2, 12, dropout=0.0, batch_first=batch_first, norm_first=norm_first
+        )
+        self.encoder = nn.TransformerEncoder(layer, 2, enable_nested_tensor=False)
+        self.readout = nn.Linear(8, 2)
+        self.batch_first = batch_first
+
+    def forward(self, x):  # x: (n, L, d) either way
+        h = self.encoder(x if self.batch_first else x.transpose(0, 1))
+        h = h if self.batch_first else h.transpose(0, 1)
+        return self.readout(h.mean(1))
+
+
+def encoder(batch_first=True, norm_first=False):
+    torch.manual_seed(0)
+    return Encoder(batch_first, norm_first).double().eval()
+
+
+# --------------------------------------------------------------------------------------------
+# ResNet: BatchNorm (eval), residual additions, strided 3x3 and 1x1 convolutions
+# --------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def resnet_ref():
+    model = small_resnet()
+    x1, x2 = data(3, 3, 8, 8), data(2, 3, 8, 8, seed=2)
+    return model, x1, x2, reference_ntk(model, x1, x2), reference_ntk(model, x1)
+
+
+@pytest.mark.parametrize("implementation", ["auto", "structured", "jacobian"])
+@pytest.mark.parametrize("mode", MODES)
+def test_resnet_matches_float64_autograd(resnet_ref, implementation, mode):
+    model, x1, x2, ref12, ref11 = resnet_ref
+    got = empirical_ntk(model, x1, x2, mode=mode, implementation=implementation)
+    assert rel_err(got, reduce(ref12, mode)) < TOL64
+    sym = empirical_ntk(model, x1, mode=mode, implementation=implementation)
+    assert rel_err(sym, reduce(ref11, mode)) < TOL64
+
+
+def test_resnet_ntvp(resnet_ref):
+    model, x1, x2, ref12, _ = resnet_ref
+    got = empirical_ntk(model, x1, x2, mode="full", implementation="ntvp")
+    assert rel_err(got, ref12) < TOL64
+
+
+def test_resnet_every_parameter_has_a_unit_and_routes_follow_cost(resnet_ref):
+    model, x1, *_ = resnet_ref
+    plan = plan_of(model, x1)
+    assert plan.general == []
+    kinds = {u.name: (u.kind, u.route) for u in plan.units}
+    assert kinds["bn"] == ("affine", "jac")  # BatchNorm: Σ g ⊙ x̂ per sample
+    assert kinds["linear"] == ("linear", "gram")  # one position: Grams always win
+    # The stem sees 64 positions: S² (fi + k fo) = 4096·36 per pair against k fo fi = 243
+    # for the per-sample gradients.
+    assert kinds["stem"] == ("conv", "jac")
+    assert all(
+        u.route == "gram"
+        for u in plan_of(model, x1, implementation="structured").units
+        if u.kind in ("conv", "linear")
+    )
+
+
+def test_resnet_float32(resnet_ref):
+    model, x1, x2, ref12, _ = resnet_ref
+    got = empirical_ntk(copy.deepcopy(model).float(), x1.float(), x2.float(), mode="full")
+    assert got.dtype == torch.float32
+    assert rel_err(got, ref12) < TOL32
+
+
+def test_resnet_parameter_subset(resnet_ref):
+    model, x1, x2, *_ = resnet_ref
+    names = [
+        "blocks.1.conv2.weight",
+        "blocks.1.bn2.weight",
+        "blocks.1.shortcut.0.weight",
+        "linear.bias",
+    ]
+    ref = reference_ntk(model, x1, x2, params=names)
+    for impl in ("auto", "structured", "jacobian", "ntvp"):
+        got = empirical_ntk(model, x1, x2, mode="full", params=names, implementation=impl)
+        assert rel_err(got, ref) < TOL64, impl
+    plan = plan_of(model, x1, params=names)
+    assert sorted(u.name for u in plan.units) == [
+        "blocks.1.bn2",
+        "blocks.1.conv2",
+        "blocks.1.shortcut.0",
+        "linear",
+    ]
+    assert [u.params for u in plan.units if u.name == "linear"] == [{"bias": "linear.bias"}]
+
+
+def test_resnet_memory_limit_splits_samples_and_outputs(resnet_ref):
+    from widenet.empirical import _finish_plan, _size
+
+    model, x1, x2, ref12, ref11 = resnet_ref
+    # One sample's retained graph and taps take ~37 kB here: 200 kB forces blocks of one sample
+    # and one output per backward, 400 kB all samples with one output per backward.
+    for limit, block in ((200_000, 1), (400_000, 3)):
+        plan = plan_of(model, x1, limit=limit)
+        _finish_plan(plan, _select_params(model, None), torch.float64)
+        _size(plan, 3, 3, True, 8)
+        assert (plan.block, plan.group) == (block, 1)
+        for mode in MODES:
+            got = empirical_ntk(model, x1, mode=mode, memory_limit_bytes=limit)
+            assert rel_err(got, reduce(ref11, mode)) < TOL64, (limit, mode)
+    got = empirical_ntk(model, x1, x2, mode="diagonal", memory_limit_bytes=200_000)
+    assert rel_err(got, reduce(ref12, "diagonal")) < TOL64
+
+
+# --------------------------------------------------------------------------------------------
+# Transformer: LayerNorm, softmax attention, residual additions
+# --------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("batch_first, norm_first", [(True, False), (False, True)])
+def test_transformer_encoder_matches_float64_autograd(batch_first, norm_first):
+    model = encoder(batch_first, norm_first)
+    x1, x2 = data(3, 5, 8), data(2, 5, 8, seed=2)
+    ref12, ref11 = reference_ntk(model, x1, x2), reference_ntk(model, x1)
+    for impl in ("auto", "structured", "jacobian"):
+        for mode in MODES:
+            got = empirical_ntk(model, x1, x2, mode=mode, implementation=impl)
+            assert rel_err(got, reduce(ref12, mode)) < TOL64, (impl, mode)
+        assert (
+            rel_err(empirical_ntk(model, x1, implementation=impl), reduce(ref11, "trace")) < TOL64
+        )
+    plan = plan_of(model, x1)
+    assert plan.general == []
+    kinds = {u.name.split(".")[-1]: u.kind for u in plan.units}
+    assert kinds["self_attn"] == "generic" and kinds["norm1"] == "affine"
+    assert kinds["linear1"] == "linear"  # batch dim 1 when batch_first=False: found by the probe
+
+
+class Gain(nn.Module):
+    """A custom module: its parameters get per-sample gradients by vmap of its own vjp."""
+
+    def __init__(self, c):
+        super().__init__()
+        self.gain = nn.Parameter(torch.linspace(0.5, 1.5, c))
+        self.shift = nn.Parameter(torch.linspace(-0.3, 0.3, c))
+
+    def forward(self, x):
+        return torch.tanh(
+            x * self.gain.view(-1, *([1] * (x.ndim - 2)))
+            + self.shift.view(-1, *([1] * (x.ndim - 2)))
+        )
+
+
+def norms_net():
+    torch.manual_seed(0)
+    model = nn.Sequential(
+        nn.Conv1d(2, 4, 3, padding=1),
+        nn.BatchNorm1d(4),  # on (n, C, L)
+        Gain(4),
+        nn.Flatten(),
+        nn.Linear(24, 5),
+        nn.BatchNorm1d(5),  # on (n, C)
+        nn.LayerNorm(5, bias=False),
+        nn.Tanh(),
+        nn.Linear(5, 2),
+    ).double()
+    gen = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, nn.BatchNorm1d):
+                m.running_mean.copy_(0.2 * torch.randn(m.num_features, generator=gen))
+                m.running_var.copy_(0.5 + torch.rand(m.num_features, generator=gen))
+            if isinstance(m, (nn.BatchNorm1d, nn.LayerNorm)):
+                m.weight.copy_(1 + 0.2 * torch.randn(m.weight.shape, generator=gen))
+            if isinstance(m, nn.BatchNorm1d):
+                m.bias.copy_(0.2 * torch.randn(m.num_features, generator=gen))
+    return model.eval()
+
+
+def test_norms_and_custom_modules():
+    model = norms_net()
+    x1, x2 = data(3, 2, 6), data(2, 2, 6, seed=2)
+    plan = plan_of(model, x1)
+    assert [u.kind for u in plan.units] == [
+        "conv",
+        "affine",
+        "generic",
+        "linear",
+        "affine",
+        "affine",
+        "linear",
+    ]
+    assert plan.general == []
+    ref = reference_ntk(model, x1, x2)
+    for impl in ("auto", "structured", "jacobian"):
+        for mode in MODES:
+            got = empirical_ntk(model, x1, x2, mode=mode, implementation=impl)
+            assert rel_err(got, reduce(ref, mode)) < TOL64, (impl, mode)
+
+
+# --------------------------------------------------------------------------------------------
+# Convolutions the architecture layer builds: Conv1d, Conv2d, stride, padding, groups
+# --------------------------------------------------------------------------------------------
+
+
+def conv_net(conv, in_shape, k=2):
+    torch.manual_seed(0)
+    with torch.no_grad():
+        feat = conv(torch.zeros(1, *in_shape)).numel()
+    return nn.Sequential(conv, nn.Tanh(), nn.Flatten(), nn.Linear(feat, k)).double()
+
+
+CONVS = {
+    "conv2d stride 2 padding 1": (lambda: nn.Conv2d(2, 4, 3, stride=2, padding=1), (2, 7, 7)),
+    "conv2d circular": (lambda: nn.Conv2d(2, 3, 3, padding=1, padding_mode="circular"), (2, 5, 5)),
+    "conv2d reflect, stride (1, 2)": (
+        lambda: nn.Conv2d(2, 3, (3, 2), stride=(1, 2), padding=(1, 1), padding_mode="reflect"),
+        (2, 5, 6),
+    ),
+    "conv2d same, even kernel": (lambda: nn.Conv2d(2, 3, 4, padding="same"), (2, 5, 5)),
+    "conv2d dilation 2 valid": (lambda: nn.Conv2d(2, 3, 3, dilation=2), (2, 7, 7)),
+    "conv2d groups 2": (lambda: nn.Conv2d(4, 6, 3, padding=1, groups=2), (4, 4, 4)),
+    "conv2d depthwise, no bias": (
+        lambda: nn.Conv2d(3, 6, 3, padding=1, groups=3, bias=False),
+        (3, 4, 4),
+    ),
+    "conv1d stride 2": (lambda: nn.Conv1d(2, 3, 3, stride=2, padding=1), (2, 9)),
+    "conv1d circular": (lambda: nn.Conv1d(2, 3, 3, padding=1, padding_mode="circular"), (2, 6)),
+    "conv1d groups, same": (lambda: nn.Conv1d(4, 4, 3, padding="same", groups=2), (4, 7)),
+}
+
+
+@pytest.mark.parametrize("case", list(CONVS))
+def test_convolutions_every_route(case):
+    make, in_shape = CONVS[case]
+    model = conv_net(make(), in_shape)
+    x1, x2 = data(3, *in_shape), data(2, *in_shape, seed=2)
+    ref = reference_ntk(model, x1, x2)
+    for impl, route in (("structured", "gram"), ("jacobian", "jac")):
+        plan = plan_of(model, x1, implementation=impl)
+        assert [u.route for u in plan.units] == [route, route] and plan.general == [], impl
+        for mode in MODES:
+            got = empirical_ntk(model, x1, x2, mode=mode, implementation=impl)
+            assert rel_err(got, reduce(ref, mode)) < TOL64, (impl, mode)
+
+
+def stax_networks():
+    """Networks built by widenet's layer algebra (NTK-parameterised widenet.layers.Conv)."""
+    import widenet as wn
+
+    conv2d = wn.serial(
+        wn.Conv(kernel_size=3, padding="same", w_std=1.5, b_std=0.3),
+        wn.Relu(),
+        wn.Conv(kernel_size=(2, 3), stride=(2, 1), padding="circular", w_std=1.3, b_std=0.2),
+        wn.Residual(wn.Relu(), wn.Conv(kernel_size=3, padding="same", w_std=1.2)),
+        wn.Relu(),
+        wn.Conv(kernel_size=2, stride=2, padding="valid", w_std=1.1, b_std=0.1),
+        wn.GlobalAvgPool(),
+        wn.Dense(out_features=2, w_std=1.0, b_std=0.1),
+    )
+    conv1d = wn.serial(
+        wn.Conv(kernel_size=3, stride=2, padding="circular", w_std=1.4, b_std=0.2),
+        wn.Relu(),
+        wn.Conv(kernel_size=2, padding="same", w_std=1.2, b_std=0.1, parameterization="standard"),
+        wn.Flatten(),
+        wn.Dense(out_features=2, w_std=1.0),
+    )
+    return {
+        "conv2d": (
+            conv2d.network(in_shape=(2, 6, 6), width=3, seed=0, dtype=torch.float64),
+            (2, 6, 6),
+        ),
+        "conv1d": (conv1d.network(in_shape=(2, 7), width=3, seed=0, dtype=torch.float64), (2, 7)),
+    }
+
+
+@pytest.mark.parametrize("name", ["conv2d", "conv1d"])
+def test_widenet_scaled_convolutions(name):
+    from widenet.layers import Conv as ScaledConv
+
+    model, in_shape = stax_networks()[name]
+    x1, x2 = data(3, *in_shape), data(2, *in_shape, seed=2)
+    ref = reference_ntk(model, x1, x2)
+    for impl, route in (("structured", "gram"), ("jacobian", "jac"), ("auto", None)):
+        plan = plan_of(model, x1, implementation=impl)
+        assert plan.general == [], impl
+        convs = [u for u in plan.units if isinstance(u.module, ScaledConv)]
+        assert convs and all(u.kind == "conv" for u in convs)
+        assert route is None or all(u.route == route for u in convs)
+        for mode in MODES:
+            got = empirical_ntk(model, x1, x2, mode=mode, implementation=impl)
+            assert rel_err(got, reduce(ref, mode)) < TOL64, (impl, mode)
+
+
+# --------------------------------------------------------------------------------------------
+# Outputs that are not tensors; integer inputs; bad inputs
+# --------------------------------------------------------------------------------------------
+
+
+class DictNet(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.lin = nn.Linear(4, 6)
+        self.head = nn.Linear(6, 2)
+
+    def forward(self, x):
+        h = torch.tanh(self.lin(x))
+        return {"logits": self.head(h), "hidden": h}
+
+
+def test_output_fn_for_dict_and_tuple_outputs():
+    torch.manual_seed(0)
+    model = DictNet().double()
+    x1, x2 = data(4, 4), data(3, 4, seed=2)
+    plain = nn.Sequential(model.lin, nn.Tanh(), model.head)
+    ref = reference_ntk(plain, x1, x2)
+    for impl in ("auto", "jacobian", "ntvp"):
+        got = empirical_ntk(
+            model, x1, x2, mode="full", implementation=impl, output_fn=lambda o: o["logits"]
+        )
+        assert rel_err(got, ref) < TOL64, impl
+    tupled = nn.Sequential(plain, TupleOut())
+    got = empirical_ntk(tupled, x1, x2, mode="full", output_fn=lambda o: o[0])
+    assert rel_err(got, ref) < TOL64
+    nngp = empirical_nngp(model, x1, x2, output_fn=lambda o: o["logits"])
+    with torch.no_grad():
+        assert rel_err(nngp, plain(x1) @ plain(x2).T / 2) < TOL64
+    with pytest.raises(TypeError, match="output_fn"):
+        empirical_ntk(model, x1)
+
+
+class TupleOut(nn.Module):
+    def forward(self, x):
+        return x, x.detach().sum(-1)
+
+
+class TokenNet(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.emb = nn.Embedding(11, 6)
+        self.lin = nn.Linear(6, 3)
+
+    def forward(self, ids):
+        return self.lin(torch.tanh(self.emb(ids)).mean(1))
+
+
+def test_integer_inputs_for_embeddings():
+    torch.manual_seed(0)
+    model = TokenNet().double()
+    gen = torch.Generator().manual_seed(3)
+    ids1 = torch.randint(0, 11, (4, 5), generator=gen)
+    ids2 = torch.randint(0, 11, (3, 5), generator=gen)
+    ref = reference_ntk_ids(model, ids1, ids2)
+    for impl in ("auto", "structured", "jacobian", "ntvp"):
+        got = empirical_ntk(model, ids1, ids2, mode="full", implementation=impl)
+        assert got.dtype == torch.float64
+        assert rel_err(got, ref) < TOL64, impl
+    sym = empirical_ntk(model, ids1.numpy())  # NumPy integer ids stay integers
+    assert rel_err(sym, reduce(reference_ntk_ids(model, ids1, ids1), "trace")) < TOL64
+
+
+def reference_ntk_ids(model, ids1, ids2):
+    """reference_ntk for integer inputs (which it would cast to float64)."""
+    named = dict(model.named_parameters())
+
+    def jac(ids):
+        rows = []
+        for i in range(ids.shape[0]):
+            out = model(ids[i : i + 1]).reshape(-1)
+            rows.append(
+                torch.stack(
+                    [
+                        torch.cat(
+                            [
+                                g.reshape(-1)
+                                for g in torch.autograd.grad(
+                                    out[c], list(named.values()), retain_graph=True
+                                )
+                            ]
+                        )
+                        for c in range(out.shape[0])
+                    ]
+                )
+            )
+        return torch.stack(rows)
+
+    return torch.einsum("icp,jdp->ijcd", jac(ids1), jac(ids2))
+
+
+def test_wrong_feature_size_names_the_argument_and_the_expected_size():
+    model = nn.Sequential(nn.Linear(5, 4), nn.ReLU(), nn.Linear(4, 1)).double()
+    with pytest.raises(
+        ValueError, match=r"x1 with features of shape \(7,\).*'0' \(Linear\) expects in_features=5"
+    ):
+        empirical_ntk(model, data(3, 7))
+    cnn = conv_net(nn.Conv2d(2, 3, 3), (2, 5, 5))
+    with pytest.raises(ValueError, match=r"'0' \(Conv2d\) expects 2 input channels"):
+        empirical_ntk(cnn, data(3, 4, 5, 5))
+
+
+# --------------------------------------------------------------------------------------------
+# Tiles (kernel_to_zarr), progress
+# --------------------------------------------------------------------------------------------
+
+
+def test_tiles_equal_the_whole_kernel(resnet_ref):
+    model, x1, x2, ref12, ref11 = resnet_ref
+    x = torch.cat([x1, x2])
+    whole = empirical_ntk(model, x)
+    tiles = empirical_ntk_tiles(model, x)
+    assert isinstance(tiles, EmpiricalNTKTiles)
+    a, b = slice(0, 3), slice(3, 5)
+    assert rel_err(tiles(a, a), whole[a, a]) < TOL64
+    assert torch.equal(tiles(a, a), tiles(a, a).T)
+    assert rel_err(tiles(a, b), whole[a, b]) < TOL64
+    clone = pickle.loads(pickle.dumps(tiles))  # what a Dask worker receives: no plan
+    assert clone._state is None
+    assert rel_err(clone(b, a), whole[b, a]) < TOL64
+
+
+def test_progress_bar_does_not_change_the_result(capsys):
+    model = encoder()
+    x = data(3, 5, 8)
+    quiet = empirical_ntk(model, x, progress=False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        shown = empirical_ntk(model, x, progress=True, memory_limit_bytes=200_000)
+    assert rel_err(shown, quiet) < TOL64
