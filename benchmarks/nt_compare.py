@@ -107,6 +107,7 @@ def main(
     nt_python: str | None = None,
     repeats: int | None = None,
     all_implementations: bool = False,
+    only: str | None = None,
 ) -> dict:
     n_ck, d = (300, 100) if quick else (4000, 100)
     n_a, n_b = (64, 128) if quick else (500, 2000)
@@ -153,6 +154,8 @@ def main(
         ("empirical", n_a, impls_a),
         ("empirical", n_b, [3]),
     )
+    if only is not None:
+        workloads = tuple(w for w in workloads if w[0] == only)
     with tempfile.TemporaryDirectory(prefix="widenet-nt-") as tmp:
         tmp = Path(tmp)
         for name, arr in (("x_ck", x_ck), ("x_a", x_a), ("x_b", x_b)):
@@ -250,8 +253,15 @@ if __name__ == "__main__":
         action="store_true",
         help="also time nt implementations 1 and 2 at n=500 (minutes; 3 is the fastest)",
     )
+    parser.add_argument(
+        "--only",
+        choices=("closed_form", "empirical"),
+        default=None,
+        help="run one workload kind only",
+    )
     args = parser.parse_args()
     main(
+        only=args.only,
         quick=args.quick,
         nt_python=args.nt_python,
         repeats=args.repeats,

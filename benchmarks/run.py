@@ -1,7 +1,7 @@
 """Run every benchmark and summarise the measured ratios against the goals.
 
     python benchmarks/run.py [--quick] [--contention] [--with-nt] [--nt-python PATH]
-                             [--with-scale [--scale-n N]] [--with-models]
+                             [--with-scale [--scale-n N]] [--with-models] [--with-cnn]
 
 - ``bench_kernels``: closed-form FC ReLU depth-3 NNGP + NTK vs plain eager PyTorch (goal >= 4x);
 - ``bench_empirical_ntk`` (when importable): empirical NTK vs the torch.func tutorial recipe
@@ -25,7 +25,10 @@
 - ``bench_train_to_tolerance``: ``phases.train_to_tolerance`` at the phase-diagram experiment's
   full size vs one autograd loop per network (goal >= 1x);
 - ``bench_quadrature``: the tanh kernel's Hermite-series duals vs the direct 2-D quadrature
-  rule at n = 1000 (goal >= 20x).
+  rule at n = 1000 (goal >= 20x);
+- ``bench_cnn_kernels`` (only with ``--with-cnn``: tens of minutes on 2 cores): CNN-GAP, CNN-Vec
+  and Myrtle-5 kernels against neural-tangents (with ``--with-nt``; goals >= 10x, 3x, 5x), the
+  Myrtle-5 kernel of all 1797 digits, cost exponents in n and H*W, peak memory at n = 2000.
 
 ``--contention`` runs every selected benchmark while one busy process per core spins
 (``contention.busy_cores``: started before each benchmark, stopped after it, each bounded to
@@ -194,6 +197,22 @@ def summary_rows(
     return rows
 
 
+def cnn_rows(cnn) -> list[tuple[str, float | None, str, float]]:
+    """Summary rows of ``bench_cnn_kernels`` (its neural-tangents ratios and the memory
+    ceiling, shown as bound / measured so that >= 1 passes)."""
+    rows = []
+    if cnn is None:
+        return rows
+    for r in cnn.get("nt", {}).get("rows", []):
+        what = f"{r['workload']} kernel n={r['n']}: neural-tangents / widenet"
+        rows.append((what, r["speedup"], ">=", r["goal"]))
+    mem = cnn.get("peak_memory")
+    if mem is not None and "rise" in mem:
+        what = f"cnn-gap n={mem['n']}: (2 x output + workspace) / peak RSS rise"
+        rows.append((what, mem["bound"] / max(mem["rise"], 1), ">=", 1))
+    return rows
+
+
 def main(
     quick: bool = False,
     with_nt: bool = False,
@@ -201,6 +220,7 @@ def main(
     with_scale: bool = False,
     scale_n: int | None = None,
     with_models: bool = False,
+    with_cnn: bool = False,
     contention: bool = False,
 ) -> dict:
     _BUSY["n"] = (os.cpu_count() or 1) if contention else 0
@@ -214,6 +234,10 @@ def main(
     names = ("bench_estimators", "bench_landscape", "bench_train_to_tolerance", "bench_quadrature")
     extra = {name: _run(name, quick=quick) for name in names}
     rows = summary_rows(kernels, empirical, nt, dynamics, scale, phases, extra, models)
+    cnn = None
+    if with_cnn:
+        cnn = _run("bench_cnn_kernels", quick=quick, nt_python=nt_python, with_nt=with_nt)
+        rows += cnn_rows(cnn)
     head = "\n=== summary" + (" (--quick: small sizes, not the goals' workloads)" if quick else "")
     if contention:
         head += f" (under contention: {_BUSY['n']} busy processes, one per core)"
@@ -235,6 +259,7 @@ def main(
         scale=scale,
         phases=phases,
         models=models,
+        cnn=cnn,
         **extra,
         rows=rows,
     )
@@ -253,6 +278,9 @@ if __name__ == "__main__":
         "--with-models", action="store_true", help="also the empirical NTK of ResNet-18 etc."
     )
     parser.add_argument(
+        "--with-cnn", action="store_true", help="also the CNN-kernel benchmark (tens of minutes)"
+    )
+    parser.add_argument(
         "--contention", action="store_true", help="run beside one busy process per core"
     )
     args = parser.parse_args()
@@ -263,5 +291,6 @@ if __name__ == "__main__":
         with_scale=args.with_scale,
         scale_n=args.scale_n,
         with_models=args.with_models,
+        with_cnn=args.with_cnn,
         contention=args.contention,
     )

@@ -348,6 +348,20 @@ def test_cli_fit_predict_bad_options(tmp_path, args, match):
     assert result.exit_code == 2 and match in result.output, result.output
 
 
+def test_kernel_ridge_solve_unchecked_equals_checked_and_still_checks_the_shape():
+    # check=False skips only the finiteness/symmetry passes: the same LAPACK calls follow,
+    # so the coefficients are bit-identical.
+    from widenet.estimators import kernel_ridge_solve
+
+    g = torch.Generator().manual_seed(3)
+    a = torch.randn(30, 30, generator=g, dtype=torch.float64)
+    k = a @ a.T + 30 * torch.eye(30, dtype=torch.float64)
+    y = torch.randn(30, 2, generator=g, dtype=torch.float64)
+    assert torch.equal(kernel_ridge_solve(k, y, check=False), kernel_ridge_solve(k, y))
+    with pytest.raises(ValueError, match="square"):
+        kernel_ridge_solve(k[:, :5], y, check=False)
+
+
 # -- any architecture (issue 18: the estimators take wn.serial descriptions and presets) --------
 
 

@@ -448,3 +448,53 @@ def test_cuda_matches_cpu(activation):
     torch.testing.assert_close(h.cpu(), wn.h_infinity(x1), rtol=1e-10, atol=1e-12)
     net = arch.network(6, 32, seed=0, device="cuda")
     assert next(net.parameters()).device.type == "cuda"
+
+
+def _partition(ids):
+    """The partition of row indices that ``ids`` induces (as a set of frozensets)."""
+    groups: dict = {}
+    for i, g in enumerate(ids.tolist()):
+        groups.setdefault(g, set()).add(i)
+    return {frozenset(s) for s in groups.values()}
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("seed", range(6))
+def test_duplicate_ids_same_partition_as_torch_unique(dtype, seed):
+    # The reference: torch.unique(dim=0) on all rows, an exact lexicographic comparison.
+    # Entries from {-1, 0, 1} in d = 3 give 27 distinct rows, so 40-60 rows always repeat;
+    # seeds 0-1 also draw the all-distinct case (Gaussian rows) to see (None, None).
+    gen = torch.Generator().manual_seed(seed)
+    from widenet.kernels import duplicate_ids
+
+    for gaussian in (False, True):
+
+        def draw(n, gen=gen, gaussian=gaussian):
+            if gaussian:
+                return torch.randn(n, 3, generator=gen, dtype=dtype)
+            return torch.randint(-1, 2, (n, 3), generator=gen).to(dtype)
+
+        x1, x2 = draw(40), draw(20)
+        for a, b in ((x1, None), (x1, x2)):
+            g1, g2 = duplicate_ids(a, b)
+            xs = a if b is None else torch.cat([a, b])
+            _, inv, counts = torch.unique(xs, dim=0, return_inverse=True, return_counts=True)
+            if bool((counts == 1).all()):
+                assert g1 is None and g2 is None
+                continue
+            assert g1 is not None
+            ours = g1 if b is None else torch.cat([g1, g2])
+            assert _partition(ours) == _partition(inv)
+
+
+def test_duplicate_ids_signed_zero_and_single_rows():
+    from widenet.kernels import duplicate_ids
+
+    x = torch.tensor([[0.0, 1.0], [-0.0, 1.0], [2.0, 3.0]])
+    g1, g2 = duplicate_ids(x, None)  # 0.0 == -0.0: rows 0 and 1 are the same input
+    assert g1[0] == g1[1] != g1[2] and torch.equal(g2, g1)
+    assert duplicate_ids(x[:1], None) == (None, None)
+    g1, g2 = duplicate_ids(x[2:], x[:1])  # across the two sets only: none
+    assert (g1, g2) == (None, None)
+    g1, g2 = duplicate_ids(x[2:], torch.tensor([[5.0, 5.0], [2.0, 3.0]]))
+    assert g1[0] == g2[1] != g2[0]

@@ -11,7 +11,7 @@ import math
 
 import pytest
 import torch
-from torch.func import functional_call, jacrev
+from montecarlo import empirical_ntk, mc_stats
 
 import widenet as wn
 from widenet import layers
@@ -25,26 +25,8 @@ def _points(n=N, d=D, seed=1):
     return torch.randn(n, d, generator=g, dtype=torch.float64)
 
 
-def empirical_ntk(net: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
-    """J J^T with J the Jacobian of output 0 wrt every parameter (float64, torch.func)."""
-    params = {k: v.detach() for k, v in net.named_parameters()}
-    jac = jacrev(lambda p: functional_call(net, p, (x,))[:, 0])(params)
-    n = x.shape[0]
-    return sum(j.reshape(n, -1) @ j.reshape(n, -1).T for j in jac.values())
-
-
 def _rel(a, b):
     return float(torch.linalg.norm(a - b) / torch.linalg.norm(b))
-
-
-def _mc_stats(samples: torch.Tensor, target: torch.Tensor):
-    """(relative error of the mean, its Monte-Carlo standard error, rms per-seed deviation)."""
-    s = samples.shape[0]
-    scale = torch.linalg.norm(target)
-    err = float(torch.linalg.norm(samples.mean(0) - target) / scale)
-    se = float(torch.linalg.norm(samples.std(0)) / math.sqrt(s) / scale)
-    rms = float(((samples - target) ** 2).sum((1, 2)).mean().sqrt() / scale)
-    return err, se, rms
 
 
 # Tolerance of every Monte-Carlo check: |mean - closed form| <= 5 standard errors (a 5-sigma
@@ -68,7 +50,7 @@ def test_mc_ntk_converges_ntk_parameterization(activation):
     widths = (64, 512)
     rms = []
     for width in widths:
-        err, se, dev = _mc_stats(_ntk_samples(arch, x, width, range(6)), k.ntk)
+        err, se, dev = mc_stats(_ntk_samples(arch, x, width, range(6)), k.ntk)
         assert err <= 5 * se + C_BIAS / width, (activation, width, err, se)
         rms.append(dev)
     # The per-network NTK concentrates on the closed form with fluctuations ~ 1/sqrt(width):
@@ -94,9 +76,9 @@ def test_mc_nngp_matches_closed_form(activation):
             outs.append(f @ f.T / out_dim)
             # E[f f^T | hidden layer] over the readout: w_std^2 h h^T / width + b_std^2.
             feats.append(1.2**2 * h @ h.T / width + 0.2**2)
-        err, se, _ = _mc_stats(torch.stack(outs), k)
+        err, se, _ = mc_stats(torch.stack(outs), k)
         assert err <= 5 * se + C_BIAS / width, (activation, width, err, se)
-        err_h, se_h, dev = _mc_stats(torch.stack(feats), k)
+        err_h, se_h, dev = mc_stats(torch.stack(feats), k)
         assert err_h <= 5 * se_h + C_BIAS / width, (activation, width, err_h, se_h)
         rms.append(dev)
     # The conditional NNGP concentrates like 1/sqrt(width): expect ~2.8x, demand 1.8x.
@@ -108,7 +90,7 @@ def test_mc_ntk_standard_parameterization():
     arch = wn.mlp(2, "relu", w_std=1.2, b_std=0.2, parameterization="standard")
     for width in (128, 512):
         k = arch.kernel(x, width=width)
-        err, se, _ = _mc_stats(_ntk_samples(arch, x, width, range(6)), k.ntk)
+        err, se, _ = mc_stats(_ntk_samples(arch, x, width, range(6)), k.ntk)
         # Same 5-sigma + O(1/width) band, relative to the closed form at this width.
         assert err <= 5 * se + C_BIAS / width, (width, err, se)
         # The NNGP does not depend on the parameterization.
@@ -128,7 +110,7 @@ def test_mc_ntk_converges_slow(activation):
     k = arch.kernel(x)
     rms = []
     for width in (64, 256, 1024):
-        err, se, dev = _mc_stats(_ntk_samples(arch, x, width, range(16)), k.ntk)
+        err, se, dev = mc_stats(_ntk_samples(arch, x, width, range(16)), k.ntk)
         assert err <= 5 * se + 1.5 * C_BIAS / width, (activation, width, err, se)
         rms.append(dev)
     # 4x width each step: expect 2x; demand 1.5x.

@@ -8,11 +8,9 @@ conditional covariance w^2 h h^T / width + b^2 of the last hidden features h.
 
 from __future__ import annotations
 
-import math
-
 import pytest
 import torch
-from torch.func import functional_call, jacrev
+from montecarlo import empirical_ntk, mc_stats
 
 import widenet as wn
 
@@ -20,29 +18,11 @@ F64 = torch.float64
 W_OUT, B_OUT = 1.2, 0.2  # readout of every architecture below
 
 
-def empirical_ntk(net: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
-    """J J^T with J the Jacobian of output 0 wrt every parameter (float64, torch.func)."""
-    params = {k: v.detach() for k, v in net.named_parameters()}
-    jac = jacrev(lambda p: functional_call(net, p, (x,))[:, 0])(params)
-    n = x.shape[0]
-    return sum(j.reshape(n, -1) @ j.reshape(n, -1).T for j in jac.values())
-
-
 def conditional_nngp(net: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
     """E[f f^T | last hidden features h] over the readout: w^2 h h^T / fan_in + b^2."""
     with torch.no_grad():
         h = net[:-1](x)
     return W_OUT**2 * h @ h.T / h.shape[1] + B_OUT**2
-
-
-def _mc_stats(samples: torch.Tensor, target: torch.Tensor):
-    """(relative error of the mean, its Monte-Carlo standard error, rms per-seed deviation)."""
-    s = samples.shape[0]
-    scale = torch.linalg.norm(target)
-    err = float(torch.linalg.norm(samples.mean(0) - target) / scale)
-    se = float(torch.linalg.norm(samples.std(0)) / math.sqrt(s) / scale)
-    rms = float(((samples - target) ** 2).sum((1, 2)).mean().sqrt() / scale)
-    return err, se, rms
 
 
 # Tolerance, derived as for the MLP (test_networks.py): |mean - closed form| <= 5 standard errors
@@ -111,12 +91,12 @@ def _check(name, widths, seeds, rms_factor, bias_factor=1.0):
     for width in widths:
         nngp, ntk = _samples(arch, x, width, seeds)
         for what, samples, target in (("nngp", nngp, k.nngp), ("ntk", ntk, k.ntk)):
-            err, se, dev = _mc_stats(samples, target)
+            err, se, dev = mc_stats(samples, target)
             assert err <= 5 * se + bias_factor * C_BIAS / width, (name, what, width, err, se)
             rms[what].append(dev)
     # The wrong kernel lies far outside the same band at the largest width.
     wrong = WRONG[name].kernel(x).ntk
-    err, se, _ = _mc_stats(ntk, wrong)
+    err, se, _ = mc_stats(ntk, wrong)
     assert err > 5 * se + bias_factor * C_BIAS / widths[-1], (name, "wrong kernel", err, se)
     # Per-network kernels concentrate like 1/sqrt(width).
     for what, r in rms.items():
@@ -142,7 +122,7 @@ def test_mc_ntk_standard_parameterization_cnn():
     width = 128
     k = arch.kernel(x, width=width)
     _, ntk = _samples(arch, x, width, range(6))
-    err, se, _ = _mc_stats(ntk, k.ntk)
+    err, se, _ = mc_stats(ntk, k.ntk)
     assert err <= 5 * se + C_BIAS / width, (err, se)
     # The standard-parameterization NTK grows with the width, the NNGP does not.
     k2 = arch.kernel(x, width=2 * width)

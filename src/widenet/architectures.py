@@ -35,13 +35,14 @@ from widenet.kernels import (
     FCTiler,
     Kernel,
     KernelTile,
-    _check_tile,
-    _resolve_get,
+    Tiler,
     assemble,
+    check_tile,
     fc_recursion,
     fc_tiler,
     fc_tiles,
     prepare_inputs,
+    resolve_get,
 )
 from widenet.layers import PARAMETERIZATIONS, Dense, Elementwise
 
@@ -85,6 +86,15 @@ class Architecture:
         x1, x2 = _prepare_any(x1, x2, dtype)
         return x1, x2
 
+    def _tiler(self, x1, x2, need_ntk: bool, width) -> Tiler:
+        """The tiler of this architecture's kernel on inputs validated by :meth:`_inputs`."""
+        plan = self.plan(x1.shape[1:], width)
+        return stax.stax_tiler(plan, x1, x2, need_ntk=need_ntk)
+
+    def _tiles(self, x1, x2, tile: int, need_ntk: bool, width) -> Iterator[KernelTile]:
+        """The tiles (on and above the diagonal when ``x2 is None``) of the kernel."""
+        return stax.stax_tiles(self._tiler(x1, x2, need_ntk, width), tile)
+
     def kernel_tiler(
         self,
         x1,
@@ -93,18 +103,18 @@ class Architecture:
         get=("nngp", "ntk"),
         dtype: torch.dtype | None = None,
         width: int | None = None,
-    ):
+    ) -> Tiler:
         """A function ``tiler(rows, cols) -> Kernel`` computing any one block on its own.
 
-        The unit of work of :meth:`kernel_tiles` and of :func:`widenet.scale.kernel_to_zarr`.
-        With ``x2=None`` the kernel is symmetric and a diagonal block must be requested with
-        ``rows == cols``. Per-input variances are computed once, here (O(n)); a block of any
-        size is computed in workspace blocks, so memory stays bounded.
+        The unit of work of :meth:`kernel_tiles` and of :func:`widenet.scale.kernel_to_zarr`
+        (same operations, so the same bits). With ``x2=None`` the kernel is symmetric and a
+        diagonal block must be requested with ``rows == cols``. Per-input variances are
+        computed once, here (O(n)); a block of any size is computed in workspace blocks, so
+        memory stays bounded.
         """
-        _, need_ntk = _resolve_get(get)
+        _, need_ntk = resolve_get(get)
         x1, x2 = self._inputs(x1, x2, dtype)
-        plan = self.plan(x1.shape[1:], width)
-        return stax.stax_tiler(plan, x1, x2, need_ntk=need_ntk)
+        return self._tiler(x1, x2, need_ntk, width)
 
     def kernel_tiles(
         self,
@@ -121,9 +131,10 @@ class Architecture:
         With ``x2=None`` only blocks on or above the diagonal are yielded (the kernel is
         symmetric). Memory beyond a block is bounded by the engine's workspace.
         """
-        _check_tile(tile)
-        tiler = self.kernel_tiler(x1, x2, get=get, dtype=dtype, width=width)
-        return stax.stax_tiles(tiler, tile)
+        check_tile(tile)
+        _, need_ntk = resolve_get(get)
+        x1, x2 = self._inputs(x1, x2, dtype)
+        return self._tiles(x1, x2, tile, need_ntk, width)
 
     def kernel(
         self,
@@ -145,15 +156,13 @@ class Architecture:
         "nngp", "ntk" or both; ``width`` is the hidden width, needed (only) when a layer uses
         ``parameterization="standard"``; ``progress`` shows a progress bar over the tiles.
         """
-        need_nngp, need_ntk = _resolve_get(get)
+        need_nngp, need_ntk = resolve_get(get)
         if x2 is x1:
             x2 = None
         x1, x2 = self._inputs(x1, x2, dtype)
-        tile = DEFAULT_TILE if tile is None else _check_tile(tile)
-        plan = self.plan(x1.shape[1:], width)
-        tiler = stax.stax_tiler(plan, x1, x2, need_ntk=need_ntk)
-        n2 = tiler.shape[1]
-        tiles = stax.stax_tiles(tiler, tile)
+        tile = DEFAULT_TILE if tile is None else check_tile(tile)
+        n2 = x1.shape[0] if x2 is None else x2.shape[0]
+        tiles = self._tiles(x1, x2, tile, need_ntk, width)
         if progress:
             tiles = _with_progress(tiles, x1.shape[0], n2, tile, symmetric=x2 is None)
         return assemble(
@@ -177,7 +186,7 @@ class Architecture:
     ) -> Kernel:
         """K(x_i, x_i) and Theta(x_i, x_i) for every input: a Kernel of (n,) vectors, O(n) work
         (each input against itself only; pooling layers still cost O(P^2) per input)."""
-        need_nngp, need_ntk = _resolve_get(get)
+        need_nngp, need_ntk = resolve_get(get)
         x, _ = self._inputs(x, None, dtype)
         plan = self.plan(x.shape[1:], width)
         _, k = stax.self_kernels(plan, x, need_ntk)
@@ -414,18 +423,7 @@ class MLP(Architecture):
     # -- the infinite-width kernel -------------------------------------------------------
 
     def _recursion(self, in_dim: int, width):
-        if self.parameterization == "standard":
-            if width is None:
-                raise ValueError(
-                    "width is required for parameterization='standard': its NTK grows with the "
-                    "width (pass width=n, the hidden width of the finite network)"
-                )
-            width = check_int(width, "width", minimum=1)
-        elif width is not None:
-            raise ValueError(
-                "width applies only to parameterization='standard'; the NTK-parameterization "
-                "kernel is the width -> infinity limit"
-            )
+        width = self._check_width(width)
         return fc_recursion(
             self.activation,
             self.depth,
@@ -436,88 +434,18 @@ class MLP(Architecture):
             width,
         )
 
-    def kernel_tiles(
-        self,
-        x1,
-        x2=None,
-        *,
-        tile: int = DEFAULT_TILE,
-        get=("nngp", "ntk"),
-        dtype: torch.dtype | None = None,
-        width: int | None = None,
-    ) -> Iterator[KernelTile]:
-        """Stream the kernel block by block: yields ``KernelTile(rows, cols, Kernel)``.
+    # The fused fully-connected recursion of widenet.kernels on (n, d) inputs; kernel,
+    # kernel_tiles and kernel_tiler are Architecture's, through these three hooks.
 
-        With ``x2=None`` only blocks on or above the diagonal are yielded (the kernel is
-        symmetric). Each block holds both NNGP and NTK when the NTK is requested (the NTK
-        recursion needs the NNGP anyway). Memory: O(tile^2) per block.
-        """
-        _, need_ntk = _resolve_get(get)
-        _check_tile(tile)
-        x1, x2 = prepare_inputs(x1, x2, dtype)
-        rec = self._recursion(x1.shape[1], width)
-        return fc_tiles(rec, x1, x2, tile=tile, need_ntk=need_ntk)
+    def _inputs(self, x1, x2, dtype):
+        return prepare_inputs(x1, x2, dtype)
 
-    def kernel_tiler(
-        self,
-        x1,
-        x2=None,
-        *,
-        get=("nngp", "ntk"),
-        dtype: torch.dtype | None = None,
-        width: int | None = None,
-    ) -> FCTiler:
-        """A function ``tiler(rows, cols) -> Kernel`` computing any one block on its own.
-
-        The unit of work of :meth:`kernel_tiles` and of :func:`widenet.scale.kernel_to_zarr`
-        (same operations, so the same bits). With ``x2=None`` the kernel is symmetric and a
-        diagonal block must be requested with ``rows == cols``.
-        """
-        _, need_ntk = _resolve_get(get)
-        x1, x2 = prepare_inputs(x1, x2, dtype)
+    def _tiler(self, x1, x2, need_ntk: bool, width) -> FCTiler:
         return fc_tiler(self._recursion(x1.shape[1], width), x1, x2, need_ntk=need_ntk)
 
-    def kernel(
-        self,
-        x1,
-        x2=None,
-        *,
-        get=("nngp", "ntk"),
-        tile: int | None = None,
-        dtype: torch.dtype | None = None,
-        width: int | None = None,
-        progress: bool = False,
-    ) -> Kernel:
-        """The infinite-width NNGP and NTK between ``x1`` (n1, d) and ``x2`` (n2, d).
-
-        ``x2=None`` (or ``x2`` being the very tensor ``x1``) means ``x2 = x1``: the kernel is
-        symmetric, so only half the work is done. The result has the
-        inputs' dtype (``dtype`` overrides it; float32 is the default for float32 inputs) and
-        device. ``tile`` bounds the block size (default 512): memory beyond the output is
-        O(tile^2). ``get`` selects "nngp", "ntk" or both. ``width`` is the hidden width, needed
-        (only) for ``parameterization="standard"``, whose NTK depends on it. ``progress`` shows a
-        progress bar over the tiles (on stderr).
-        """
-        need_nngp, need_ntk = _resolve_get(get)
-        if x2 is x1:  # the same tensor: take the symmetric path (half the work, exact diagonal)
-            x2 = None
-        x1, x2 = prepare_inputs(x1, x2, dtype)
-        tile = DEFAULT_TILE if tile is None else _check_tile(tile)
+    def _tiles(self, x1, x2, tile: int, need_ntk: bool, width) -> Iterator[KernelTile]:
         rec = self._recursion(x1.shape[1], width)
-        n2 = x1.shape[0] if x2 is None else x2.shape[0]
-        tiles = fc_tiles(rec, x1, x2, tile=tile, need_ntk=need_ntk)
-        if progress:
-            tiles = _with_progress(tiles, x1.shape[0], n2, tile, symmetric=x2 is None)
-        return assemble(
-            tiles,
-            x1.shape[0],
-            n2,
-            symmetric=x2 is None,
-            need_nngp=need_nngp,
-            need_ntk=need_ntk,
-            dtype=x1.dtype,
-            device=x1.device,
-        )
+        return fc_tiles(rec, x1, x2, tile=tile, need_ntk=need_ntk)
 
     # -- the finite network ---------------------------------------------------------------
 

@@ -151,15 +151,22 @@ def conv_map(
         for i, (n, w, s) in enumerate(zip(spatial, window, stride, strict=True)):
             k = window_sum(k, (-d + i,), w, s, output_size(n, w, s, padding))
         return k.div_(size)
+    k = _pad_full(k, spatial, window, stride, padding)
+    for i, (n, w, s) in enumerate(zip(spatial, window, stride, strict=True)):
+        k = window_sum(k, (-2 * d + i, -d + i), w, s, output_size(n, w, s, padding))
+    return k.div_(size)
+
+
+def _pad_full(k, spatial, window, stride, padding):
+    """Pad both position axes (p and p') of every spatial dimension of a "full" covariance for
+    a window sum of ``padding`` (zeros, or wrap-around for "circular")."""
+    d = len(spatial)
     pads = {}
     for i, (n, w, s) in enumerate(zip(spatial, window, stride, strict=True)):
         p = axis_pads(n, w, s, padding)
         pads[-2 * d + i] = p
         pads[-d + i] = p
-    k = pad_axes(k, pads, circular)
-    for i, (n, w, s) in enumerate(zip(spatial, window, stride, strict=True)):
-        k = window_sum(k, (-2 * d + i, -d + i), w, s, output_size(n, w, s, padding))
-    return k.div_(size)
+    return pad_axes(k, pads, padding == "circular")
 
 
 def pool_map(
@@ -172,13 +179,7 @@ def pool_map(
     """(1 / |w|^2) sum_{t, t'} K[s p + t, s p' + t'] on a "full" covariance (average pooling,
     padded positions counted as zeros as in neural-tangents' ``AvgPool``)."""
     d = len(spatial)
-    circular = padding == "circular"
-    pads = {}
-    for i, (n, w, s) in enumerate(zip(spatial, window, stride, strict=True)):
-        p = axis_pads(n, w, s, padding)
-        pads[-2 * d + i] = p
-        pads[-d + i] = p
-    k = pad_axes(k, pads, circular)
+    k = _pad_full(k, spatial, window, stride, padding)
     for i, (n, w, s) in enumerate(zip(spatial, window, stride, strict=True)):
         m = output_size(n, w, s, padding)
         k = window_sum(k, (-2 * d + i,), w, s, m)

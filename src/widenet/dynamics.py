@@ -36,6 +36,7 @@ import scipy.linalg
 import torch
 
 from widenet._checks import as_tensor, check_finite, check_real
+from widenet.threads import solver_threads
 
 __all__ = [
     "LOSSES",
@@ -255,6 +256,12 @@ def _eigh_cpu(k64: torch.Tensor, vectors: bool):
 
 
 def _eig(k: torch.Tensor, name: str, diag_reg: float, *, vectors: bool = True) -> _Eig:
+    # Thread policy of widenet.threads: one torch and BLAS thread when small or busy.
+    with solver_threads(k.shape[0], k.device):
+        return _eig_body(k, name, diag_reg, vectors=vectors)
+
+
+def _eig_body(k: torch.Tensor, name: str, diag_reg: float, *, vectors: bool) -> _Eig:
     eps = torch.finfo(k.dtype).eps
     k64 = k.to(_F64)
     k64 = 0.5 * (k64 + k64.T)
@@ -374,6 +381,11 @@ def _gd_factors(lam: torch.Tensor, steps: np.ndarray, rate: float, tol: float):
 
 def _apply(left: torch.Tensor | None, e: _Eig, diag: torch.Tensor, v: torch.Tensor):
     """(T, m, k): left V diag(d_t) Vᵀ v for each row d_t of ``diag`` (T, n); left (m, n) or I."""
+    with solver_threads(v.shape[0], v.device):
+        return _apply_body(left, e, diag, v)
+
+
+def _apply_body(left, e, diag, v):
     scaled = diag[:, :, None] * e.project(v)[None]  # (T, n, k)
     t, n, k = scaled.shape
     # One product over all times: memory O(T n k), never O(T n²) nor Θ(x, X) V.

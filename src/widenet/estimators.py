@@ -34,6 +34,7 @@ layer scales by 1/√d, expecting features of unit variance).
 
 from __future__ import annotations
 
+import contextlib
 import math
 
 import numpy as np
@@ -45,6 +46,7 @@ from sklearn.utils.validation import check_is_fitted, validate_data
 
 from widenet import dynamics
 from widenet._checks import check_device, check_int, check_real
+from widenet.threads import single_threaded
 
 __all__ = [
     "KERNELS",
@@ -152,7 +154,9 @@ def _square_kernel(k_train) -> torch.Tensor:
     return k
 
 
-def kernel_ridge_solve(k_train, y, *, ridge: float = 0.0, overwrite: bool = False) -> torch.Tensor:
+def kernel_ridge_solve(
+    k_train, y, *, ridge: float = 0.0, overwrite: bool = False, check: bool = True
+) -> torch.Tensor:
     """α = (K + ridge · mean(diag K) · I)⁻¹ y by Cholesky: the t = ∞ dual coefficients.
 
     K̃ = K + λI is factored as L Lᵀ (``torch.linalg.cholesky_ex``, LAPACK ``dpotrf`` on the CPU;
@@ -163,9 +167,17 @@ def kernel_ridge_solve(k_train, y, *, ridge: float = 0.0, overwrite: bool = Fals
     is added: a failed factorisation, or a pivot L_ii² <= n · eps · max(diag K̃) (then
     λ_min(K̃) <= L_ii² is numerically zero, e.g. duplicated training points with ridge = 0),
     raises a ValueError asking for ``ridge > 0``. ``overwrite=True`` lets the factor replace
-    ``k_train`` (saves an n × n copy). Returns (n, k) float64 (y of shape (n,) as (n, 1)).
+    ``k_train`` (saves an n × n copy). ``check=False`` skips the finiteness and symmetry
+    checks of ``k_train`` (three passes over it, ~10 % of a fit at n = 1347), for a Gram matrix
+    known to be finite and symmetric (the estimators' own, mirrored and checked by the kernel
+    engine); its shape is still checked. Returns (n, k) float64 (y of shape (n,) as (n, 1)).
     """
-    k = _square_kernel(k_train)
+    if check:
+        k = _square_kernel(k_train)
+    else:
+        k = torch.as_tensor(k_train, dtype=_F64)
+        if k.ndim != 2 or k.shape[0] != k.shape[1] or k.shape[0] == 0:
+            raise ValueError(f"k_train must be a square (n, n) kernel, got shape {tuple(k.shape)}")
     ridge = check_real(ridge, "ridge", minimum=0.0)
     y = torch.as_tensor(y, dtype=_F64, device=k.device)
     y = y[:, None] if y.ndim == 1 else y
@@ -220,6 +232,22 @@ def dual_coefficients(
     if not finite.all():
         out[torch.as_tensor(~finite)] = kernel_ridge_solve(k, y, ridge=ridge).to(out.device)
     return out[0] if times.ndim == 0 else out
+
+
+# Small problems (train x train and test x train Gram matrices of at most SMALL_SOLVE^2
+# entries) run with one torch thread on the CPU (widenet.threads): the kernel, checks,
+# Cholesky and solves are a few hundred operations of at most ~0.1 s, whose intra-op
+# barriers cost more than their parallelism on a loaded machine (digits, n = 1347, load ~10:
+# the solve 0.30 s with 2 threads against 0.09 s with one, the kernel's checks 0.16 s
+# against 0.014 s). Larger problems keep the configured threads (the kernel's tiles then run
+# in a pool, and a large Cholesky is a long GEMM-bound call).
+SMALL_SOLVE = 2048
+
+
+def _small_single_threaded(n1: int, n2: int, device):
+    if n1 * n2 <= SMALL_SOLVE * SMALL_SOLVE:
+        return single_threaded("cpu" if device is None else check_device(device))
+    return contextlib.nullcontext()
 
 
 class _InfiniteWidth(BaseEstimator):
@@ -296,16 +324,20 @@ class _KernelRegression(_InfiniteWidth):
     def _fit_targets(self, x: np.ndarray, targets: np.ndarray, *, keep_gram: bool = False):
         """Fit α on (x, targets); returns a copy of K(X, X) when ``keep_gram`` (else None)."""
         self._check_flow_params()
-        k = self._gram(x)
-        kept = k.clone() if keep_gram else None
-        self.dual_coef_ = self._solve(k, targets, overwrite=True).cpu().numpy()
+        with _small_single_threaded(len(x), len(x), self.device):
+            k = self._gram(x)
+            kept = k.clone() if keep_gram else None
+            self.dual_coef_ = self._solve(k, targets, overwrite=True).cpu().numpy()
         self.X_fit_ = x
         return kept
 
     def _solve(self, k: torch.Tensor, targets, *, overwrite: bool = False) -> torch.Tensor:
         if math.isinf(self.t):
             # overwrite: the Gram matrix is ours, the Cholesky factor may replace it.
-            return kernel_ridge_solve(k, targets, ridge=self.ridge, overwrite=overwrite)
+            # check=False: k is the engine's Gram matrix (mirrored, checked finite).
+            return kernel_ridge_solve(
+                k, targets, ridge=self.ridge, overwrite=overwrite, check=False
+            )
         return dual_coefficients(
             k, targets, ridge=self.ridge, t=float(self.t), learning_rate=self.learning_rate
         )
@@ -313,8 +345,9 @@ class _KernelRegression(_InfiniteWidth):
     def _outputs(self, x) -> np.ndarray:
         check_is_fitted(self)
         x = validate_data(self, x, reset=False, dtype=np.float64)
-        k = self._gram(x, self.X_fit_)
-        return (k @ torch.as_tensor(self.dual_coef_, device=k.device)).cpu().numpy()
+        with _small_single_threaded(len(x), len(self.X_fit_), self.device):
+            k = self._gram(x, self.X_fit_)
+            return (k @ torch.as_tensor(self.dual_coef_, device=k.device)).cpu().numpy()
 
 
 _DOC_PARAMS = """
@@ -446,7 +479,8 @@ class NTKClassifier(ClassifierMixin, _KernelRegression):
             )
         gram = self._fit_targets(x, onehot, keep_gram=bool(self.probability))
         if self.probability:
-            self.temperature_ = self._fit_temperature(gram, onehot, idx)
+            with _small_single_threaded(len(x), len(x), self.device):
+                self.temperature_ = self._fit_temperature(gram, onehot, idx)
         elif hasattr(self, "temperature_"):
             del self.temperature_
         return self

@@ -48,6 +48,7 @@ from widenet._checks import (
     check_real,
 )
 from widenet.empirical import quiet_jit_deprecation as _quiet_jit_deprecation
+from widenet.threads import small_ops_threads
 
 __all__ = [
     "CriticalPoint",
@@ -213,32 +214,53 @@ def hessian_extreme_eigenvalues(
 ) -> ExtremeEigenvalues:
     """Extreme Hessian eigenvalues by Lanczos (SciPy ``eigsh``, implicitly restarted) on
     Hessian-vector products: ``which="LA"`` for the largest and ``"SA"`` for the smallest
-    algebraic ones. Never forms the ``P × P`` matrix. ``seed`` fixes Lanczos' start vector."""
+    algebraic ones. Never forms the ``P × P`` matrix. ``seed`` fixes Lanczos' start vector.
+
+    The products reuse one graph: g = ∇L(θ0) is built once with ``create_graph=True`` and
+    each H v = ∇(g · v) is a backward pass through it (double backward, Pearlmutter 1994),
+    where forward-over-reverse (``torch.func.jvp`` of ``grad``, :func:`hessian_vector_product`)
+    reruns the forward and backward passes for every product. Measured on a 10-64-64-1 tanh
+    MLP, 256 points, float64, one thread: 3.5-4.0 ms against 11-17 ms per product
+    (``torch.func.linearize`` of ``grad``: 2.6 s to trace, then 103 ms per product at load ~7
+    with two threads, against 31 ms for double backward). On the CPU the products run under
+    :func:`widenet.threads.small_ops_threads` (one thread for small networks).
+    """
     from scipy.sparse.linalg import LinearOperator, eigsh
 
-    hvp, theta0 = hessian_vector_product(model, x, y)
+    loss, theta0 = loss_function(model, x, y)
     p = theta0.numel()
     k = check_int(k, "k", minimum=1)
     if k >= p:
         raise ValueError(f"k must be < the number of parameters {p} for Lanczos, got {k}")
     tol = check_real(tol, "tol", minimum=0.0)
+    n = x.shape[0] if hasattr(x, "shape") else len(x)  # loss_function checked x
 
-    def matvec(v):
-        v = torch.as_tensor(np.asarray(v).reshape(-1), dtype=theta0.dtype, device=theta0.device)
-        return hvp(v).detach().cpu().numpy().astype(np.float64)
+    with small_ops_threads(n * p, theta0.device):
+        theta = theta0.detach().clone().requires_grad_(True)
+        with torch.enable_grad():
+            (g,) = torch.autograd.grad(loss(theta), theta, create_graph=True)
 
-    op = LinearOperator((p, p), matvec=matvec, dtype=np.float64)
-    v0 = np.random.default_rng(seed).standard_normal(p)
-    out = []
-    for which in ("LA", "SA"):
-        vals, vecs = eigsh(op, k=k, which=which, tol=tol, v0=v0, maxiter=max_iter)
-        order = np.argsort(vals)
-        out.append(
-            (
-                torch.as_tensor(vals[order], dtype=theta0.dtype, device=theta0.device),
-                torch.as_tensor(vecs[:, order], dtype=theta0.dtype, device=theta0.device),
+        def matvec(v):
+            v = torch.as_tensor(np.asarray(v).reshape(-1), dtype=theta0.dtype, device=theta0.device)
+            if not g.requires_grad:  # L is at most linear in θ: H = 0
+                return np.zeros(p)
+            (hv,) = torch.autograd.grad(g, theta, v, retain_graph=True, allow_unused=True)
+            if hv is None:
+                return np.zeros(p)
+            return hv.detach().cpu().numpy().astype(np.float64)
+
+        op = LinearOperator((p, p), matvec=matvec, dtype=np.float64)
+        v0 = np.random.default_rng(seed).standard_normal(p)
+        out = []
+        for which in ("LA", "SA"):
+            vals, vecs = eigsh(op, k=k, which=which, tol=tol, v0=v0, maxiter=max_iter)
+            order = np.argsort(vals)
+            out.append(
+                (
+                    torch.as_tensor(vals[order], dtype=theta0.dtype, device=theta0.device),
+                    torch.as_tensor(vecs[:, order], dtype=theta0.dtype, device=theta0.device),
+                )
             )
-        )
     (lv, lvec), (sv, svec) = out
     return ExtremeEigenvalues(lv, sv, lvec, svec)
 

@@ -130,9 +130,8 @@ from widenet._version import __version__
 from widenet.architectures import DEFAULT_TILE as ENGINE_TILE
 from widenet.architectures import MLP, Architecture
 from widenet.kernels import check_finite_result as _check_finite_result
-from widenet.kernels import check_tile as _check_tile
-from widenet.kernels import resolve_get as _resolve_get
-from widenet.kernels import tile_grid
+from widenet.kernels import check_tile, resolve_get, tile_grid
+from widenet.threads import run_blocks
 
 __all__ = [
     "FORMAT",
@@ -270,7 +269,9 @@ class _ArchSource:
         x = self.tiler.x1
         out = {g: alloc((n_r, n_c), x) for g in self.gets}
         back = {g: alloc((n_c, n_r), x) for g in self.gets} if mirror else None
-        for r, c in tile_grid(n_r, n_c, min(self.block, max(n_r, n_c)), symmetric=diag):
+
+        def work(rc):  # each block writes its own parts of out and back
+            r, c = rc
             k = self.tiler(_shift(r, rows.start), _shift(c, cols.start))
             for g in self.gets:
                 b = getattr(k, g)
@@ -279,6 +280,12 @@ class _ArchSource:
                     out[g][c, r] = b.T
                 if back is not None:
                     back[g][c, r] = b.T
+
+        # CPU: single-threaded blocks in a pool of the configured thread count, as the
+        # in-memory engine (widenet.threads); on a loaded machine the intra-op barriers of a
+        # block's small operations cost more than the work.
+        grid = tile_grid(n_r, n_c, min(self.block, max(n_r, n_c)), symmetric=diag)
+        run_blocks(work, grid, x.device)
         return out, back
 
 
@@ -398,7 +405,7 @@ def _model_metadata(model: nn.Module, options: dict) -> dict:
 def _block_size(block, tile: int) -> int:
     if block is None:
         return ENGINE_TILE if tile % ENGINE_TILE == 0 else tile
-    block = _check_tile(block)
+    block = check_tile(block)
     if tile % block:
         raise ValueError(f"block must divide tile ({tile}), got {block}")
     return block
@@ -407,7 +414,7 @@ def _block_size(block, tile: int) -> int:
 def _make_source(kernel, x1, x2, *, get, dtype, width, tile, block, ntk_options):
     """(source, x1, x2, gets, architecture metadata) for an MLP or a torch model."""
     if isinstance(kernel, Architecture):
-        need_nngp, need_ntk = _resolve_get(get)
+        need_nngp, need_ntk = resolve_get(get)
         if ntk_options:
             raise ValueError(
                 f"{sorted(ntk_options)} apply only to the empirical NTK of a torch model"
@@ -1319,7 +1326,7 @@ def kernel_to_zarr(
         OSError: the Dask scheduler at the given address cannot be reached.
         WorkerDiedError: a worker process of ``scheduler="processes"`` died; rerun to resume.
     """
-    tile = _check_tile(tile)
+    tile = check_tile(tile)
     if x2 is x1:
         x2 = None
     source, x1, x2, gets, arch_meta = _make_source(

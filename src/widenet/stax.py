@@ -88,7 +88,8 @@ from widenet import activations as _act
 from widenet import covariance as cov
 from widenet import layers as modules
 from widenet._checks import check_int, check_real
-from widenet.kernels import Kernel, KernelTile, duplicate_ids, tile_grid
+from widenet.kernels import Kernel, KernelTile, Tiler, duplicate_ids, tile_grid
+from widenet.threads import run_blocks
 
 PARAMETERIZATIONS = modules.PARAMETERIZATIONS
 _ORDER = {"vector": 0, "diag": 1, "full": 2}
@@ -205,6 +206,37 @@ def _tuple(value, d: int, name: str, layer) -> tuple[int, ...]:
     if any(v < 1 for v in value):
         _fail(layer, f"{name} must be positive, got {value}")
     return value
+
+
+def _window_geometry(layer, in_shape, *, stride_defaults_to_window: bool):
+    """(window, stride, pads, output spatial shape) of a windowed layer (Conv, AvgPool) with
+    ``kernel_size``, ``stride`` and ``padding`` on an input of feature shape ``in_shape``.
+    With ``stride_defaults_to_window``, ``stride=None`` means the window (torch's pooling)."""
+    _check_spatial(layer, in_shape)
+    spatial = tuple(in_shape[1:])
+    d = len(spatial)
+    window = _tuple(layer.kernel_size, d, "kernel_size", layer)
+    if stride_defaults_to_window and layer.stride is None:
+        stride = window
+    else:
+        stride = _tuple(layer.stride, d, "stride", layer)
+    if layer.padding == "valid":
+        for n, w in zip(spatial, window, strict=True):
+            if w > n:
+                _fail(
+                    layer,
+                    f"the window {window} is larger than its 'valid' (unpadded) input of "
+                    f"spatial shape {spatial}",
+                )
+    pads = tuple(
+        cov.axis_pads(n, w, s, layer.padding)
+        for n, w, s in zip(spatial, window, stride, strict=True)
+    )
+    out = tuple(
+        cov.output_size(n, w, s, layer.padding)
+        for n, w, s in zip(spatial, window, stride, strict=True)
+    )
+    return window, stride, pads, out
 
 
 def _check_padding(padding, what: str) -> str:
@@ -342,28 +374,7 @@ class Conv(Layer):
 
     def geometry(self, in_shape):
         """(window, stride, pads, output spatial shape) on an input of feature shape in_shape."""
-        _check_spatial(self, in_shape)
-        spatial = tuple(in_shape[1:])
-        d = len(spatial)
-        window = _tuple(self.kernel_size, d, "kernel_size", self)
-        stride = _tuple(self.stride, d, "stride", self)
-        if self.padding == "valid":
-            for n, w in zip(spatial, window, strict=True):
-                if w > n:
-                    _fail(
-                        self,
-                        f"the window {window} is larger than its 'valid' (unpadded) input of "
-                        f"spatial shape {spatial}",
-                    )
-        pads = tuple(
-            cov.axis_pads(n, w, s, self.padding)
-            for n, w, s in zip(spatial, window, stride, strict=True)
-        )
-        out = tuple(
-            cov.output_size(n, w, s, self.padding)
-            for n, w, s in zip(spatial, window, stride, strict=True)
-        )
-        return window, stride, pads, out
+        return _window_geometry(self, in_shape, stride_defaults_to_window=False)
 
     def output_shape(self, in_shape, width):
         _, _, _, out = self.geometry(in_shape)
@@ -436,28 +447,8 @@ class AvgPool(Layer):
                 object.__setattr__(self, name, tuple(v))
 
     def geometry(self, in_shape):
-        _check_spatial(self, in_shape)
-        spatial = tuple(in_shape[1:])
-        d = len(spatial)
-        window = _tuple(self.kernel_size, d, "kernel_size", self)
-        stride = window if self.stride is None else _tuple(self.stride, d, "stride", self)
-        if self.padding == "valid":
-            for n, w in zip(spatial, window, strict=True):
-                if w > n:
-                    _fail(
-                        self,
-                        f"the window {window} is larger than its 'valid' (unpadded) input of "
-                        f"spatial shape {spatial}",
-                    )
-        pads = tuple(
-            cov.axis_pads(n, w, s, self.padding)
-            for n, w, s in zip(spatial, window, stride, strict=True)
-        )
-        out = tuple(
-            cov.output_size(n, w, s, self.padding)
-            for n, w, s in zip(spatial, window, stride, strict=True)
-        )
-        return window, stride, pads, out
+        """(window, stride, pads, output spatial shape); ``stride=None`` means the window."""
+        return _window_geometry(self, in_shape, stride_defaults_to_window=True)
 
     def output_shape(self, in_shape, width):
         return (in_shape[0], *self.geometry(in_shape)[3])
@@ -946,7 +937,7 @@ def self_kernels(plan: Plan, x: torch.Tensor, need_ntk: bool, budget: int | None
             k = run_steps(plan.steps, k0, v, 1)
         results[i] = (v.record, k.nngp, k.ntk)
 
-    _run_blocks(work, starts, x.device)
+    run_blocks(work, starts, x.device)
     parts: dict[int, list] = {}
     nngp, ntk = [], []
     for i in starts:
@@ -961,7 +952,7 @@ def self_kernels(plan: Plan, x: torch.Tensor, need_ntk: bool, budget: int | None
 
 
 @dataclass(frozen=True)
-class StaxTiler:
+class StaxTiler(Tiler):
     """Computes any one tile ``kernel[rows, cols]`` of an architecture's kernel on its own.
 
     The per-input variances every activation and LayerNorm needs are computed once, at
@@ -981,14 +972,6 @@ class StaxTiler:
     # Duplicate inputs: equal rows of x1 and x2 share an id (None when no row repeats).
     g1: torch.Tensor | None = None
     g2: torch.Tensor | None = None
-
-    @property
-    def symmetric(self) -> bool:
-        return self.x2 is None
-
-    @property
-    def shape(self) -> tuple[int, int]:
-        return self.x1.shape[0], (self.x1 if self.x2 is None else self.x2).shape[0]
 
     def _block(self, rows: slice, cols: slice, self_pairs: bool) -> KernelState:
         xb = self.x1 if self.x2 is None else self.x2
@@ -1029,48 +1012,12 @@ class StaxTiler:
                 if diag and r != c:
                     out[c, r] = b.T
 
-        _run_blocks(work, grid, device)
+        run_blocks(work, grid, device)
         with torch.no_grad():
             if diag:
                 nngp = 0.5 * (nngp + nngp.T)
                 ntk = None if ntk is None else 0.5 * (ntk + ntk.T)
         return Kernel(nngp, ntk)
-
-
-def _run_blocks(work, items, device) -> None:
-    """``work(item)`` for every item (blocks writing disjoint parts of the output).
-
-    On the CPU every operation runs single-threaded and, with several intra-op threads
-    configured, the blocks run in a pool of that many threads instead: a block's operations
-    are cache-sized (~0.1-1 ms each), too short for intra-op parallelism, whose barriers cost
-    far more than the work on a loaded machine (measured, CNN-GAP depth 3, 8x8, n = 100,
-    2 threads, load ~16 on 2 cores: 65 s wall with intra-op threads, 5.7 s with the pool,
-    4.1 s on one thread). The result does not depend on the order. The caller's thread
-    setting is restored on return.
-    """
-    threads = torch.get_num_threads()
-    if torch.device(device).type != "cpu" or threads == 1:
-        for item in items:
-            work(item)
-        return
-    from concurrent.futures import ThreadPoolExecutor
-
-    torch.set_num_threads(1)
-    try:
-        if len(items) < 2:
-            for item in items:
-                work(item)
-            return
-        with ThreadPoolExecutor(
-            max_workers=min(threads, len(items)),
-            initializer=torch.set_num_threads,
-            initargs=(1,),
-        ) as pool:
-            for f in [pool.submit(work, item) for item in items]:
-                f.result()
-    finally:
-        # Also resets the default of threads created later, which a worker's call changed.
-        torch.set_num_threads(threads)
 
 
 def stax_tiler(plan: Plan, x1, x2, *, need_ntk: bool, budget: int | None = None) -> StaxTiler:

@@ -4,6 +4,7 @@ Add an experiment by writing a module here that calls :func:`widenet.lab.registe
 importing it below.
 """
 
+import widenet.experiments.cnn_kernels  # noqa: F401  (registers cnn-kernels)
 import widenet.experiments.condensation  # noqa: F401  (registers condensation)
 import widenet.experiments.condensation_pruning  # noqa: F401  (registers condensation-pruning)
 import widenet.experiments.distribution_shift  # noqa: F401  (registers distribution-shift)
