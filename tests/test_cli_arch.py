@@ -131,3 +131,20 @@ def test_bad_yaml(tmp_path):
     path.write_text("- conv: {kernel_size: 3\n")
     r = invoke("kernel", "--arch", path, "--data", "digits", "--n", 5, "-o", tmp_path / "k.npy")
     assert r.exit_code != 0 and "not valid YAML" in r.output
+
+
+@pytest.mark.parametrize(("data", "shape"), [("mnist1d", (1, 40)), ("digits-images", (1, 8, 8))])
+def test_kernel_of_structured_data_sets_in_their_own_shape(tmp_path, data, shape):
+    """--data mnist1d / digits-images with a convolutional --arch need no --in-shape."""
+    out = tmp_path / "k.npz"
+    r = invoke("kernel", "--arch", "cnn", "--data", data, "--n", 6, "-o", out)
+    assert r.exit_code == 0, r.output
+    x, _ = wn.load_dataset(data, n=6, seed=0, dtype=torch.float64)
+    assert tuple(x.shape[1:]) == shape
+    k = wn.presets.cnn().kernel(x)
+    np.testing.assert_allclose(np.load(out)["ntk"], k.ntk.numpy(), rtol=1e-12)
+    # an MLP takes them as flat rows
+    r = invoke("kernel", "--data", data, "--n", 6, "-o", tmp_path / "flat.npz")
+    assert r.exit_code == 0, r.output
+    flat = wn.mlp(3, "relu", 2**0.5, 0.0).kernel(x.reshape(6, -1))
+    np.testing.assert_allclose(np.load(tmp_path / "flat.npz")["ntk"], flat.ntk.numpy(), rtol=1e-12)

@@ -204,7 +204,7 @@ def load_inputs(
         n = at_most
     import torch
 
-    from widenet.data import DATASETS, load_dataset
+    from widenet.data import ALL_DATASETS, load_dataset
 
     dtype = torch.float64 if dtype is None else dtype
     path = Path(data)
@@ -228,15 +228,27 @@ def load_inputs(
             std = x.std(axis=0)
             x = (x - x.mean(axis=0)) / np.where(std > 0, std, 1.0)
         return torch.as_tensor(x, dtype=dtype)
-    if data not in DATASETS:
-        raise ValueError(f"{option} must be a .npy/.csv file or one of: {', '.join(DATASETS)}")
+    if data not in ALL_DATASETS:
+        raise ValueError(f"{option} must be a .npy/.csv file or one of: {', '.join(ALL_DATASETS)}")
     _check_n(n, n_option)
     std = True if standardize is None else standardize
     try:
         x, _ = load_dataset(data, n=n, seed=seed, standardize=std, dtype=dtype)
     except ValueError as err:
         raise ValueError(f"{n_option if 'n=' in str(err) else option}: {err}") from None
-    return x
+    # images and sequences as flat rows, like every other input; natural_shape(data) restores them
+    return x.reshape(len(x), -1)
+
+
+def natural_shape(data: str) -> str | None:
+    """``"C,H,W"``/``"C,L"`` of a bundled image or sequence set (``digits-images``: ``"1,8,8"``,
+    ``mnist1d``: ``"1,40"``), the ``--in-shape`` a convolutional ``--arch`` needs; None for
+    files and flat sets."""
+    from widenet.data import MNIST1D_LENGTH, STRUCTURED_DATASETS
+
+    if data not in STRUCTURED_DATASETS or Path(data).exists():
+        return None
+    return {"digits-images": "1,8,8", "mnist1d": f"1,{MNIST1D_LENGTH}"}[data]
 
 
 def load_targets(path, option: str, n_rows: int) -> np.ndarray:

@@ -102,7 +102,8 @@ def kernel(
     .npy (--get).
 
     --arch takes a preset (cnn, cnn-vec, myrtle5, ...) or a YAML file of layers; --in-shape
-    1,8,8 reshapes flat inputs into images for it (e.g. --data digits).
+    1,8,8 reshapes flat inputs into images for it (e.g. --data digits); --data digits-images
+    and --data mnist1d come in their own shapes (1,8,8 and 1,40).
 
     With --out K.zarr the kernel is written tile by tile into a Zarr store (default tile 4096;
     symmetric: only the upper tiles are computed); running the same command again completes an
@@ -118,6 +119,8 @@ def kernel(
         architecture_, arch_name = architecture(ctx, arch, **mlp_options)
     except (ValueError, TypeError, OSError) as error:
         raise fail(str(error)) from None
+    if in_shape is None and arch is not None:
+        in_shape = io.natural_shape(data)  # digits-images, mnist1d: their own shape
     if out_.suffix.lower() == ".zarr":
         arch_options = mlp_options if arch is None else architecture_
         data_options = dict(data=data, n=n, data_seed=data_seed, standardize=standardize)
