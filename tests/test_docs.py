@@ -52,8 +52,19 @@ def test_cli_reference_lists_every_command(site):
 def test_api_reference_and_topics(site):
     dynamics = (site / "api" / "dynamics.html").read_text(encoding="utf-8")
     assert "gradient_flow_mse" in dynamics and "doc-function" in dynamics
+    # The layer algebra's reference: layers, presets, the covariance operators, from_spec.
+    architectures = (site / "api" / "architectures.html").read_text(encoding="utf-8")
+    for name in (
+        "stax.Conv",
+        "stax.Layer",
+        "presets.myrtle",
+        "covariance.conv_map",
+        "architectures.from_spec",
+    ):
+        assert f'id="widenet.{name}' in architectures, name
+    assert "verify" in (site / "safety.html").read_text(encoding="utf-8")
     topics = sorted((ROOT / "docs" / "topics").glob("*.md"))
-    assert len(topics) >= 11
+    assert len(topics) >= 12
     for page in topics:
         html = (site / "topics" / f"{page.stem}.html").read_text(encoding="utf-8")
         assert "Theory" in html, page.name

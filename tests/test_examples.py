@@ -1,6 +1,6 @@
 """Every Python block of README.md and of the documentation pages runs as written.
 
-Each ```python block is executed on its own (a fresh namespace, so it must import what it uses
+Each ```python block is executed on its own (a fresh module, so it must import what it uses
 and make its own small data) in a temporary working directory, with one torch thread. A block
 preceded by ``<!-- example: slow -->`` runs only with ``-m slow``; ``<!-- example: skip -->``
 marks a block that is not meant to run (none should need it).
@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import re
 import sys
+import types
 from pathlib import Path
 
 import pytest
@@ -58,8 +59,12 @@ def test_example_runs(page, line, code, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
+    # The block runs as the body of a module of its own (registered in sys.modules, as a
+    # script's __main__ is), so that what needs its defining module works: dataclasses, pickle.
+    module = types.ModuleType("__example__")
+    monkeypatch.setitem(sys.modules, "__example__", module)
     try:
-        exec(compile(code, f"{page.name}:{line}", "exec"), {"__name__": "__example__"})  # noqa: S102
+        exec(compile(code, f"{page.name}:{line}", "exec"), module.__dict__)  # noqa: S102
     finally:
         torch.set_num_threads(threads)
         if "matplotlib.pyplot" in sys.modules:

@@ -603,6 +603,7 @@ def from_spec(spec) -> Architecture:
 
         - conv: {kernel_size: 3, w_std: 1.414, b_std: 0.1}
         - relu
+        - conv: {kernel_size: 3, w_std: 1.414}
         - avg_pool: {kernel_size: 2}
         - residual: [relu, {conv: {kernel_size: 3, w_std: 1.414}}]
         - relu
