@@ -148,3 +148,47 @@ def test_kernel_of_structured_data_sets_in_their_own_shape(tmp_path, data, shape
     assert r.exit_code == 0, r.output
     flat = wn.mlp(3, "relu", 2**0.5, 0.0).kernel(x.reshape(6, -1))
     np.testing.assert_allclose(np.load(tmp_path / "flat.npz")["ntk"], flat.ntk.numpy(), rtol=1e-12)
+
+
+def test_fit_predict_with_arch_and_proba_equals_estimator(tmp_path):
+    """fit-predict --arch cnn --train digits-images --proba = NTKClassifier(architecture=cnn,
+    in_shape=(1, 8, 8), probability=True) on the same split."""
+    from widenet.estimators import NTKClassifier
+
+    out = tmp_path / "p.npz"
+    r = invoke(
+        "fit-predict", "--train", "digits-images", "--test", "digits-images",
+        "--n-train", 80, "--n-test", 10, "--arch", "cnn", "--proba", "-o", out,
+    )  # fmt: skip
+    assert r.exit_code == 0, r.output
+    got = np.load(out)
+    x_tr, y_tr, x_te, _, _ = io.load_train_test(
+        "digits-images", "digits-images", 80, 10, "onehot", None, None, None, 0
+    )
+    est = NTKClassifier(architecture="cnn", in_shape=(1, 8, 8), probability=True)
+    est.fit(x_tr, io.decode_labels(y_tr))
+    np.testing.assert_array_equal(got["predictions"], est.predict(x_te))
+    np.testing.assert_allclose(got["probabilities"], est.predict_proba(x_te), rtol=1e-10)
+    np.testing.assert_allclose(got["probabilities"].sum(1), 1.0, rtol=1e-12)
+
+
+@pytest.mark.parametrize(
+    ("extra", "match"),
+    [
+        (("--arch", "cnn", "--depth", "4"), "drop --depth"),
+        (("--in-shape", "1,8,8"), "--in-shape goes with --arch"),
+        (("--model", "regressor", "--proba"), "--proba needs --model classifier"),
+    ],
+)
+def test_fit_predict_arch_options_refused(tmp_path, extra, match):
+    r = invoke("fit-predict", "--n-train", 20, "--n-test", 5, *extra, "-o", tmp_path / "p.npz")
+    assert r.exit_code == 2 and match in r.output, r.output
+
+
+def test_predict_with_arch_on_mnist1d_needs_no_in_shape(tmp_path):
+    out = tmp_path / "p.npz"
+    r = invoke(
+        "predict", "--train", "mnist1d", "--test", "mnist1d", "--n-train", 30, "--n-test", 10,
+        "--arch", "cnn", "-o", out,
+    )  # fmt: skip
+    assert r.exit_code == 0, r.output

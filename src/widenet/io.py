@@ -77,10 +77,11 @@ def torch_dtype(name: str, option: str = "--dtype"):
 
 
 def is_bundled(name: str) -> bool:
-    """True when ``name`` is a bundled data set and not an existing file of that name."""
-    from widenet.data import DATASETS
+    """True when ``name`` is a bundled data set (flat, or the images/sequences of
+    ``digits-images``/``mnist1d``) and not an existing file of that name."""
+    from widenet.data import ALL_DATASETS
 
-    return name in DATASETS and not Path(name).exists()
+    return name in ALL_DATASETS and not Path(name).exists()
 
 
 def check_suffix(path: Path, suffixes: Iterable[str], option: str = "--out") -> Path:
@@ -367,7 +368,7 @@ def load_train_test(
     ``test_targets``; ``targets`` other than ``"onehot"`` is another name for the train
     targets); files are standardized, if asked, with the training set's statistics.
     """
-    from widenet.data import DATASETS, load_dataset
+    from widenet.data import ALL_DATASETS, load_dataset
 
     if targets not in ("onehot",):
         if train_targets is not None:
@@ -396,7 +397,9 @@ def load_train_test(
         else:
             std = True if standardize is None else standardize
             x, y = load_dataset(train, standardize=std, dtype=_f64())
-            x, y = x.numpy(), y.numpy()
+            # images/sequences as flat rows (natural_shape(train) restores them); MNIST-1D's
+            # 4000/1000 split is pooled and split at random like every other set
+            x, y = x.reshape(len(x), -1).numpy(), y.numpy()
             perm = np.random.default_rng(seed).permutation(len(x))
         total = len(x)
         if n_test is None:
@@ -422,7 +425,7 @@ def load_train_test(
         if Path(value).suffix.lower() not in ARRAY_SUFFIXES:
             raise ValueError(
                 f"{option} must be a .npy/.csv file or a bundled set "
-                f"({', '.join(DATASETS)}), got {value!r}"
+                f"({', '.join(ALL_DATASETS)}), got {value!r}"
             )
     if train_targets is None:
         raise ValueError("--train is a file: give its targets with --train-targets FILE")

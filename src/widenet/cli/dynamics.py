@@ -161,6 +161,8 @@ def predict(
         network, arch_name = architecture(
             ctx, arch, depth=depth, activation=activation, w_std=w_std, b_std=b_std
         )
+        if in_shape is None and arch is not None:
+            in_shape = io.natural_shape(train)  # digits-images, mnist1d: their own shape
         x_train = shape_inputs(torch.as_tensor(x_train), in_shape)
         x_test = shape_inputs(torch.as_tensor(x_test), in_shape)
         pred = dynamics.infinite_width_predict(

@@ -16,8 +16,10 @@ from widenet.cli._common import (
     PREDICTORS,
     W_STD,
     ActivationOpt,
+    ArchOpt,
     BStdOpt,
     DataSeedOpt,
+    InShapeOpt,
     NTestOpt,
     NTrainOpt,
     OverwriteOpt,
@@ -27,7 +29,9 @@ from widenet.cli._common import (
     TrainOpt,
     TrainTargetsOpt,
     WStdOpt,
+    architecture,
     fail,
+    flag,
     out,
     parse_times,
     saved,
@@ -49,6 +53,7 @@ def _estimator_for(model: str, params: dict):
 
 @command("fit-predict")
 def fit_predict(
+    ctx: typer.Context,
     out_: Annotated[
         Path, typer.Option("--out", "-o", help="Output .npz (test predictions); metrics in .json.")
     ],
@@ -82,12 +87,24 @@ def fit_predict(
     b_std: BStdOpt = B_STD,
     standardize: StandardizeOpt = None,
     data_seed: DataSeedOpt = 0,
+    arch: ArchOpt = None,
+    in_shape: InShapeOpt = None,
+    proba: Annotated[
+        bool,
+        flag(
+            "--proba",
+            help="Also save class probabilities (classifier: softmax with a temperature fitted "
+            "out of fold, NTKClassifier(probability=True)).",
+        ),
+    ] = False,
     overwrite: OverwriteOpt = False,
 ) -> None:
     """Fit an infinite-width NTK/NNGP estimator (widenet.estimators) and predict the test set.
 
     Classification predicts class indices (positions in the sorted labels); with several
     --depth/--ridge/--C values the hyper-parameters are chosen by GridSearchCV (--cv folds).
+    --arch (a preset such as cnn or myrtle5, or a YAML file of layers) replaces the MLP, with
+    --in-shape 1,8,8 for flat inputs (--train digits-images / mnist1d come in their own shape).
     """
     import numpy as np
     import torch
@@ -110,6 +127,19 @@ def fit_predict(
             y_train, y_test = y_train[:, 0], None if y_test is None else y_test[:, 0]
         grid = {"depth": depth or [3], "ridge": ridge or [1e-6], "C": c or [1.0]}
         params = dict(activation=activation, w_std=w_std, b_std=b_std, kernel=kernel_name, t=t)
+        if arch is not None:
+            # --arch describes the whole network: the MLP options keep the estimator's defaults
+            mlp = dict(depth=depth, activation=activation, w_std=w_std, b_std=b_std)
+            arch_, _ = architecture(ctx, arch, **mlp)
+            shape = in_shape or io.natural_shape(train)
+            params = dict(kernel=kernel_name, t=t, architecture=arch_)
+            params["in_shape"] = None if shape is None else tuple(map(int, shape.split(",")))
+        elif in_shape is not None:
+            raise ValueError("--in-shape goes with --arch (an MLP takes flat inputs)")
+        if proba:
+            if model != "classifier":
+                raise ValueError("--proba needs --model classifier")
+            params["probability"] = True
         est = _estimator_for(model, {**params, **{k: v[0] for k, v in grid.items()}})
         search = {k: v for k, v in grid.items() if len(v) > 1 and k in est.get_params()}
         t0 = time.perf_counter()
@@ -136,6 +166,8 @@ def fit_predict(
                 float(np.mean((pred - y_test) ** 2)) if not classify else metrics["test_score"]
             )
         arrays = {"predictions": np.asarray(pred)}
+        if proba:
+            arrays["probabilities"] = np.asarray(est.predict_proba(x_test))
         if y_test is not None:
             arrays["test_targets"] = np.asarray(y_test)
         io.check_new_outputs([out_, out_.with_suffix(".json")], overwrite)  # both before either
