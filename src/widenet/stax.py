@@ -46,7 +46,8 @@ O(n^2 P^2).
 
 **Adding a layer.** Subclass :class:`Layer` (a frozen dataclass is convenient) and implement
 
-- ``kernel_map(self, k: KernelState) -> KernelState``: return ``k.replace(nngp=..., ntk=...)``.
+- ``kernel_map(self, k: KernelState) -> KernelState``: return ``k.replace(nngp=..., ntk=...)``
+  (or ``k.both(f)`` when one map f applies to both).
   ``k.nngp`` and ``k.ntk`` (``None`` when the NTK is not requested) have shape
   ``(*batch, *layout)``; ``k.shape`` is the input's feature shape (channels first), ``k.layout``
   its layout; for ``uses_variances = True`` layers the variances ``k.var1``, ``k.var2`` are set,
@@ -142,6 +143,13 @@ class KernelState:
 
     def replace(self, **changes) -> KernelState:
         return replace(self, **changes)
+
+    def both(self, f, **changes) -> KernelState:
+        """The same map ``f`` on the NNGP and the NTK (a linear layer without weights, or a
+        rescaling); the NTK stays None when it is not requested."""
+        return replace(
+            self, nngp=f(self.nngp), ntk=None if self.ntk is None else f(self.ntk), **changes
+        )
 
 
 class Layer:
@@ -462,7 +470,7 @@ class AvgPool(Layer):
         def pool(t):
             return cov.pool_map(t, k.spatial, window, stride, self.padding)
 
-        return k.replace(nngp=pool(k.nngp), ntk=None if k.ntk is None else pool(k.ntk))
+        return k.both(pool)
 
     def module(self, in_shape, width, generator, dtype):
         window, stride, pads, _ = self.geometry(in_shape)
@@ -483,9 +491,7 @@ class GlobalAvgPool(Layer):
 
     def kernel_map(self, k):
         d = len(k.spatial)
-        nngp = cov.global_mean(k.nngp, k.layout, d)
-        ntk = None if k.ntk is None else cov.global_mean(k.ntk, k.layout, d)
-        return k.replace(nngp=nngp, ntk=ntk)
+        return k.both(lambda t: cov.global_mean(t, k.layout, d))
 
     def module(self, in_shape, width, generator, dtype):
         return modules.GlobalAvgPool()
@@ -510,9 +516,7 @@ class Flatten(Layer):
 
     def kernel_map(self, k):
         d = len(k.spatial)
-        nngp = cov.diagonal_mean(k.nngp, k.layout, d)
-        ntk = None if k.ntk is None else cov.diagonal_mean(k.ntk, k.layout, d)
-        return k.replace(nngp=nngp, ntk=ntk)
+        return k.both(lambda t: cov.diagonal_mean(t, k.layout, d))
 
     def module(self, in_shape, width, generator, dtype):
         return nn.Flatten()
@@ -534,7 +538,7 @@ class LayerNorm(Layer):
 
     def kernel_map(self, k):
         scale = torch.rsqrt((k.var1 + self.eps) * (k.var2 + self.eps))
-        return k.replace(nngp=k.nngp * scale, ntk=None if k.ntk is None else k.ntk * scale)
+        return k.both(lambda t: t * scale)
 
     def module(self, in_shape, width, generator, dtype):
         return modules.LayerNorm(self.eps)
@@ -802,12 +806,7 @@ def _to_layout(k: KernelState, layout: str, batch_ndim: int) -> KernelState:
         return k
     if k.layout == "full" and layout == "diag":
         d = len(k.spatial)
-        return k.replace(
-            nngp=cov.position_diagonal(k.nngp, d),
-            ntk=None if k.ntk is None else cov.position_diagonal(k.ntk, d),
-            layout="diag",
-            owned=True,
-        )
+        return k.both(lambda t: cov.position_diagonal(t, d), layout="diag", owned=True)
     raise ArchitectureError(f"internal: cannot convert layout {k.layout!r} to {layout!r}")
 
 
