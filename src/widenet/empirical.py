@@ -20,8 +20,11 @@ cheaper of two exact routes is chosen by a cost model (flops and memory, per lay
   Its cost grows with S², so it wins for dense layers and small feature maps.
 * **Jacobian contraction**: the per-sample weight gradients J_c = Σ_s g_sc x_sᵀ (one GEMM per
   sample and output) contracted, Θ_cd = J_c · J'_d. Its cost grows with S, so it wins for
-  convolutions over large feature maps. Any other module called once per forward (BatchNorm,
-  LayerNorm, attention, embeddings, custom modules) gets its per-sample parameter gradients by
+  convolutions over large feature maps. BatchNorm (eval) and LayerNorm are affine maps of
+  their normalised input: Σ g ⊙ x̂ and Σ g in closed form. ``nn.MultiheadAttention``'s four
+  projections are linear maps around its softmax core: one backward per output through the
+  core alone gives their output-gradients. Any other module called once per forward
+  (embeddings, custom modules) gets its per-sample parameter gradients by
   ``torch.func.vmap`` of the module's own vector-Jacobian product over the samples, from the
   same recorded inputs and output-gradients: only that module is differentiated again.
 
@@ -1859,9 +1862,10 @@ def empirical_ntk(
     with x_s the layer's inputs (patches) at position s, g_sc = ∂f_c/∂y_s the output-gradients
     and ws, bs ``Dense.weight_scale`` / ``bias_scale`` (1 for torch layers), or by contracting
     the per-sample weight gradients Σ_s g_sc x_sᵀ, whichever a flop and memory estimate finds
-    cheaper for that layer. Other modules (BatchNorm in eval mode, LayerNorm, attention,
-    embeddings, custom modules) get per-sample gradients from ``vmap`` of their own
-    vector-Jacobian product. Every module's route is checked on a probe batch against autograd
+    cheaper for that layer. BatchNorm in eval mode and LayerNorm get theirs in closed form,
+    ``nn.MultiheadAttention``'s projections as linear maps around its softmax core, other
+    modules (embeddings, custom modules) from ``vmap`` of their own vector-Jacobian
+    product. Every module's route is checked on a probe batch against autograd
     before it is trusted; parameters used outside a single module call go through torch.func
     over the whole model (per-sample Jacobians or NTK-vector products).
 
