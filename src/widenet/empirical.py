@@ -711,15 +711,24 @@ def _jac_generic(unit: _Unit, record, gs: list) -> torch.Tensor:
 
 @contextlib.contextmanager
 def _math_attention():
-    """scaled_dot_product_attention's fused CPU kernels have no vmap batching rule (torch
-    falls back to a loop over the batch); its math form (matmul, softmax) batches."""
+    """Attention as matmul and softmax: scaled_dot_product_attention's fused CPU kernels have
+    no vmap batching rule (torch falls back to a loop over the batch) and no forward AD, nor
+    has the fused inference path of nn.TransformerEncoderLayer / nn.MultiheadAttention
+    (taken when no input requires grad, as under torch.func), which is switched off."""
+    mha = getattr(torch.backends, "mha", None)
+    fast = mha.get_fastpath_enabled() if mha is not None else None
     try:
         from torch.nn.attention import SDPBackend, sdpa_kernel
     except ImportError:  # older torch: nothing to choose
-        yield
-        return
-    with sdpa_kernel([SDPBackend.MATH]):
-        yield
+        sdpa_kernel = None
+    try:
+        if fast:
+            mha.set_fastpath_enabled(False)
+        with sdpa_kernel([SDPBackend.MATH]) if sdpa_kernel else contextlib.nullcontext():
+            yield
+    finally:
+        if fast:
+            mha.set_fastpath_enabled(True)
 
 
 def _getattr_path(m: nn.Module, path: str):
@@ -1521,7 +1530,8 @@ def _forward(model, plan: _Plan, base, x) -> _Side:
     gen = None
     if plan.general and plan.general_impl == "jacobian":
         with _quiet_jit_deprecation():
-            gen = _jacobian_features(model, plan, base, x)
+            with _math_attention():
+                gen = _jacobian_features(model, plan, base, x)
     return _Side(x, f, records, gen)
 
 
@@ -1640,7 +1650,8 @@ def _block(model, plan: _Plan, base, sa: _Side, sb: _Side, same: bool, groups, s
             blk += _contract(sa.general, sb.general, mode)
         else:
             with _quiet_jit_deprecation():
-                blk += _ntvp_block(model, plan, base, sa.x, sb.x, mode)
+                with _math_attention():  # forward AD and vmap need the math attention
+                    blk += _ntvp_block(model, plan, base, sa.x, sb.x, mode)
     return blk.detach()
 
 
