@@ -397,8 +397,12 @@ CONVS = {
 }
 
 
+@pytest.mark.parametrize("weight_gradients", ["unfolded GEMM", "grouped convolution"])
 @pytest.mark.parametrize("case", list(CONVS))
-def test_convolutions_every_route(case):
+def test_convolutions_every_route(case, weight_gradients, monkeypatch):
+    # Per-sample weight gradients by either method (chosen by fan-in; forced both ways here).
+    threshold = 1 if weight_gradients == "unfolded GEMM" else 10**9
+    monkeypatch.setattr("widenet.empirical._UNFOLD_MIN_FAN_IN", threshold)
     make, in_shape = CONVS[case]
     model = conv_net(make(), in_shape)
     x1, x2 = data(3, *in_shape), data(2, *in_shape, seed=2)

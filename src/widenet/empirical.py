@@ -615,10 +615,19 @@ def _conv_operands(m, x, g):
     return x, g, tuple(ks), tuple(st), tuple(dil)
 
 
+# Per-sample convolution weight gradients: from this many inputs per output channel (C_in/G ·
+# kernel area) one batched GEMM against the unfolded patches; below, one grouped
+# weight-gradient convolution. Measured on one CPU thread (2-core EPYC, n = 32, 10 outputs,
+# 3x3 kernels): 144 inputs (16 channels, 32x32) 56 ms convolution vs 66 ms GEMM; 288 (32
+# channels, 16x16) 52 vs 40 ms; 576 (64, 8x8) 144 vs 83 ms; 1152 (128, 4x4) 475 vs 203 ms.
+_UNFOLD_MIN_FAN_IN = 256
+
+
 def _jac_conv(unit: _Unit, x, g, o0: int, o1: int | None) -> torch.Tensor:
     """Per-sample gradients (n, kg, P_slice) of a convolution's output channels o0:o1 (per
-    group), by one grouped weight-gradient convolution: the samples (and groups) as groups,
-    the kg outputs as extra output channels. Same columns as _jac_linear."""
+    group): a batched GEMM of output-gradients and unfolded patches for wide inputs, else one
+    grouped weight-gradient convolution (the samples and groups as groups, the kg outputs as
+    extra output channels). Same columns as _jac_linear."""
     m = unit.module
     x, g, ks, st, dil = _conv_operands(m, x, g)
     n, c_in = x.shape[:2]
@@ -629,7 +638,16 @@ def _jac_conv(unit: _Unit, x, g, o0: int, o1: int | None) -> torch.Tensor:
     oc = o1 - o0
     go = g.reshape(kg, n, G, fo, *g.shape[3:])[:, :, :, o0:o1]  # (kg, n, G, oc, H', W')
     parts = []
-    if unit.weight:
+    if unit.weight and c_in // G * math.prod(ks) >= _UNFOLD_MIN_FAN_IN:
+        # Σ_s g_s x_sᵀ as one batched GEMM over (sample, group) of the output-gradients and
+        # the unfolded input patches (n, G, fi, S).
+        cols = F.unfold(x, ks, dilation=dil, stride=st)
+        fi, S = cols.shape[1] // G, cols.shape[2]
+        go2 = go.permute(1, 2, 0, 3, 4, 5).reshape(n * G, kg * oc, S)
+        w = torch.bmm(go2, cols.view(n * G, fi, S).transpose(1, 2))
+        w = w.view(n, G, kg, -1).transpose(1, 2).reshape(n, kg, -1)
+        parts.append(w if unit.ws == 1.0 else w * unit.ws)
+    elif unit.weight:
         grad_out = go.permute(1, 2, 0, 3, 4, 5).reshape(1, n * G * kg * oc, *g.shape[3:])
         shape = (n * G * kg * oc, c_in // G, *ks)
         _, w, _ = torch.ops.aten.convolution_backward(
