@@ -493,10 +493,11 @@ class FCTiler(Tiler):
                 ntk_out=out[1] if direct else None,
                 mirror=mirror if direct else None,
             )
-            if diag:
+            if diag and not self.rec.fused:
                 # The duals are not bitwise symmetric in (q1, q2) (rounding order in the
                 # closed forms, node placement in quadrature), so a diagonal block comes
-                # out asymmetric by rounding/quadrature error: mirror it exactly.
+                # out asymmetric by rounding/quadrature error: mirror it exactly. (The fused
+                # ReLU recursion is: its every operation is symmetric in (q1, q2) and c.)
                 k = Kernel(*(None if b is None else 0.5 * (b + b.T) for b in (k.nngp, k.ntk)))
             if out is not None and not direct:
                 k = Kernel(*_write(out, (k.nngp, k.ntk)))
