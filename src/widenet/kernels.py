@@ -26,6 +26,11 @@ Kernels are computed in tiles of rows x columns: the per-layer variances of ever
 diagonals) are propagated once, then each tile runs the recursion on its own block, in place,
 so memory beyond the output is O(tile^2). A symmetric kernel (``x2=None``) computes only the
 tiles on and above the diagonal and mirrors them, and its diagonal correlations are exactly 1.
+
+On the CPU a tile runs in strips of rows small enough for its temporaries to stay in a core's
+cache, every strip through all layers; the ReLU recursion in the NTK parameterization is fused
+into nine passes per layer (:meth:`FCRecursion._relu_rows`). ``kernel()`` has each tile written
+into the outputs, mirror included, by the pool worker that computed it (:func:`fc_kernel`).
 """
 
 from __future__ import annotations
@@ -500,9 +505,10 @@ class FCTiler(Tiler):
                 # ReLU recursion is: its every operation is symmetric in (q1, q2) and c.)
                 k = Kernel(*(None if b is None else 0.5 * (b + b.T) for b in (k.nngp, k.ntk)))
             if out is not None and not direct:
-                k = Kernel(*_write(out, (k.nngp, k.ntk)))
+                blocks = (k.nngp, k.ntk)
                 if mirror is not None:
-                    _write(mirror, (k.nngp.T, None if k.ntk is None else k.ntk.T))
+                    _write(mirror, tuple(None if b is None else b.T for b in blocks))
+                k = Kernel(*_write(out, blocks))
             elif direct and out[0] is None:
                 k = Kernel(None, k.ntk)
         return k
@@ -633,7 +639,8 @@ def fc_tiles(
         return KernelTile(rc[0], rc[1], tiler(*rc))
 
     # CPU: every tile single-threaded, the tiles in a pool of the configured thread count
-    # (widenet.threads); a tile's ~750 small operations are too short for intra-op threads.
+    # (widenet.threads); a tile's few hundred small operations are too short for intra-op
+    # threads.
     # Small kernels run in the calling thread: at n = 1347 (6 tiles, float64, load ~10) the
     # pool took 0.22 s against 0.09 s.
     n1, n2 = tiler.shape
