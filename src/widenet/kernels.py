@@ -330,16 +330,23 @@ STRIP_ENTRIES = 32768
 _WORKSPACE = threading.local()
 
 
-def _scratch(numel: int, dtype: torch.dtype, device) -> torch.Tensor:
-    """This thread's flat buffer of at least ``numel`` entries for the temporaries of the row
-    strips, viewed as (layers + 2, numel / (layers + 2)) by the caller; reused from block to
-    block (a fresh buffer costs page faults each time), grown when too small."""
+def _scratch(numel: int, dtype: torch.dtype, device, slot: str = "strips") -> torch.Tensor:
+    """This thread's flat buffer ``slot`` of at least ``numel`` entries (the temporaries of
+    the row strips, or a block's), reused from block to block: a fresh buffer of a few MiB
+    costs page faults each time (5 ms for a 2 MiB block in float64 on the development
+    machine, as much as the block's arithmetic); grown when too small."""
     buffers = _WORKSPACE.__dict__.setdefault("buffers", {})
-    key = (dtype, str(device))
+    key = (slot, dtype, str(device))
     have = buffers.get(key)
     if have is None or have.numel() < numel:
         have = buffers[key] = torch.empty(numel, dtype=dtype, device=device)
     return have
+
+
+def _block(slot: str, shape, like: torch.Tensor) -> torch.Tensor:
+    """A (rows, cols) view of this thread's buffer ``slot`` (see :func:`_scratch`)."""
+    numel = shape[0] * shape[1]
+    return _scratch(numel, like.dtype, like.device, slot)[:numel].view(shape)
 
 
 def fc_recursion(
@@ -462,18 +469,27 @@ class FCTiler(Tiler):
         diag = self.symmetric and rows == cols
         d = self.x1.shape[1]
         direct = out is not None and not diag and self.g1 is None
+        # Writing into given outputs, the block's temporaries live in this thread's buffers.
+        reuse = out is not None and self.x1.device.type == "cpu"
+        a, b = self.x1[rows], xb[cols]
+        shape = (a.shape[0], b.shape[0])
         with torch.no_grad():
             if direct and out[0] is not None:
-                c = torch.mm(self.x1[rows], xb[cols].T, out=out[0])
+                c = torch.mm(a, b.T, out=out[0])
+            elif reuse:
+                c = torch.mm(a, b.T, out=_block("c", shape, a))
             else:
-                c = self.x1[rows] @ xb[cols].T
+                c = a @ b.T
             # Without a diagonal or duplicates to fix, c / d is taken strip by strip, in cache.
             divide = d if not diag and self.g1 is None else None
             if divide is None:
                 c.div_(d)
             if diag:
                 # Exact self-covariances on the diagonal keep rho = 1 there.
-                c = 0.5 * (c + c.T)
+                if reuse:  # (c + c^T) 0.5: the same rounding as 0.5 (c + c^T)
+                    c = torch.add(c, c.T, out=_block("sym", shape, c)).mul_(0.5)
+                else:
+                    c = 0.5 * (c + c.T)
                 c.diagonal().copy_(self.q01[rows])
             same = None
             if self.g1 is not None:
@@ -483,7 +499,11 @@ class FCTiler(Tiler):
                 # duplicated rows differed and the kernel lost its singularity.
                 same = self.g1[rows][:, None] == self.g2[cols][None, :]
                 if bool(same.any()):
-                    c = torch.where(same, self.q01[rows][:, None], c)
+                    q = self.q01[rows][:, None]
+                    if reuse:  # c is this thread's buffer: in place
+                        c = torch.where(same, q, c, out=c)
+                    else:
+                        c = torch.where(same, q, c)
                 else:
                     same = None
             k = self.rec.tile(
@@ -495,7 +515,7 @@ class FCTiler(Tiler):
                 divide=divide,
                 diagonal=diag,
                 same=same,
-                ntk_out=out[1] if direct else None,
+                ntk_out=out[1] if direct else (_block("ntk", shape, c) if reuse else None),
                 mirror=mirror if direct else None,
             )
             if diag and not self.rec.fused:
@@ -650,8 +670,9 @@ def fc_tiles(
 
 # Outputs of at least this many bytes are allocated in transparent huge pages on the CPU
 # where the operating system offers them (madvise mode): a fresh 64 MiB output faulted in
-# 4 KiB pages cost as much as a fifth of the FC kernel's arithmetic at n = 4000.
-HUGE_PAGE_BYTES = 8 << 20
+# 4 KiB pages cost as much as a fifth of the FC kernel's arithmetic at n = 4000 (glibc maps
+# every allocation above 32 MiB afresh; smaller ones it reuses, which beats fresh huge pages).
+HUGE_PAGE_BYTES = 32 << 20
 USE_HUGE_PAGES = True
 
 
