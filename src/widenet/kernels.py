@@ -289,17 +289,18 @@ class FCRecursion:
         norm = buf[2 : 2 + depth, :size].view(depth, n_rows, n_cols)
         if divide is not None:
             c.div_(divide)
-        k = c.mul_(self.w_var).add_(self.b_var)  # K^1 = w^2 K^0 + b^2 = Theta^1
-        if theta is not None:
-            theta.copy_(k)
+        # K^1 = w^2 K^0 + b^2 = Theta^1: into theta when there is one (c then receives rho).
+        k = torch.mul(c, self.w_var, out=theta if theta is not None else c).add_(self.b_var)
         if depth == 0:
+            if theta is not None:
+                c.copy_(k)
             return
         torch.mul(q1[:, :, None], q2[:, None, :], out=norm).sqrt_()
         one = c.new_ones(())
         bias = c.new_full((), self.b_var)
         for layer in range(depth):
             n = norm[layer]
-            rho = k.div_(n)
+            rho = torch.div(k, n, out=c)
             if zeros is None or zeros[layer]:
                 rho.masked_fill_(n == 0, 0.0)  # a zero variance: rho = 0
             neg_rho = rho.clamp_(-1.0, 1.0).neg_()
