@@ -300,14 +300,13 @@ class FCRecursion:
         bias = c.new_full((), self.b_var)
         for layer in range(depth):
             n = norm[layer]
-            rho = torch.div(k, n, out=c)
-            if zeros is None or zeros[layer]:
-                rho.masked_fill_(n == 0, 0.0)  # a zero variance: rho = 0
-            neg_rho = rho.clamp_(-1.0, 1.0).neg_()
+            neg_rho = torch.div(k, n, out=c).clamp_(-1.0, 1.0).neg_()
             if offset is not None:
                 neg_rho.diagonal(offset).fill_(-1.0)
             if pin is not None:
                 neg_rho.masked_fill_(pin, -1.0)
+            if zeros is None or zeros[layer]:
+                neg_rho.masked_fill_(n == 0, 0.0)  # a zero variance: rho = 0, as the duals
             torch.arccos(neg_rho, out=p)  # pi - arccos(rho)
             torch.addcmul(one, neg_rho, neg_rho, value=-1.0, out=s).sqrt_()
             s.addcmul_(p, neg_rho, value=-1.0)  # g
