@@ -290,8 +290,10 @@ def test_kernel_tiles_upper_triangle_and_assembly():
         out[t.cols, t.rows] = t.kernel.ntk.T
     # Equal to rounding, not bit for bit: a 3x3 tile and the 10x10 block run the erf dual's
     # vectorised transcendental functions with other vector/remainder splits, which differ in
-    # the last bit on some CPUs (5e-17 on entries of size 1 on a Xeon with AVX-512); a misplaced tile is O(1) off.
-    torch.testing.assert_close(out, full.ntk, rtol=0, atol=1e-14 * float(full.ntk.abs().max()))
+    # the last bit on some CPUs (5e-17 on entries of size 1 on a Xeon with AVX-512); a
+    # misplaced tile is O(1) off.
+    scale = float(full.ntk.abs().max())
+    torch.testing.assert_close(out, full.ntk, rtol=0, atol=1e-14 * scale)
     tiles12 = list(arch.kernel_tiles(x, x[:4], tile=3))
     assert len(tiles12) == 4 * 2
     out = torch.empty(10, 4, dtype=F64)

@@ -96,9 +96,9 @@ def test_busy_machine_runs_blocks_in_the_calling_thread(two_threads, monkeypatch
 
 @pytest.mark.parametrize("busy", [False, True])
 def test_solver_threads_sets_torch_and_blas_and_restores(two_threads, monkeypatch, busy):
+    # SciPy's BLAS loaded before `before` is taken, as solver_threads loads it.
+    import scipy.linalg  # noqa: F401
     from threadpoolctl import threadpool_info
-
-    import scipy.linalg  # noqa: F401  (its BLAS loaded before `before`, as solver_threads loads it)
 
     monkeypatch.setattr(threads, "machine_busy", lambda: busy)
 

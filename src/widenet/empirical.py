@@ -1411,13 +1411,16 @@ def _size(plan: _Plan, n1: int, n2: int, symmetric: bool, item: int) -> None:
         def kept(kg):
             return n_all * (st["leaves"] + kg * st["taps"])
 
+        # Beside what is kept, the terms of the units need gradient slices (limit / 8 a side,
+        # _unit_term), Gram tiles (limit / 4, below) and the unfolded patches of all samples.
+        terms = 0.375 * limit + n_all * unfold
         kg = k
         while True:
             # The rest of the budget streams blocks: at least 8 samples (or all) per block.
             rest, c = budget - kept(kg), n
             while c > 1 and c * (fixed + kg * per_out) > rest:
                 c = max(1, c // 2)
-            if kept(kg) <= 0.6 * budget and c >= min(n, 8):
+            if kept(kg) + terms <= budget and c >= min(n, 8):
                 plan.resident, plan.block, plan.group = True, c, kg
                 break
             if full or kg == 1:
