@@ -163,7 +163,7 @@ def _reference_training(a, w, alpha, x, y, loss_tol, max_steps):
     for step in range(max_steps + 1):
         value = phases.loss(a, w, x, y, alpha)
         if float(value.detach()) < loss_tol or step == max_steps:
-            return a.detach(), w.detach(), step, float(value)
+            return a.detach(), w.detach(), step, float(value.detach())
         ga, gw = torch.autograd.grad(value, [a, w])
         with torch.no_grad():
             lr = min(1.0, 0.5 * x.shape[0] / float(phases.ntk_trace(a, w, x, alpha)))
