@@ -368,10 +368,6 @@ class _Block:
     w_init: torch.Tensor  # (k, d+1, M)
     inv_alpha: torch.Tensor  # (k,)
 
-    @property
-    def inv_alpha2(self) -> torch.Tensor:
-        return self.inv_alpha**2
-
 
 def _pack(widths: list[int], n: int, limit: float) -> list[list[int]]:
     """Networks grouped into blocks: widest first, a network joins the current block while the
@@ -465,26 +461,23 @@ def train_to_tolerance(
 
     xt_rows = xt.T.contiguous()  # (d+1, n)
 
-    def forward(b: _Block, act: torch.Tensor, scaled_a: torch.Tensor):
-        """relu(h) into ``act`` (k, n, M), a_k/α into ``scaled_a``; returns r = f − y, losses."""
+    def forward(b: _Block, h: torch.Tensor, scaled_a: torch.Tensor) -> list[list[float]]:
+        """relu(h) into ``h`` (k, n, M), a_k/α into ``scaled_a``; returns r = f − y (k, n)."""
         k = b.a.shape[0]
-        torch.bmm(xt.expand(k, n, d + 1), b.w, out=act)  # h_ki = w_k·x̃_i
-        act.clamp_min_(0.0)
+        torch.bmm(xt.expand(k, n, d + 1), b.w, out=h)  # h_ki = w_k·x̃_i
+        h.clamp_min_(0.0)
         torch.mul(b.a, b.inv_alpha[:, None], out=scaled_a)
         # f_i = Σ_k (a_k/α) relu(h_ki): a (1, M) x (M, n) product per network (the faster
         # orientation on the CPU, several times the (n, M) x (M, 1) one).
-        r = torch.bmm(scaled_a[:, None, :], act.transpose(1, 2)).view(k, n) - y
-        losses = (r * r).mean(1).mul_(0.5)
-        return r, losses
+        return torch.bmm(scaled_a[:, None, :], h.transpose(1, 2)).view(k, n).sub_(y)
 
-    def finish(b: _Block, flags: list[bool], losses: torch.Tensor, step: int) -> _Block | None:
+    def finish(b: _Block, flags: list[bool], losses: list[float], step: int) -> _Block | None:
         diff2 = ((b.w - b.w_init) ** 2).sum((1, 2))
         ratio = (diff2 / (b.w_init**2).sum((1, 2))).sqrt().cpu().numpy()
-        loss_np = losses.cpu().numpy()
         for i in np.flatnonzero(flags).tolist():
             j = b.ids[i]
             rd[j], steps_taken[j] = ratio[i], step
-            final[j], converged[j] = loss_np[i], loss_np[i] < loss_tol
+            final[j], converged[j] = losses[i], losses[i] < loss_tol
             if keep_params:
                 out_a[j] = b.a[i, : b.widths[i]].clone()
                 out_w[j] = b.w[i, :, : b.widths[i]].T.contiguous()
@@ -498,50 +491,48 @@ def train_to_tolerance(
     def workspace(b: _Block) -> tuple[torch.Tensor, ...]:
         k, m = b.a.shape
         new = b.a.new_empty
-        lhs = new(k, d + 2, n)
-        lhs[:, d + 1] = sq
-        return new(k, n, m), new(k, n, m), new(k, d + 2, m), new(k, 1, m), new(k, m), new(k, m), lhs
+        return new(k, n, m), new(k, d + 1, m), new(k, m), new(k, m), new(k, d + 1, n)
 
     def advance(b: _Block, start: int, stop: int) -> _Block | None:
         """Steps start, ..., stop − 1 of block b; None once all its networks have stopped.
 
         The (k, n, M) and (k, ·, M) arrays are allocated once per block and reused by every
-        step (``out=``, in place): fresh arrays of this size would be fresh pages from the
-        system (a page fault each 4 KiB) and out of cache at every operation.
+        step (``out=``, in place), so that they stay in cache; one (k, n, M) array holds h,
+        then relu(h), then 1(h > 0).
         """
         space = workspace(b)
         for step in range(start, stop):
-            act, on, p, ga, scaled_a, tmp, lhs = space
-            r, losses = forward(b, act, scaled_a)
-            values = losses.tolist()
-            if not all(map(math.isfinite, values)):
+            h, p, scaled_a, tmp, lhs = space
+            r = forward(b, h, scaled_a)
+            losses = [0.5 * math.fsum(v * v for v in row) / n for row in r.tolist()]
+            if not all(map(math.isfinite, losses)):
                 raise FloatingPointError(
                     "training diverged (non-finite loss); lower lr_scale/lr_max"
                 )
-            if step == max_steps or min(values) < loss_tol:
-                done = [step == max_steps or v < loss_tol for v in values]
-                b = finish(b, done, losses, step)
+            if step == max_steps or min(losses) < loss_tol:
+                b = finish(b, [step == max_steps or v < loss_tol for v in losses], losses, step)
                 if b is None:
                     return None
                 space = workspace(b)  # the survivors' (once per network that stops)
-                act, on, p, ga, scaled_a, tmp, lhs = space
-                r, losses = forward(b, act, scaled_a)
+                h, p, scaled_a, tmp, lhs = space
+                r = forward(b, h, scaled_a)
             k = r.shape[0]
-            rn = r.div_(n)  # dL/df_i, (k, n)
-            torch.sign(act, out=on)  # 1(h > 0), as relu(h) >= 0
-            # One product gives Σ_i 1(h_ki > 0) rn_i x̃_i (the input-weight gradient over
-            # a_k/α) and Σ_i 1(h_ki > 0) ‖x̃_i‖² (the a-part of tr Θ); the last row of lhs is ‖x̃‖².
-            torch.mul(rn[:, None, :], xt_rows, out=lhs[:, : d + 1])
-            torch.bmm(lhs, on, out=p)  # (k, d+2, M)
-            torch.bmm(rn[:, None, :], act, out=ga)  # Σ_i rn_i relu(h_ki)
-            flat = act.view(k, 1, -1)
-            tr = torch.bmm(flat, flat.transpose(1, 2)).view(k)  # Σ relu(h)²
+            # tr Θ = Σ_ki relu(h_ki)² + Σ_i ‖x̃_i‖² Σ_k a_k² 1(h_ki > 0), over α².
+            flat = h.view(k, 1, -1)
+            tr = torch.bmm(flat, flat.transpose(1, 2)).view(k)
             torch.mul(b.a, b.a, out=tmp)
-            tr.add_(torch.bmm(p[:, d + 1 :], tmp[:, :, None]).view(k))
-            lr = torch.div(lr_scale * n, tr.mul_(b.inv_alpha2)).clamp_(max=lr_max)
-            b.a.addcmul_(ga.view(k, -1), (lr * b.inv_alpha)[:, None], value=-1.0)
-            torch.mul(scaled_a, lr[:, None], out=tmp)
-            b.w.addcmul_(p[:, : d + 1], tmp[:, None, :], value=-1.0)
+            h.sign_()  # 1(h > 0), as relu(h) >= 0
+            tr.add_(torch.bmm(tmp[:, None, :], h.transpose(1, 2)).view(k, n) @ sq)
+            lr = torch.div(lr_scale * n, tr.mul_(b.inv_alpha.square())).clamp_(max=lr_max)
+            # p_k = lr Σ_i 1(h_ki > 0) (r_i/n) x̃_i: the input-weight step over a_k/α; the output
+            # weight's gradient Σ_i (r_i/n) relu(h_ki) is w_k·p_k/lr (relu(h) = 1(h > 0) h).
+            torch.mul((r * (lr / n)[:, None])[:, None, :], xt_rows, out=lhs)
+            torch.bmm(lhs, h, out=p)  # (k, d+1, M)
+            torch.mul(b.w[:, 0], p[:, 0], out=tmp)
+            for c in range(1, d + 1):
+                tmp.addcmul_(b.w[:, c], p[:, c])
+            b.a.addcmul_(tmp, b.inv_alpha[:, None], value=-1.0)
+            b.w.addcmul_(p, scaled_a[:, None, :], value=-1.0)
         return b
 
     # Blocks are independent: each runs up to the next callback step (steps 0, 1000, 2000, ...)
