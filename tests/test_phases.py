@@ -217,6 +217,24 @@ def test_blocks_match_one_autograd_loop_per_network(d, tol, monkeypatch):
         assert torch.allclose(alone.w[j], res.w[j], rtol=1e-12, atol=1e-15)
 
 
+def test_blocks_in_a_pool_of_threads_give_the_same_results(monkeypatch):
+    import widenet.threads
+
+    nets, x, y = _mixed_nets(2)
+    runs = []
+    threads = torch.get_num_threads()
+    for busy in (True, False):  # one block after the other; a pool of two threads
+        monkeypatch.setattr(widenet.threads, "machine_busy", lambda busy=busy: busy)
+        torch.set_num_threads(2)
+        try:
+            runs.append(phases.train_to_tolerance(nets, x, y, loss_tol=1e-2, max_steps=100))
+        finally:
+            torch.set_num_threads(threads)
+    assert np.array_equal(runs[0].steps, runs[1].steps)
+    assert np.array_equal(runs[0].rd, runs[1].rd)
+    assert np.array_equal(runs[0].final_loss, runs[1].final_loss)
+
+
 def test_callback_every_1000_steps_with_the_networks_still_running():
     x, y = phases.PAPER_DATA
     gen = torch.Generator().manual_seed(5)
