@@ -372,6 +372,25 @@ class _Block:
     inv_alpha: torch.Tensor  # (k,)
 
 
+class _Work:
+    """A block's arrays for one step, allocated once and reused by every step (``out=``, in
+    place) so that they stay in cache; ``h`` (k, n, M) holds h, then relu(h), then 1(h > 0)."""
+
+    def __init__(self, b: _Block, xt: torch.Tensor):
+        k, d1, m = b.w.shape
+        n = xt.shape[0]
+        new = b.a.new_empty
+        self.h, self.p, self.scaled_a, self.tmp = new(k, n, m), new(k, d1, m), new(k, m), new(k, m)
+        self.lhs = new(k, d1, n)
+        self.h_t = self.h.transpose(1, 2)
+        self.h_flat = self.h.view(k, 1, n * m)
+        self.h_flat_t = self.h_flat.transpose(1, 2)
+        self.scaled_a_row, self.tmp_row = self.scaled_a[:, None, :], self.tmp[:, None, :]
+        self.w_rows, self.p_rows = b.w.unbind(1), self.p.unbind(1)
+        self.xt = xt.expand(k, n, d1)
+        self.inv_alpha, self.inv_alpha2 = b.inv_alpha[:, None], b.inv_alpha.square()
+
+
 def _pack(widths: list[int], n: int, limit: float) -> list[list[int]]:
     """Networks grouped into blocks: widest first, a network joins the current block while the
     block stays within ``limit`` numbers per (k, M, n) array and its padding within 1/8."""
@@ -464,15 +483,14 @@ def train_to_tolerance(
 
     xt_rows = xt.T.contiguous()  # (d+1, n)
 
-    def forward(b: _Block, h: torch.Tensor, scaled_a: torch.Tensor) -> list[list[float]]:
-        """relu(h) into ``h`` (k, n, M), a_k/α into ``scaled_a``; returns r = f − y (k, n)."""
-        k = b.a.shape[0]
-        torch.bmm(xt.expand(k, n, d + 1), b.w, out=h)  # h_ki = w_k·x̃_i
-        h.clamp_min_(0.0)
-        torch.mul(b.a, b.inv_alpha[:, None], out=scaled_a)
+    def forward(b: _Block, ws: _Work) -> torch.Tensor:
+        """relu(h) into ``ws.h`` (k, n, M), a_k/α into ``ws.scaled_a``; returns r = f − y."""
+        torch.bmm(ws.xt, b.w, out=ws.h)  # h_ki = w_k·x̃_i
+        ws.h.clamp_min_(0.0)
+        torch.mul(b.a, ws.inv_alpha, out=ws.scaled_a)
         # f_i = Σ_k (a_k/α) relu(h_ki): a (1, M) x (M, n) product per network (the faster
         # orientation on the CPU, several times the (n, M) x (M, 1) one).
-        return torch.bmm(scaled_a[:, None, :], h.transpose(1, 2)).view(k, n).sub_(y)
+        return torch.bmm(ws.scaled_a_row, ws.h_t).view(-1, n).sub_(y)
 
     def finish(b: _Block, flags: list[bool], losses: list[float], step: int) -> _Block | None:
         diff2 = ((b.w - b.w_init) ** 2).sum((1, 2))
@@ -491,22 +509,11 @@ def train_to_tolerance(
         widths = [m for m, f in zip(b.widths, flags, strict=True) if not f]
         return _Block(ids, widths, b.a[keep], b.w[keep], b.w_init[keep], b.inv_alpha[keep])
 
-    def workspace(b: _Block) -> tuple[torch.Tensor, ...]:
-        k, m = b.a.shape
-        new = b.a.new_empty
-        return new(k, n, m), new(k, d + 1, m), new(k, m), new(k, m), new(k, d + 1, n)
-
     def advance(b: _Block, start: int, stop: int) -> _Block | None:
-        """Steps start, ..., stop − 1 of block b; None once all its networks have stopped.
-
-        The (k, n, M) and (k, ·, M) arrays are allocated once per block and reused by every
-        step (``out=``, in place), so that they stay in cache; one (k, n, M) array holds h,
-        then relu(h), then 1(h > 0).
-        """
-        space = workspace(b)
+        """Steps start, ..., stop − 1 of block b; None once all its networks have stopped."""
+        ws = _Work(b, xt)
         for step in range(start, stop):
-            h, p, scaled_a, tmp, lhs = space
-            r = forward(b, h, scaled_a)
+            r = forward(b, ws)
             losses = [0.5 * math.fsum(v * v for v in row) / n for row in r.tolist()]
             if not all(map(math.isfinite, losses)):
                 raise FloatingPointError(
@@ -516,26 +523,24 @@ def train_to_tolerance(
                 b = finish(b, [step == max_steps or v < loss_tol for v in losses], losses, step)
                 if b is None:
                     return None
-                space = workspace(b)  # the survivors' (once per network that stops)
-                h, p, scaled_a, tmp, lhs = space
-                r = forward(b, h, scaled_a)
-            k = r.shape[0]
+                ws = _Work(b, xt)  # the survivors' (once per network that stops)
+                r = forward(b, ws)
+            h, p, tmp = ws.h, ws.p, ws.tmp
             # tr Θ = Σ_ki relu(h_ki)² + Σ_i ‖x̃_i‖² Σ_k a_k² 1(h_ki > 0), over α².
-            flat = h.view(k, 1, -1)
-            tr = torch.bmm(flat, flat.transpose(1, 2)).view(k)
+            tr = torch.bmm(ws.h_flat, ws.h_flat_t).view(-1)
             torch.mul(b.a, b.a, out=tmp)
             h.sign_()  # 1(h > 0), as relu(h) >= 0
-            tr.add_(torch.bmm(tmp[:, None, :], h.transpose(1, 2)).view(k, n) @ sq)
-            lr = torch.div(lr_scale * n, tr.mul_(b.inv_alpha.square())).clamp_(max=lr_max)
+            tr.add_(torch.bmm(ws.tmp_row, ws.h_t).view(-1, n) @ sq)
+            lr = torch.div(lr_scale * n, tr.mul_(ws.inv_alpha2)).clamp_(max=lr_max)
             # p_k = lr Σ_i 1(h_ki > 0) (r_i/n) x̃_i: the input-weight step over a_k/α; the output
             # weight's gradient Σ_i (r_i/n) relu(h_ki) is w_k·p_k/lr (relu(h) = 1(h > 0) h).
-            torch.mul((r * (lr / n)[:, None])[:, None, :], xt_rows, out=lhs)
-            torch.bmm(lhs, h, out=p)  # (k, d+1, M)
-            torch.mul(b.w[:, 0], p[:, 0], out=tmp)
+            torch.mul(r.mul_((lr / n)[:, None])[:, None, :], xt_rows, out=ws.lhs)
+            torch.bmm(ws.lhs, h, out=p)  # (k, d+1, M)
+            torch.mul(ws.w_rows[0], ws.p_rows[0], out=tmp)
             for c in range(1, d + 1):
-                tmp.addcmul_(b.w[:, c], p[:, c])
-            b.a.addcmul_(tmp, b.inv_alpha[:, None], value=-1.0)
-            b.w.addcmul_(p, scaled_a[:, None, :], value=-1.0)
+                tmp.addcmul_(ws.w_rows[c], ws.p_rows[c])
+            b.a.addcmul_(tmp, ws.inv_alpha, value=-1.0)
+            b.w.addcmul_(p, ws.scaled_a_row, value=-1.0)
         return b
 
     # Blocks are independent: each runs up to the next callback step (steps 0, 1000, 2000, ...)
