@@ -211,6 +211,33 @@ def test_resnet_memory_limit_splits_samples_and_outputs(resnet_ref):
     assert rel_err(got, reduce(ref12, "diagonal")) < TOL64
 
 
+def test_resident_streaming_matches_float64_autograd():
+    """Samples that do not fit one block: every sample's unit inputs and one output group's
+    gradients are kept and the samples streamed through forward and backward once per output
+    group (plan.resident) instead of once per pair of blocks. Same kernel as float64 autograd
+    (symmetric and with x2, trace and diagonal), and at 2.6 MB the groups have two outputs."""
+    from widenet.empirical import _finish_plan, _size
+
+    model = small_resnet()
+    x1, x2 = data(16, 3, 8, 8, seed=3), data(5, 3, 8, 8, seed=4)
+    ref11, ref12 = reference_ntk(model, x1), reference_ntk(model, x1, x2)
+    # Per sample here: graph 21 kB, taps 16 kB, unit inputs 19 kB. Below 1.6 MB not even the
+    # kept inputs fit with blocks of 8; from 1.8 MB all 16 samples fit one block (symmetric).
+    cases = [(1_600_000, None, (8, 1)), (2_000_000, x2, (8, 1)), (2_600_000, x2, (8, 2))]
+    for limit, xb, (block, group) in cases:
+        plan = plan_of(model, x1, limit=limit)
+        _finish_plan(plan, _select_params(model, None), torch.float64)
+        _size(plan, 16, 16 if xb is None else 5, xb is None, 8)
+        assert plan.resident and (plan.block, plan.group) == (block, group), limit
+        for mode in ("trace", "diagonal"):
+            got = empirical_ntk(model, x1, xb, mode=mode, memory_limit_bytes=limit)
+            ref = ref11 if xb is None else ref12
+            assert rel_err(got, reduce(ref, mode)) < TOL64, (limit, mode)
+    # Full mode needs every output at once: blocks of pairs as before, same kernel.
+    got = empirical_ntk(model, x1, mode="full", memory_limit_bytes=1_600_000)
+    assert rel_err(got, ref11) < TOL64
+
+
 # --------------------------------------------------------------------------------------------
 # Transformer: LayerNorm, softmax attention, residual additions
 # --------------------------------------------------------------------------------------------
@@ -221,18 +248,59 @@ def test_transformer_encoder_matches_float64_autograd(batch_first, norm_first):
     model = encoder(batch_first, norm_first)
     x1, x2 = data(3, 5, 8), data(2, 5, 8, seed=2)
     ref12, ref11 = reference_ntk(model, x1, x2), reference_ntk(model, x1)
-    for impl in ("auto", "structured", "jacobian"):
+    # "ntvp" differentiates the whole model forward-mode: the fused inference path of the
+    # encoder layer (no forward AD) is switched off for the call, and back on after it.
+    for impl in ("auto", "structured", "jacobian", "ntvp"):
         for mode in MODES:
             got = empirical_ntk(model, x1, x2, mode=mode, implementation=impl)
             assert rel_err(got, reduce(ref12, mode)) < TOL64, (impl, mode)
         assert (
             rel_err(empirical_ntk(model, x1, implementation=impl), reduce(ref11, "trace")) < TOL64
         )
+        assert torch.backends.mha.get_fastpath_enabled()
     plan = plan_of(model, x1)
     assert plan.general == []
     kinds = {u.name.split(".")[-1]: u.kind for u in plan.units}
-    assert kinds["self_attn"] == "generic" and kinds["norm1"] == "affine"
+    assert kinds["self_attn"] == "attention" and kinds["norm1"] == "affine"
     assert kinds["linear1"] == "linear"  # batch dim 1 when batch_first=False: found by the probe
+
+
+class CrossAttention(nn.Module):
+    """Attention with a separate key/value sequence, masks, and optionally its weights."""
+
+    def __init__(self, need_weights=False, bias=True):
+        super().__init__()
+        self.attn = nn.MultiheadAttention(6, 2, bias=bias, batch_first=True)
+        self.readout = nn.Linear(6, 3)
+        self.need_weights = need_weights
+
+    def forward(self, x):  # x: (n, 7, 6); queries from the first 3 positions
+        q, kv = x[:, :3], x[:, 3:]
+        causal = torch.triu(torch.ones(3, 4, dtype=torch.bool), 1)
+        pad = torch.zeros(x.shape[0], 4, dtype=torch.bool)
+        pad[:, -1] = True  # the last key position is padding
+        y, w = self.attn(
+            q, kv, kv, attn_mask=causal, key_padding_mask=pad, need_weights=self.need_weights
+        )
+        out = self.readout(y.mean(1))
+        return out if w is None else out + w.sum((1, 2))[:, None]
+
+
+@pytest.mark.parametrize("need_weights, bias", [(False, True), (False, False), (True, True)])
+def test_attention_projections_with_masks_and_cross_attention(need_weights, bias):
+    """nn.MultiheadAttention's projections as linear maps around its softmax core (kind
+    "attention"): with a causal mask, key padding and keys/values other than the queries, the
+    same kernel as float64 autograd; a module returning its attention weights keeps its own
+    vjp (kind "generic")."""
+    torch.manual_seed(0)
+    model = CrossAttention(need_weights, bias).double().eval()
+    x1, x2 = data(4, 7, 6), data(3, 7, 6, seed=2)
+    ref12 = reference_ntk(model, x1, x2)
+    for mode in MODES:
+        got = empirical_ntk(model, x1, x2, mode=mode)
+        assert rel_err(got, reduce(ref12, mode)) < TOL64, mode
+    kinds = {u.name: u.kind for u in plan_of(model, x1).units}
+    assert kinds["attn"] == ("generic" if need_weights else "attention")
 
 
 class Gain(nn.Module):
@@ -329,8 +397,12 @@ CONVS = {
 }
 
 
+@pytest.mark.parametrize("weight_gradients", ["unfolded GEMM", "grouped convolution"])
 @pytest.mark.parametrize("case", list(CONVS))
-def test_convolutions_every_route(case):
+def test_convolutions_every_route(case, weight_gradients, monkeypatch):
+    # Per-sample weight gradients by either method (chosen by fan-in; forced both ways here).
+    threshold = 1 if weight_gradients == "unfolded GEMM" else 10**9
+    monkeypatch.setattr("widenet.empirical._UNFOLD_MIN_FAN_IN", threshold)
     make, in_shape = CONVS[case]
     model = conv_net(make(), in_shape)
     x1, x2 = data(3, *in_shape), data(2, *in_shape, seed=2)
