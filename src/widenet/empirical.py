@@ -975,7 +975,8 @@ def _probe(model, selected, units, xp, alt, base, output_fn):
                 good = False
         # An attention module called in a way _jac_attention does not reproduce falls back
         # to its own vjp.
-        for kind in (u.kind, "generic") if u.kind == "attention" and good else (u.kind,):
+        kinds = (u.kind, "generic") if u.kind == "attention" else (u.kind,)
+        for kind in kinds if good else ():
             u.kind = kind
             good = _probe_unit(u, gts, gparams, base, tol)
             if good:
