@@ -5,16 +5,14 @@
 Workload: the γ′ = 0 line of the phase-diagram experiment (γ = 0.5, 1, 1.75) at the full
 widths 1000, 5000, 10000, 20000, 40000 (15 ASI networks, 228 000 neurons in all) on the 1-D
 problem ``wn.phases.PAPER_DATA``, float64, ``steps`` gradient-descent steps.
-``wn.phases.train_to_tolerance`` (all neurons in one array, closed-form gradients, one step for
-every network at once) against the plain baseline: for each network in turn, the loss
-``wn.phases.loss`` through autograd and the same step rule min(1, 0.5 n / tr Θ). Both must give
-the same parameters (checked to 1e-9) before timing. A second workload is the 8 x 5 (γ, γ′) grid
-at the quick widths 500-4000 (160 networks), where one step for all networks saves the
-per-network overhead. Goal: baseline / widenet ≥ 3 on the grid; on the line (large widths)
-both are bound by the same elementwise passes over 228 000 x 4 values, so ≈ 1 is expected.
-Measured 2026-11-22, 1 thread, on the shared 2-core machine under heavy load from other jobs
-(100 steps, best of 2-3): line 7.5 s (autograd loop) vs 8.9 s (widenet): 0.9x; grid 32.2 s vs
-9.8 s: 3.3x. Part of ``benchmarks/run.py``.
+``wn.phases.train_to_tolerance`` (networks of similar width batched in cache-sized blocks,
+closed-form gradients, a few batched products and in-place passes per step) against the plain
+baseline: for each network in turn, the loss ``wn.phases.loss`` through autograd and the same
+step rule min(1, 0.5 n / tr Θ). Both must give the same parameters (checked to 1e-9) before
+timing. A second workload is the 8 x 5 (γ, γ′) grid at the quick widths 500-4000 (160
+networks), where batching saves the per-network overhead. Goal: baseline / widenet ≥ 3 on the
+grid; the line (few, large networks) is information. Figures: ``benchmarks/README.md``. Part of
+``benchmarks/run.py``.
 """
 
 from __future__ import annotations

@@ -14,7 +14,8 @@
   encoder and the MLP against the torch.func recipe (goal >= 3x), the flop floor (goal <= 3x)
   and widenet's single implementations (auto within 10 %);
 - ``bench_phases``: the phase diagram's networks trained all at once vs one autograd loop per
-  network (goal >= 3x on the 8 x 5 grid at the quick widths; ~1x expected at full widths);
+  network (goal >= 3x on the 8 x 5 grid at the quick widths; the full-width line, 15 nets, is
+  information);
 - ``bench_scale`` (only with ``--with-scale``: n = 50 000 writes 20 GB stores in turn for minutes;
   ``--scale-n`` picks a smaller n): NNGP + NTK to a Zarr store, tile throughput against the
   in-memory engine (goal >= 0.8), peak RSS (goal <= 2 GiB), Dask 1 -> 2 workers (goal >= 1.7x);

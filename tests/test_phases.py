@@ -157,6 +157,109 @@ def test_training_stops_at_the_tolerance_and_rd_is_of_that_state():
     assert not again.converged[0] and again.final_loss[0] >= 1e-4
 
 
+def _reference_training(a, w, alpha, x, y, loss_tol, max_steps):
+    """Independent: one network, autograd gradients, the step rule of the module docstring."""
+    a, w = a.clone().requires_grad_(), w.clone().requires_grad_()
+    for step in range(max_steps + 1):
+        value = phases.loss(a, w, x, y, alpha)
+        if float(value.detach()) < loss_tol or step == max_steps:
+            return a.detach(), w.detach(), step, float(value.detach())
+        ga, gw = torch.autograd.grad(value, [a, w])
+        with torch.no_grad():
+            lr = min(1.0, 0.5 * x.shape[0] / float(phases.ntk_trace(a, w, x, alpha)))
+            a -= lr * ga
+            w -= lr * gw
+
+
+def _mixed_nets(d):
+    gen = torch.Generator().manual_seed(7)
+    x = torch.randn(5, d, generator=gen, dtype=torch.float64)
+    y = torch.randn(5, generator=gen, dtype=torch.float64)
+    if d == 1:  # spread points (random ones can nearly coincide with far-apart targets)
+        x = torch.linspace(-1.0, 1.0, 5, dtype=torch.float64)[:, None]
+    # Widths 60 and 56 share a block (56 >= 7/8 * 60, the narrower padded with zero neurons);
+    # 52, 40 and 8 do not. Different alphas, points on both sides of the critical line.
+    spec = [(60, 0.5, 1.0), (56, 1.75, 2.0), (52, 1.0, 1.0), (40, 0.5, 0.5), (8, 1.0, 1.0)]
+    nets = []
+    for m, g, alpha in spec:
+        a, w = phases.init_params(phases.scaling(g, 0.0, m), d, generator=gen)
+        nets.append((a, w, alpha))
+    return nets, x, y
+
+
+@pytest.mark.parametrize("d, tol", [(1, 0.03), (2, 0.01), (5, 0.01)])
+def test_blocks_match_one_autograd_loop_per_network(d, tol, monkeypatch):
+    nets, x, y = _mixed_nets(d)
+    assert phases._pack([a.shape[0] for a, _, _ in nets], 5, 2 * 60 * 5) == [[0, 1], [2], [3], [4]]
+    monkeypatch.setattr(phases, "BLOCK_ELEMENTS", 2 * 60 * 5)
+    max_steps = 150
+    res = phases.train_to_tolerance(nets, x, y, loss_tol=tol, max_steps=max_steps, keep_params=True)
+    # Networks stop at different steps, some at the tolerance and some at max_steps.
+    assert len(set(res.steps.tolist())) > 2
+    assert res.converged.any() and not res.converged.all()
+    for j, (a, w, alpha) in enumerate(nets):
+        a1, w1, steps, value = _reference_training(a, w, alpha, x, y, tol, max_steps)
+        assert res.steps[j] == steps
+        assert res.converged[j] == (value < tol)
+        assert res.final_loss[j] == pytest.approx(value, rel=1e-9)
+        assert res.a[j].shape == a.shape and res.w[j].shape == w.shape
+        assert torch.allclose(res.a[j], a1, rtol=1e-9, atol=1e-12)
+        assert torch.allclose(res.w[j], w1, rtol=1e-9, atol=1e-12)
+        assert res.rd[j] == pytest.approx(phases.relative_distance(w, w1), rel=1e-9)
+    # One network per block gives the same (the zero neurons of the padding add nothing).
+    monkeypatch.setattr(phases, "BLOCK_ELEMENTS", 1)
+    alone = phases.train_to_tolerance(
+        nets, x, y, loss_tol=tol, max_steps=max_steps, keep_params=True
+    )
+    assert np.array_equal(alone.steps, res.steps)
+    np.testing.assert_allclose(alone.rd, res.rd, rtol=1e-12)
+    for j in range(len(nets)):
+        assert torch.allclose(alone.w[j], res.w[j], rtol=1e-12, atol=1e-15)
+
+
+def test_blocks_in_a_pool_of_threads_give_the_same_results(monkeypatch):
+    import widenet.threads
+
+    nets, x, y = _mixed_nets(2)
+    runs = []
+    threads = torch.get_num_threads()
+    for busy in (True, False):  # one block after the other; a pool of two threads
+        monkeypatch.setattr(widenet.threads, "machine_busy", lambda busy=busy: busy)
+        torch.set_num_threads(2)
+        try:
+            runs.append(phases.train_to_tolerance(nets, x, y, loss_tol=1e-2, max_steps=100))
+        finally:
+            torch.set_num_threads(threads)
+    assert np.array_equal(runs[0].steps, runs[1].steps)
+    assert np.array_equal(runs[0].rd, runs[1].rd)
+    assert np.array_equal(runs[0].final_loss, runs[1].final_loss)
+
+
+def test_callback_every_1000_steps_with_the_networks_still_running():
+    x, y = phases.PAPER_DATA
+    gen = torch.Generator().manual_seed(5)
+    nets = [
+        (*phases.init_params(phases.scaling(g, 0.0, 40), 1, generator=gen), 1.0)
+        for g in (0.5, 1.0, 1.75)
+    ]
+    calls = []
+    res = phases.train_to_tolerance(
+        nets, x, y, loss_tol=1e-6, max_steps=3500, callback=lambda s, k: calls.append((s, k))
+    )
+    expected = [(s, int((res.steps > s).sum())) for s in (0, 1000, 2000, 3000)]
+    assert calls == [(s, k) for s, k in expected if k > 0]
+    assert len(calls) >= 2 and calls[0] == (0, 3)
+    again = phases.train_to_tolerance(nets, x, y, loss_tol=1e-6, max_steps=3500)
+    assert np.array_equal(again.steps, res.steps) and np.array_equal(again.rd, res.rd)
+
+
+def test_divergence_raises():
+    x, y = phases.PAPER_DATA
+    a, w = phases.init_params(phases.scaling(0.5, 0.0, 20), 1, generator=torch.Generator())
+    with pytest.raises(FloatingPointError, match="diverged"):
+        phases.train_to_tolerance([(a, w, 1.0)], x, y * 1e300, lr_scale=1e300, lr_max=1e300)
+
+
 def test_rd_slopes_have_the_signs_of_the_regimes_small():
     # Small widths (100-800) keep this fast; the signs already separate (measured -0.50 and
     # +0.39 at these widths; the quick experiment checks the values at 500-4000).
