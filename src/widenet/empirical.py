@@ -623,7 +623,7 @@ def _conv_operands(m, x, g):
 _UNFOLD_MIN_FAN_IN = 256
 
 
-def _jac_conv(unit: _Unit, x, g, o0: int, o1: int | None) -> torch.Tensor:
+def _jac_conv(unit: _Unit, x, g, o0: int, o1: int | None, split: bool = False):
     """Per-sample gradients (n, kg, P_slice) of a convolution's output channels o0:o1 (per
     group): a batched GEMM of output-gradients and unfolded patches for wide inputs, else one
     grouped weight-gradient convolution (the samples and groups as groups, the kg outputs as
@@ -668,10 +668,18 @@ def _jac_conv(unit: _Unit, x, g, o0: int, o1: int | None) -> torch.Tensor:
     if unit.bias:
         b = go.sum((4, 5)).permute(1, 0, 2, 3).reshape(n, kg, -1)
         parts.append(b if unit.bs == 1.0 else b * unit.bs)
+    return _joined(parts, split)
+
+
+def _joined(parts: list, split: bool):
+    """The per-sample gradient blocks (n, kg, P_i) as a list (split: each is contracted on
+    its own, no copy into one tensor) or concatenated along the parameters."""
+    if split:
+        return parts
     return parts[0] if len(parts) == 1 else torch.cat(parts, dim=2)
 
 
-def _jac_linear(unit: _Unit, xs, gs, o0: int, o1: int) -> torch.Tensor:
+def _jac_linear(unit: _Unit, xs, gs, o0: int, o1: int, split: bool = False):
     """Per-sample gradients (n, kg, P_slice) of output channels o0:o1 (per group)."""
     n, G = xs.shape[:2]
     kg = gs.shape[3]
@@ -683,7 +691,7 @@ def _jac_linear(unit: _Unit, xs, gs, o0: int, o1: int) -> torch.Tensor:
     if unit.bias:
         b = go.sum(2).permute(0, 2, 1, 3).reshape(n, kg, -1)
         parts.append(b if unit.bs == 1.0 else b * unit.bs)
-    return parts[0] if len(parts) == 1 else torch.cat(parts, dim=2)
+    return _joined(parts, split)
 
 
 def _generic_fn(unit: _Unit, spec):
@@ -820,7 +828,7 @@ def _jac_affine(unit: _Unit, record, gs: list) -> torch.Tensor:
     return out.transpose(0, 1)
 
 
-def _jac_attention(unit: _Unit, record, gs: list) -> torch.Tensor:
+def _jac_attention(unit: _Unit, record, gs: list, split: bool = False):
     """Per-sample gradients (n, kg, P) of nn.MultiheadAttention's projections.
 
     With q_s = W_q x_s + b_q (likewise k, v from the key and value inputs; W_q, W_k, W_v the
@@ -888,21 +896,18 @@ def _jac_attention(unit: _Unit, record, gs: list) -> torch.Tensor:
     core = core.detach()
     g_proj = [torch.stack(v) for v in g_proj]  # 3 × (kg, L, n, E)
     parts = {}
-    if "in_proj_weight" in unit.params:
-        parts["in_proj_weight"] = torch.cat(
-            [
-                torch.einsum("clno,lni->ncoi", gp, t)
-                for gp, t in zip(g_proj, (q_in, k_in, v_in), strict=True)
-            ],
-            dim=2,
-        ).flatten(2)
+    if "in_proj_weight" in unit.params:  # the q, k and v row blocks
+        parts["in_proj_weight"] = [
+            torch.einsum("clno,lni->ncoi", gp, t).flatten(2)
+            for gp, t in zip(g_proj, (q_in, k_in, v_in), strict=True)
+        ]
     if "in_proj_bias" in unit.params:
-        parts["in_proj_bias"] = torch.cat([gp.sum(1) for gp in g_proj], dim=2).transpose(0, 1)
+        parts["in_proj_bias"] = [gp.sum(1).transpose(0, 1) for gp in g_proj]
     if "out_proj.weight" in unit.params:
-        parts["out_proj.weight"] = torch.einsum("clno,lni->ncoi", g, core).flatten(2)
+        parts["out_proj.weight"] = [torch.einsum("clno,lni->ncoi", g, core).flatten(2)]
     if "out_proj.bias" in unit.params:
-        parts["out_proj.bias"] = g.sum(1).transpose(0, 1)
-    return torch.cat([parts[loc] for loc in unit.params], dim=2)
+        parts["out_proj.bias"] = [g.sum(1).transpose(0, 1)]
+    return _joined([p for loc in unit.params for p in parts[loc]], split)
 
 
 def _unit_jac(unit: _Unit, record, gs: list) -> torch.Tensor:
@@ -1610,8 +1615,20 @@ def _output_grads(plan: _Plan, side: _Side, c0: int, c1: int) -> list:
     return out
 
 
+def _contract_parts(pa: list, pb: list, mode: str, out=None):
+    """Σ over the parameter blocks of _contract, each block on its own (no concatenation)."""
+    for a, b in zip(pa, pb, strict=True):
+        t = _contract(a, b, mode)
+        out = t if out is None else out.add_(t)
+    return out
+
+
 def _unit_term(plan: _Plan, u: _Unit, ra, ga, rb, gb, mode: str, same: bool):
-    if u.kind in ("generic", "affine", "attention"):
+    if u.kind == "attention":
+        pa = _jac_attention(u, ra, ga, split=True)
+        pb = pa if same else _jac_attention(u, rb, gb, split=True)
+        return _contract_parts(pa, pb, mode)
+    if u.kind in ("generic", "affine"):
         ja = _unit_jac(u, ra, ga)
         jb = ja if same else _unit_jac(u, rb, gb)
         return _contract(ja, jb, mode)
@@ -1622,7 +1639,7 @@ def _unit_term(plan: _Plan, u: _Unit, ra, ga, rb, gb, mode: str, same: bool):
     if u.kind == "conv":
         # Per-sample weight gradients by grouped convolution (no im2col of the inputs).
         def jac(r, g, o0):
-            return _jac_conv(u, r[0][0], g[0], o0, min(fo, o0 + oc))
+            return _jac_conv(u, r[0][0], g[0], o0, min(fo, o0 + oc), split=True)
     else:
         xa, gA = _positions(u, ra[0], ga[0])
         xb, gB = (xa, gA) if same else _positions(u, rb[0], gb[0])
@@ -1630,14 +1647,13 @@ def _unit_term(plan: _Plan, u: _Unit, ra, ga, rb, gb, mode: str, same: bool):
 
         def jac(r, g, o0):
             xs, gs = sides[id(r)]
-            return _jac_linear(u, xs, gs, o0, min(fo, o0 + oc))
+            return _jac_linear(u, xs, gs, o0, min(fo, o0 + oc), split=True)
 
     out = None
     for o0 in range(0, fo, oc):
         ja = jac(ra, ga, o0)
         jb = ja if same else jac(rb, gb, o0)
-        t = _contract(ja, jb, mode)
-        out = t if out is None else out.add_(t)
+        out = _contract_parts(ja, jb, mode, out)
         del ja, jb
     return out
 
