@@ -310,10 +310,11 @@ def _eigh_cpu(k64: torch.Tensor, vectors: bool, left: torch.Tensor | None = None
     releases the GIL) runs on the other in a second thread, both single-threaded.
     """
     n = k64.shape[0]
-    # k64 is symmetric, so its transpose view is the Fortran-ordered copy LAPACK wants.
+    # k64 is symmetric, so its transpose view is the Fortran-ordered matrix LAPACK wants; it
+    # is the caller's temporary, overwritten by the reflectors.
     a = k64.numpy().T
     lwork = int(scipy.linalg.lapack.dsytrd_lwork(n, lower=1)[0])
-    c, d, e, tau, info = scipy.linalg.lapack.dsytrd(a, lower=1, lwork=lwork)
+    c, d, e, tau, info = scipy.linalg.lapack.dsytrd(a, lower=1, lwork=lwork, overwrite_a=1)
     if info != 0:
         raise np.linalg.LinAlgError(f"LAPACK dsytrd failed (info={info})")
     if not vectors:
@@ -360,7 +361,7 @@ def _eig(k: torch.Tensor, name: str, diag_reg: float, *, vectors=True, left=None
 def _eig_body(k: torch.Tensor, name: str, diag_reg: float, *, vectors: bool, left) -> _Eig:
     eps = torch.finfo(k.dtype).eps
     k64 = k.to(_F64)
-    k64 = 0.5 * (k64 + k64.T)
+    k64 = (k64 + k64.T).mul_(0.5)  # a new tensor: _eigh_cpu may overwrite it
     if diag_reg:
         k64 = k64 + diag_reg * torch.eye(k64.shape[0], dtype=_F64, device=k64.device)
     s = reflectors = full = left_q = None
