@@ -168,6 +168,16 @@ def test_compact_wy_blocks_equal_the_explicit_eigenvectors(n, block, monkeypatch
     np.testing.assert_allclose((q.T @ k @ q).numpy(), np.diag(lam), atol=1e-11 * lam.max())
 
 
+@pytest.mark.parametrize("n", [1, 5, 64, 300])
+def test_tiled_symmetric_passes_equal_the_plain_ones(n, monkeypatch):
+    # max |x − xᵀ| and ½ (x + xᵀ) tile by tile (tiles of 64: partial tiles at n = 5 and 300)
+    # are the very numbers of the untiled formulas.
+    monkeypatch.setattr(dy, "_TILE", 64)
+    x = torch.randn(n, n, generator=torch.Generator().manual_seed(n), dtype=F64)
+    assert dy._max_asymmetry(x) == float((x - x.T).abs().max())
+    assert torch.equal(dy._symmetrised(x), (x + x.T) * 0.5)
+
+
 @pytest.mark.parametrize("fn", ["flow", "descent"])
 def test_predictions_equal_the_plain_eigendecomposition(fn, monkeypatch):
     # Train and test outputs at several times, n = 300 with 4 WY blocks, against the formulas

@@ -110,13 +110,43 @@ def _square(x, name: str) -> torch.Tensor:
     if n != m or n == 0:
         raise ValueError(f"{name} must be a non-empty square (n, n) matrix, got shape {(n, m)}")
     scale = float(x.abs().max())
-    asym = float((x - x.T).abs().max())
+    asym = _max_asymmetry(x)
     if asym > math.sqrt(torch.finfo(x.dtype).eps) * max(scale, 1e-300):
         raise ValueError(
             f"{name} is not symmetric: max |K - K^T| = {asym:.3g} (max |K| = {scale:.3g}); a "
             "kernel between the training points and themselves must be symmetric"
         )
     return x
+
+
+# Square tiles for the transposed passes: x[j, i]ᵀ is read while it is in cache. Measured at
+# n = 4000, one thread: max |x − xᵀ| 0.11 s against 0.50 s for (x − x.T), 0.5 (x + xᵀ) 0.25 s
+# against 0.37 s.
+_TILE = 256
+
+
+def _tiles(n: int):
+    """(rows, columns) slice pairs of the tiles on and above the diagonal."""
+    starts = range(0, n, _TILE)
+    return [(slice(i, i + _TILE), slice(j, j + _TILE)) for i in starts for j in starts if j >= i]
+
+
+def _max_asymmetry(x: torch.Tensor) -> float:
+    """max |x − xᵀ| of a square matrix, tile by tile."""
+    x = x.detach()
+    return max(float((x[r, c] - x[c, r].T).abs().max()) for r, c in _tiles(x.shape[0]))
+
+
+def _symmetrised(x: torch.Tensor) -> torch.Tensor:
+    """A new tensor ½ (x + xᵀ), tile by tile on the CPU (bit-identical to (x + x.T) · 0.5)."""
+    if x.device.type != "cpu" or x.requires_grad:
+        return (x + x.T).mul_(0.5)
+    out = torch.empty_like(x)
+    for r, c in _tiles(x.shape[0]):
+        tile = (x[r, c] + x[c, r].T).mul_(0.5)
+        out[r, c] = tile
+        out[c, r] = tile.T
+    return out
 
 
 def _check_loss(loss) -> str:
@@ -361,7 +391,7 @@ def _eig(k: torch.Tensor, name: str, diag_reg: float, *, vectors=True, left=None
 def _eig_body(k: torch.Tensor, name: str, diag_reg: float, *, vectors: bool, left) -> _Eig:
     eps = torch.finfo(k.dtype).eps
     k64 = k.to(_F64)
-    k64 = (k64 + k64.T).mul_(0.5)  # a new tensor: _eigh_cpu may overwrite it
+    k64 = _symmetrised(k64)  # a new tensor: _eigh_cpu may overwrite it
     if diag_reg:
         k64 = k64 + diag_reg * torch.eye(k64.shape[0], dtype=_F64, device=k64.device)
     s = reflectors = full = left_q = None
