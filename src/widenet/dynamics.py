@@ -382,7 +382,7 @@ def _eigh_cpu(k64: torch.Tensor, vectors: bool, left: torch.Tensor | None = None
 
 def _eig(k: torch.Tensor, name: str, diag_reg: float, *, vectors=True, left=None) -> _Eig:
     """The eigendecomposition of ``k`` + diag_reg·I; with ``left`` (m, n), ``e.left(left)``
-    (left V's first factor) is computed alongside where V is factored."""
+    = left Q (so that left V = left Q S) is computed alongside where V is factored."""
     # Thread policy of widenet.threads: one torch and BLAS thread when small or busy.
     with solver_threads(k.shape[0], k.device):
         return _eig_body(k, name, diag_reg, vectors=vectors, left=left)
