@@ -211,6 +211,33 @@ def test_resnet_memory_limit_splits_samples_and_outputs(resnet_ref):
     assert rel_err(got, reduce(ref12, "diagonal")) < TOL64
 
 
+def test_resident_streaming_matches_float64_autograd():
+    """Samples that do not fit one block: every sample's unit inputs and one output group's
+    gradients are kept and the samples streamed through forward and backward once per output
+    group (plan.resident) instead of once per pair of blocks. Same kernel as float64 autograd
+    (symmetric and with x2, trace and diagonal), and at 2.6 MB the groups have two outputs."""
+    from widenet.empirical import _finish_plan, _size
+
+    model = small_resnet()
+    x1, x2 = data(16, 3, 8, 8, seed=3), data(5, 3, 8, 8, seed=4)
+    ref11, ref12 = reference_ntk(model, x1), reference_ntk(model, x1, x2)
+    # Per sample here: graph 21 kB, taps 16 kB, unit inputs 19 kB. Below 1.6 MB not even the
+    # kept inputs fit with blocks of 8; from 1.8 MB all 16 samples fit one block (symmetric).
+    cases = [(1_600_000, None, (8, 1)), (2_000_000, x2, (8, 1)), (2_600_000, x2, (8, 2))]
+    for limit, xb, (block, group) in cases:
+        plan = plan_of(model, x1, limit=limit)
+        _finish_plan(plan, _select_params(model, None), torch.float64)
+        _size(plan, 16, 16 if xb is None else 5, xb is None, 8)
+        assert plan.resident and (plan.block, plan.group) == (block, group), limit
+        for mode in ("trace", "diagonal"):
+            got = empirical_ntk(model, x1, xb, mode=mode, memory_limit_bytes=limit)
+            ref = ref11 if xb is None else ref12
+            assert rel_err(got, reduce(ref, mode)) < TOL64, (limit, mode)
+    # Full mode needs every output at once: blocks of pairs as before, same kernel.
+    got = empirical_ntk(model, x1, mode="full", memory_limit_bytes=1_600_000)
+    assert rel_err(got, ref11) < TOL64
+
+
 # --------------------------------------------------------------------------------------------
 # Transformer: LayerNorm, softmax attention, residual additions
 # --------------------------------------------------------------------------------------------

@@ -798,7 +798,13 @@ def _probe(model, selected, units, xp, alt, base, output_fn):
     ok = [_record_dims(u, n, probe=True, alt=alt.get(u.name)) for u in units]
     units = [u for u, good in zip(units, ok, strict=True) if good]
     taps_bytes = sum(t.numel() * t.element_size() for u in units for t in u.records[0][2])
-    stats = dict(k=f.shape[1], saved=saved / n, taps=taps_bytes / n)
+    leaves_bytes = sum(  # the units' batched inputs, kept for all samples by _resident
+        t.numel() * t.element_size()
+        for u in units
+        for t, d in zip(u.records[0][0], u.in_dims, strict=True)
+        if isinstance(t, torch.Tensor) and d is not None
+    )
+    stats = dict(k=f.shape[1], saved=saved / n, taps=taps_bytes / n, leaves=leaves_bytes / n)
     if not units or not f.requires_grad:
         for u in units:
             u.records = []
@@ -1077,6 +1083,7 @@ class _Plan:
     tile: int = 512  # sample rows per Gram tile
     loop: bool = False  # per-sample Python loop: vmap could not batch the model
     loop_outputs: bool = False  # one backward per output unit: batched backward failed
+    resident: bool = False  # every sample's unit inputs kept, blocks streamed (_resident)
     fp: float = 0.0  # forward flops per sample
     forced_chunk: int | None = None
 
@@ -1128,7 +1135,7 @@ def _plan(model, selected, x1, x2, mode, implementation, memory_limit, chunk_siz
     else:
         with torch.no_grad():
             f = _call_model(model, base, xp, output_fn, n_p)
-        stats = dict(k=f.shape[1], saved=0.0, taps=0.0)
+        stats = dict(k=f.shape[1], saved=0.0, taps=0.0, leaves=0.0)
     k = stats["k"]
     if implementation == "structured" and general:
         owners = sorted({n.rpartition(".")[0] or "<root>" for n in general})
@@ -1248,6 +1255,29 @@ def _size(plan: _Plan, n1: int, n2: int, symmetric: bool, item: int) -> None:
         while kg > 1 and mem(c, kg, sides) > budget:
             kg = (kg + 1) // 2
     plan.block, plan.group = max(1, min(c, n)), kg
+    plan.resident = False
+    if c < n and plan.forced_chunk is None and plan.units and not gen_sel:
+        # The samples do not fit one block. Pairs of blocks would redo each block's forward,
+        # backward and weight gradients once per partner block; instead keep every sample's
+        # unit inputs and one output group's gradients (not the autograd graph: half the
+        # budget) and stream the samples through forward and backward once per output group.
+        n_all = n1 + (0 if symmetric else n2)
+
+        def kept(kg):
+            return n_all * (st["leaves"] + kg * st["taps"])
+
+        kg = k
+        while True:
+            # The rest of the budget streams blocks: at least 8 samples (or all) per block.
+            rest, c = budget - kept(kg), n
+            while c > 1 and c * (fixed + kg * per_out) > rest:
+                c = max(1, c // 2)
+            if kept(kg) <= 0.6 * budget and c >= min(n, 8):
+                plan.resident, plan.block, plan.group = True, c, kg
+                break
+            if full or kg == 1:
+                break
+            kg = (kg + 1) // 2
     # Gram tiles: G·(t S)²·(2 + kk) elements at most a quarter of the limit.
     worst = max(
         [
@@ -1381,8 +1411,13 @@ def _forward(model, plan: _Plan, base, x) -> _Side:
 def _output_grads(plan: _Plan, side: _Side, c0: int, c1: int) -> list:
     """∂f_c/∂tap for c in c0:c1, per unit a list of (kg, *tap.shape) tensors.
 
-    Samples are independent, so the gradient of Σ_i f_ic gives each sample's own row; the kg
-    outputs go through one batched backward (is_grads_batched) when every op allows it.
+    Samples are independent, so the gradient of Σ_i f_ic gives each sample's own row. On the
+    CPU the kg outputs go through one backward each (the graph retained): torch's batching
+    rules for convolution and batch-norm backward loop over the batched dim and then
+    concatenate, so one batched backward (is_grads_batched) was 1.1-1.8x slower than the loop
+    on every model measured (ResNet-18, transformer encoder, MLPs; benchmarks/README.md). On
+    other devices one batched backward saves kg - 1 rounds of kernel launches, and is used
+    when every op allows it.
     """
     key = (c0, c1)
     if key in side.grads:
@@ -1395,7 +1430,7 @@ def _output_grads(plan: _Plan, side: _Side, c0: int, c1: int) -> list:
         flat = [t.new_zeros((kg, *t.shape)) for t in taps]
     else:
         flat = None
-        if kg > 1 and not plan.loop_outputs:
+        if kg > 1 and not plan.loop_outputs and f.device.type != "cpu":
             basis = f.new_zeros((kg, n, f.shape[1]))
             basis[torch.arange(kg), :, torch.arange(c0, c1)] = 1
             try:
@@ -1545,6 +1580,55 @@ def _progress(total: int, enabled: bool | None) -> Iterator[Callable[[], None]]:
             state["bar"].stop()
 
 
+def _resident(model, plan: _Plan, base, x, c0: int, c1: int, kept=None) -> _Side:
+    """A side holding every sample of x: the units' inputs (kept: those of an earlier output
+    group, reused) and their output-gradients for outputs c0:c1, from one forward and one
+    backward per block of plan.block samples; each block's graph is freed after its
+    backward."""
+    n, c = x.shape[0], plan.block
+    records = None if kept is None else [list(r) for r in kept]
+    grads = None
+    for i0 in range(0, n, c):
+        i1 = min(n, i0 + c)
+        side = _forward(model, plan, base, x[i0:i1])
+        gs = _output_grads(plan, side, c0, c1)
+        if grads is None:
+            grads = [
+                [
+                    g.new_empty(g.shape[: d + 1] + (n,) + g.shape[d + 2 :])
+                    for g, d in zip(gu, u.out_dims, strict=True)
+                ]
+                for gu, u in zip(gs, plan.units, strict=True)
+            ]
+        for gu, full, u in zip(gs, grads, plan.units, strict=True):
+            for g, dst, d in zip(gu, full, u.out_dims, strict=True):
+                dst.narrow(d + 1, i0, i1 - i0).copy_(g)
+        if kept is None:
+            if records is None:
+                records = [
+                    [
+                        [
+                            t.new_empty(t.shape[:d] + (n,) + t.shape[d + 1 :])
+                            if isinstance(t, torch.Tensor) and d is not None
+                            else t
+                            for t, d in zip(r[0], u.in_dims, strict=True)
+                        ],
+                        r[1],
+                    ]
+                    for r, u in zip(side.records, plan.units, strict=True)
+                ]
+            for r, full, u in zip(side.records, records, plan.units, strict=True):
+                for t, dst, d in zip(r[0], full[0], u.in_dims, strict=True):
+                    if isinstance(t, torch.Tensor) and d is not None:
+                        dst.narrow(d, i0, i1 - i0).copy_(t)
+        del side, gs
+    # The taps only give shapes from here on: the first output's gradient has them.
+    recs = [(r[0], r[1], [g[0] for g in gu]) for r, gu in zip(records, grads, strict=True)]
+    out = _Side(x, None, recs, None)
+    out.grads[(c0, c1)] = grads
+    return out
+
+
 def _compute(model, plan: _Plan, base, x1, x2, progress) -> torch.Tensor:
     """Θ(x1, x2) (x2 None: Θ(x1, x1), exactly symmetric) in blocks and output groups."""
     mode, k = plan.mode, plan.k
@@ -1553,6 +1637,21 @@ def _compute(model, plan: _Plan, base, x1, x2, progress) -> torch.Tensor:
     _size(plan, n1, n2, x2 is None, plan.stats["item"])
     c, kg = plan.block, plan.group
     groups = [(c0, min(k, c0 + kg)) for c0 in range(0, k, kg)] if plan.units else [(0, k)]
+    if plan.resident:
+        result, kept = None, {}
+        with _progress(len(groups), progress) as step:
+            for c0, c1 in groups:
+                sides = []
+                for name, x in (("a", x1), ("b", x2)):
+                    if x is not None:
+                        side = _resident(model, plan, base, x, c0, c1, kept.get(name))
+                        kept[name] = [r[:2] for r in side.records]
+                        sides.append(side)
+                sa, sb = sides[0], sides[-1]
+                blk = _block(model, plan, base, sa, sb, x2 is None, [(c0, c1)], step)
+                result = blk if result is None else result.add_(blk)
+                del sides, sa, sb
+        return _finish(result, mode, k, x2 is None)
     starts1 = list(range(0, n1, c))
     pairs = sum(len(range(i0 if x2 is None else 0, n2, c)) for i0 in starts1)
     shape = (n1, n2) + {"trace": (), "diagonal": (k,), "full": (k, k)}[mode]
@@ -1572,8 +1671,12 @@ def _compute(model, plan: _Plan, base, x1, x2, progress) -> torch.Tensor:
                     result[j0 : j0 + c, i0 : i0 + c] = _swap(blk, mode)
                 del sb
             del sa
+    return _finish(result, mode, k, x2 is None)
+
+
+def _finish(result: torch.Tensor, mode: str, k: int, symmetric: bool) -> torch.Tensor:
     scale = 1.0 / k if mode == "trace" else 1.0
-    if x2 is None:  # exact symmetry despite rounding
+    if symmetric:  # exact symmetry despite rounding
         return torch.add(result, _swap(result, mode)).mul_(0.5 * scale)
     return result.mul_(scale) if scale != 1.0 else result
 
