@@ -244,7 +244,7 @@ def exponents(quick: bool, repeats: int) -> dict:
 # Peak memory (in a fresh process, so that the peak RSS belongs to this kernel alone)
 
 
-def _status_kib(field: str) -> int | None:
+def status_kib(field: str) -> int | None:
     """A ``VmRSS``/``VmHWM`` line of /proc/self/status in KiB (None where unavailable)."""
     try:
         for line in Path("/proc/self/status").read_text().splitlines():
@@ -277,16 +277,16 @@ def memory_probe(n: int) -> dict:
     arch = architecture("cnn-gap")
     arch.kernel(digits(4))  # load every code path before the baseline
     x = digits(n) if n <= 1797 else torch.randn(n, 1, 8, 8, generator=torch.Generator())
-    exact = reset_peak_rss() and _status_kib("VmHWM") is not None
+    exact = reset_peak_rss() and status_kib("VmHWM") is not None
     if exact:
-        before = _status_kib("VmRSS") * 1024
+        before = status_kib("VmRSS") * 1024
     else:
         before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # KiB on Linux
     t0 = time.perf_counter()
     k = arch.kernel(x)
     seconds = time.perf_counter() - t0
     if exact:
-        peak = _status_kib("VmHWM") * 1024
+        peak = status_kib("VmHWM") * 1024
     else:
         peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
     output = k.nngp.numel() * k.nngp.element_size() + k.ntk.numel() * k.ntk.element_size()

@@ -37,6 +37,7 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from bench_cnn_kernels import reset_peak_rss, status_kib
 from torch import nn
 from torch.func import functional_call, jacrev, vmap
 
@@ -144,34 +145,47 @@ def make_mlp(d: int = 100, width: int = 1024, seed: int = 0) -> nn.Module:
 # --------------------------------------------------------------------------------------------
 
 
+def recipe_jacobian(model: nn.Module, xb: torch.Tensor) -> torch.Tensor:
+    """The recipe's per-sample Jacobians (b, k, P): vmap(jacrev(f)), concatenated."""
+    params = {k: v.detach() for k, v in model.named_parameters()}
+
+    def f(p, xi):
+        return functional_call(model, p, (xi.unsqueeze(0),)).reshape(-1)
+
+    js = vmap(jacrev(f), (None, 0))(params, xb)
+    return torch.cat([j.flatten(2) for j in js.values()], dim=2)
+
+
+def recipe_contract(ja: torch.Tensor, jb: torch.Tensor, mode: str) -> torch.Tensor:
+    """One einsum per pair of blocks; trace mode divides by k like widenet."""
+    if mode == "trace":
+        return torch.einsum("ikp,jkp->ij", ja, jb) / ja.shape[1]
+    if mode == "diagonal":
+        return torch.einsum("ikp,jkp->ijk", ja, jb)
+    return torch.einsum("icp,jdp->ijcd", ja, jb)
+
+
+def recipe_calls(n: int, block: int) -> tuple[int, int]:
+    """(Jacobian calls, contractions) of recipe_ntk: each row block once, then every block
+    right of the diagonal again for each row block."""
+    m = -(-n // block)
+    return m + m * (m - 1) // 2, m * (m + 1) // 2
+
+
 def recipe_ntk(model: nn.Module, x: torch.Tensor, mode: str, block: int) -> torch.Tensor:
     """The plain torch.func recipe in blocks of ``block`` samples, symmetric blocks once.
 
     Per block: vmap(jacrev(f)) per-sample Jacobians (b, k, P) concatenated over parameters;
     per pair of blocks one einsum. Trace mode divides by k like widenet.
     """
-    params = {k: v.detach() for k, v in model.named_parameters()}
-
-    def f(p, xi):
-        return functional_call(model, p, (xi.unsqueeze(0),)).reshape(-1)
-
-    def jac(xb):
-        js = vmap(jacrev(f), (None, 0))(params, xb)
-        return torch.cat([j.flatten(2) for j in js.values()], dim=2)
-
     n = x.shape[0]
     out = None
     starts = list(range(0, n, block))
     for a, i0 in enumerate(starts):
-        ja = jac(x[i0 : i0 + block])
+        ja = recipe_jacobian(model, x[i0 : i0 + block])
         for j0 in starts[a:]:
-            jb = ja if j0 == i0 else jac(x[j0 : j0 + block])
-            if mode == "trace":
-                t = torch.einsum("ikp,jkp->ij", ja, jb) / ja.shape[1]
-            elif mode == "diagonal":
-                t = torch.einsum("ikp,jkp->ijk", ja, jb)
-            else:
-                t = torch.einsum("icp,jdp->ijcd", ja, jb)
+            jb = ja if j0 == i0 else recipe_jacobian(model, x[j0 : j0 + block])
+            t = recipe_contract(ja, jb, mode)
             if out is None:
                 out = t.new_empty((n, n, *t.shape[2:]))
             out[i0 : i0 + block, j0 : j0 + block] = t
@@ -226,7 +240,26 @@ def load_average() -> float:
 
 
 def peak_rss_gib() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+    """This process's peak resident set size since the last reset_peak_rss (GiB)."""
+    hwm = status_kib("VmHWM")
+    if hwm is None:  # no /proc: the lifetime peak, an upper bound
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+    return hwm / 2**20
+
+
+def estimate_recipe(model, x, mode, block) -> float:
+    """Seconds recipe_ntk would take, from one timed Jacobian block and one contraction
+    (when running it would exceed the time budget)."""
+    xb = x[:block]
+    recipe_jacobian(model, xb[:1])
+    t0 = time.perf_counter()
+    ja = recipe_jacobian(model, xb)
+    t_jac = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    recipe_contract(ja, ja, mode)
+    t_con = time.perf_counter() - t0
+    calls, pairs = recipe_calls(x.shape[0], block)
+    return calls * t_jac + pairs * t_con
 
 
 def rel(a, b) -> float:
@@ -256,6 +289,7 @@ def bench_one(
     limit_bytes,
     rate,
     progress=False,
+    recipe_budget_s=600.0,
 ):
     model, x, k = build(model_name, width, n)
     n_params = sum(p.numel() for p in model.parameters())
@@ -280,30 +314,49 @@ def bench_one(
         )
         for impl in impls
     }
+    estimated = None
     if recipe:
         block = recipe_block(model, k, limit_bytes, n)
-        methods["recipe"] = lambda: recipe_ntk(model, x, mode, block)
+        estimated = estimate_recipe(model, x, mode, block)
+        if estimated <= recipe_budget_s:
+            methods["recipe"] = lambda: recipe_ntk(model, x, mode, block)
+            estimated = None
     best = {name: math.inf for name in methods}
     loads = {name: [] for name in methods}
+    peaks = {name: 0.0 for name in methods}
     ref, diffs = None, {}
     for _ in range(repeats):
         for name, fn in methods.items():
             gc.collect()
             loads[name].append(round(load_average(), 2))
+            reset_peak_rss()
             t0 = time.perf_counter()
             out = fn()
             best[name] = min(best[name], time.perf_counter() - t0)
+            peaks[name] = max(peaks[name], peak_rss_gib())
             ref = out if ref is None else ref
             diffs[name] = rel(out, ref)
             del out
     for name in methods:
         row["times"][name] = dict(
-            seconds=best[name], load=loads[name], rel_diff=diffs[name], peak_rss_gib=peak_rss_gib()
+            seconds=best[name], load=loads[name], rel_diff=diffs[name], peak_rss_gib=peaks[name]
         )
         if name == "recipe":
             row["times"][name]["block"] = block
         print(
-            f"  {name:<20s} {best[name]:9.3f} s  load {loads[name]}  rel.diff {diffs[name]:.1e}",
+            f"  {name:<20s} {best[name]:9.3f} s  load {loads[name]}  rel.diff {diffs[name]:.1e}"
+            f"  peak RSS {peaks[name]:.2f} GiB",
+            flush=True,
+        )
+    if estimated is not None:
+        calls, pairs = recipe_calls(n, block)
+        row["times"]["recipe"] = dict(
+            seconds=estimated, estimated=True, block=block, load=[round(load_average(), 2)]
+        )
+        print(
+            f"  {'recipe':<20s} {estimated:9.1f} s  ESTIMATED from one block of {block} "
+            f"({calls} Jacobian blocks, {pairs} contractions; over the {recipe_budget_s:.0f} s "
+            "budget, not run)",
             flush=True,
         )
     flops = floor_flops(model, x, k, mode)
@@ -311,7 +364,6 @@ def bench_one(
     row["floor_seconds"] = flops / rate
     t_auto = row["times"].get("widenet auto", {}).get("seconds")
     if t_auto is not None:
-        singles = [v["seconds"] for kk, v in row["times"].items() if kk.startswith("widenet ")]
         singles = [
             v["seconds"]
             for kk, v in row["times"].items()
@@ -321,6 +373,8 @@ def bench_one(
             row["auto_over_best_single"] = t_auto / min(singles)
         if "recipe" in row["times"]:
             row["recipe_over_widenet"] = row["times"]["recipe"]["seconds"] / t_auto
+            row["recipe_estimated"] = bool(row["times"]["recipe"].get("estimated", False))
+        row["auto_peak_rss_gib"] = row["times"]["widenet auto"]["peak_rss_gib"]
         row["widenet_over_floor"] = t_auto / row["floor_seconds"]
         print(
             f"  floor {row['floor_seconds']:.3f} s ({flops / 1e9:.1f} GFLOP); "
@@ -344,6 +398,7 @@ def main(
     repeats: int = 2,
     recipe: bool = True,
     limit_gib: float = 4.0,
+    recipe_budget_s: float = 600.0,
 ) -> dict:
     torch.manual_seed(0)
     limit_bytes = int(limit_gib * 2**30)
@@ -378,6 +433,7 @@ def main(
                     recipe=recipe,
                     limit_bytes=limit_bytes,
                     rate=rate,
+                    recipe_budget_s=recipe_budget_s,
                 )
             )
             gc.collect()
@@ -408,6 +464,12 @@ if __name__ == "__main__":
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--no-recipe", action="store_true")
     parser.add_argument("--limit-gib", type=float, default=4.0)
+    parser.add_argument(
+        "--recipe-budget-s",
+        type=float,
+        default=600.0,
+        help="estimate the recipe from one block instead of running it when it would take longer",
+    )
     args = parser.parse_args()
     main(
         quick=args.quick,
@@ -421,4 +483,5 @@ if __name__ == "__main__":
         repeats=args.repeats,
         recipe=not args.no_recipe,
         limit_gib=args.limit_gib,
+        recipe_budget_s=args.recipe_budget_s,
     )

@@ -73,6 +73,21 @@ def _run(name: str, **kwargs):
         return None
 
 
+# Goals against neural-tangents and the torch.func recipe, quiet and with one busy process per
+# core (issue 19: the recipe; issue 20: neural-tangents' closed-form kernel, empirical NTK at
+# n = 2000 and dynamics). Other workloads keep the original 2.5x.
+GOALS_QUIET = dict(
+    models=3.0,
+    nt={("closed_form", 4000): 5.0, ("empirical", 2000): 2.5},
+    dynamics=1.5,
+)
+GOALS_CONTENTION = dict(
+    models=1.5,
+    nt={("closed_form", 4000): 2.5, ("empirical", 2000): 1.5},
+    dynamics=1.0,
+)
+
+
 def summary_rows(
     kernels,
     empirical,
@@ -82,19 +97,35 @@ def summary_rows(
     phases=None,
     extra=None,
     models=None,
+    contention: bool = False,
 ) -> list[tuple[str, float | None, str, float]]:
     """(what, measured ratio, goal text, goal) rows; ratio None when not measured.
 
     ``extra``: {benchmark name: its result} for the benchmarks whose result carries
-    ``ratios`` (or ``speedup`` / ``speedup_full``) and ``goal``.
+    ``ratios`` (or ``speedup`` / ``speedup_full``) and ``goal``. ``contention``: the goals
+    that issues 19 and 20 set for a machine with one busy process per core (lower than the
+    quiet ones) apply.
     """
+    goal = GOALS_CONTENTION if contention else GOALS_QUIET
     rows = []
     if models is not None:
         for r in models["rows"]:
             what = f"eNTK {r['model']}{'' if r['model'] != 'resnet18' else ' w' + str(r['width'])}"
             what += f" n={r['n']} {r['mode']}"
             if "recipe_over_widenet" in r:
-                rows.append((f"{what}: recipe / widenet", r["recipe_over_widenet"], ">=", 3))
+                est = " (recipe estimated)" if r.get("recipe_estimated") else ""
+                rows.append(
+                    (
+                        f"{what}: recipe / widenet{est}",
+                        r["recipe_over_widenet"],
+                        ">=",
+                        goal["models"],
+                    )
+                )
+            if r["model"] == "resnet18" and r["width"] == 64 and r["n"] == 128:
+                # A ceiling: shown as goal / measured so that >= 1 passes.
+                peak = r["auto_peak_rss_gib"]
+                rows.append((f"{what}: 4 GiB / peak RSS ({peak:.2f} GiB)", 4 / peak, ">=", 1))
             if "widenet_over_floor" in r:
                 # A ceiling: shown as goal / measured so that >= 1 passes.
                 rows.append(
@@ -148,12 +179,22 @@ def summary_rows(
     if nt is not None and not nt.get("skipped"):
         for c in nt["comparisons"]:
             rows.append(
-                (f"{c['workload']} n={c['n']}: neural-tangents / widenet", c["speedup"], ">=", 2.5)
+                (
+                    f"{c['workload']} n={c['n']}: neural-tangents / widenet",
+                    c["speedup"],
+                    ">=",
+                    goal["nt"].get((c["workload"], c["n"]), 2.5),
+                )
             )
     if dynamics is not None and not dynamics["nt"].get("skipped"):
         n = dynamics["config"]["n_train"]
         rows.append(
-            (f"dynamics n={n}: neural-tangents / widenet", dynamics["nt"]["speedup"], ">=", 1)
+            (
+                f"dynamics n={n}: neural-tangents / widenet",
+                dynamics["nt"]["speedup"],
+                ">=",
+                goal["dynamics"],
+            )
         )
     if scale is not None:
         n, goals = scale["config"]["n"], scale["goals"]
@@ -233,7 +274,9 @@ def main(
     scale = _run("bench_scale", quick=quick, n=scale_n) if with_scale else None
     names = ("bench_estimators", "bench_landscape", "bench_train_to_tolerance", "bench_quadrature")
     extra = {name: _run(name, quick=quick) for name in names}
-    rows = summary_rows(kernels, empirical, nt, dynamics, scale, phases, extra, models)
+    rows = summary_rows(
+        kernels, empirical, nt, dynamics, scale, phases, extra, models, contention=contention
+    )
     cnn = None
     if with_cnn:
         cnn = _run("bench_cnn_kernels", quick=quick, nt_python=nt_python, with_nt=with_nt)

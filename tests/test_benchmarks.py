@@ -81,3 +81,7 @@ def test_run_summary_rows():
     rows = summary_rows(kernels, None, nt)
     assert [r[1] for r in rows] == [5.0, 3.0, 7.0, 3.0]
     assert summary_rows(None, None, dict(skipped=True, reason="x")) == []
+    # Issue 20's goals against neural-tangents: 5x quiet, 2.5x with one busy process per core.
+    nt = dict(skipped=False, comparisons=[dict(workload="closed_form", n=4000, speedup=3.0)])
+    assert [r[3] for r in summary_rows(None, None, nt)] == [5.0]
+    assert [r[3] for r in summary_rows(None, None, nt, contention=True)] == [2.5]

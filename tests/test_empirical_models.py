@@ -258,8 +258,46 @@ def test_transformer_encoder_matches_float64_autograd(batch_first, norm_first):
     plan = plan_of(model, x1)
     assert plan.general == []
     kinds = {u.name.split(".")[-1]: u.kind for u in plan.units}
-    assert kinds["self_attn"] == "generic" and kinds["norm1"] == "affine"
+    assert kinds["self_attn"] == "attention" and kinds["norm1"] == "affine"
     assert kinds["linear1"] == "linear"  # batch dim 1 when batch_first=False: found by the probe
+
+
+class CrossAttention(nn.Module):
+    """Attention with a separate key/value sequence, masks, and optionally its weights."""
+
+    def __init__(self, need_weights=False, bias=True):
+        super().__init__()
+        self.attn = nn.MultiheadAttention(6, 2, bias=bias, batch_first=True)
+        self.readout = nn.Linear(6, 3)
+        self.need_weights = need_weights
+
+    def forward(self, x):  # x: (n, 7, 6); queries from the first 3 positions
+        q, kv = x[:, :3], x[:, 3:]
+        causal = torch.triu(torch.ones(3, 4, dtype=torch.bool), 1)
+        pad = torch.zeros(x.shape[0], 4, dtype=torch.bool)
+        pad[:, -1] = True  # the last key position is padding
+        y, w = self.attn(
+            q, kv, kv, attn_mask=causal, key_padding_mask=pad, need_weights=self.need_weights
+        )
+        out = self.readout(y.mean(1))
+        return out if w is None else out + w.sum((1, 2))[:, None]
+
+
+@pytest.mark.parametrize("need_weights, bias", [(False, True), (False, False), (True, True)])
+def test_attention_projections_with_masks_and_cross_attention(need_weights, bias):
+    """nn.MultiheadAttention's projections as linear maps around its softmax core (kind
+    "attention"): with a causal mask, key padding and keys/values other than the queries, the
+    same kernel as float64 autograd; a module returning its attention weights keeps its own
+    vjp (kind "generic")."""
+    torch.manual_seed(0)
+    model = CrossAttention(need_weights, bias).double().eval()
+    x1, x2 = data(4, 7, 6), data(3, 7, 6, seed=2)
+    ref12 = reference_ntk(model, x1, x2)
+    for mode in MODES:
+        got = empirical_ntk(model, x1, x2, mode=mode)
+        assert rel_err(got, reduce(ref12, mode)) < TOL64, mode
+    kinds = {u.name: u.kind for u in plan_of(model, x1).units}
+    assert kinds["attn"] == ("generic" if need_weights else "attention")
 
 
 class Gain(nn.Module):

@@ -20,8 +20,11 @@ cheaper of two exact routes is chosen by a cost model (flops and memory, per lay
   Its cost grows with S², so it wins for dense layers and small feature maps.
 * **Jacobian contraction**: the per-sample weight gradients J_c = Σ_s g_sc x_sᵀ (one GEMM per
   sample and output) contracted, Θ_cd = J_c · J'_d. Its cost grows with S, so it wins for
-  convolutions over large feature maps. Any other module called once per forward (BatchNorm,
-  LayerNorm, attention, embeddings, custom modules) gets its per-sample parameter gradients by
+  convolutions over large feature maps. BatchNorm (eval) and LayerNorm are affine maps of
+  their normalised input: Σ g ⊙ x̂ and Σ g in closed form. ``nn.MultiheadAttention``'s four
+  projections are linear maps around its softmax core: one backward per output through the
+  core alone gives their output-gradients. Any other module called once per forward
+  (embeddings, custom modules) gets its per-sample parameter gradients by
   ``torch.func.vmap`` of the module's own vector-Jacobian product over the samples, from the
   same recorded inputs and output-gradients: only that module is differentiated again.
 
@@ -324,6 +327,21 @@ def _conv_like(m: nn.Module) -> bool:
     )
 
 
+def _attention_like(m: nn.Module) -> bool:
+    """nn.MultiheadAttention with packed projections, no extra key/value biases, no dropout."""
+    return (
+        type(m) is nn.MultiheadAttention
+        and m._qkv_same_embed_dim
+        and m.bias_k is None
+        and m.bias_v is None
+        and not m.add_zero_attn
+        and (not m.training or m.dropout == 0.0)
+    )
+
+
+_ATTENTION_PARAMS = {"in_proj_weight", "in_proj_bias", "out_proj.weight", "out_proj.bias"}
+
+
 def _affine_like(m: nn.Module) -> bool:
     """BatchNorm (eval, running statistics) and LayerNorm: y = x̂ ⊙ weight + bias."""
     if type(m) in (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d):
@@ -337,7 +355,7 @@ class _Unit:
 
     name: str
     module: nn.Module
-    kind: str  # "linear" | "conv" (factorisable), "affine" (norms), "generic" (vmap of vjp)
+    kind: str  # "linear" | "conv" (factorisable), "affine" (norms), "attention", "generic"
     params: dict  # local parameter name -> selected (model-level) name
     ws: float = 1.0  # forward uses weight * ws and bias * bs (widenet Dense)
     bs: float = 1.0
@@ -467,6 +485,8 @@ def _find_units(model, selected, xq, base, output_fn) -> tuple[list, list, dict]
                 kind = "conv"
             elif _affine_like(m):
                 kind = "affine"
+            elif _attention_like(m):
+                kind = "attention"
             else:
                 kind = "generic"
             scaled = isinstance(m, (Dense, ScaledConv))
@@ -476,7 +496,8 @@ def _find_units(model, selected, xq, base, output_fn) -> tuple[list, list, dict]
         units[unit_name].params[local] = full
     out = list(units.values())
     for u in out:
-        if u.kind != "generic" and not set(u.params) <= {"weight", "bias"}:
+        allowed = _ATTENTION_PARAMS if u.kind == "attention" else {"weight", "bias"}
+        if u.kind != "generic" and not set(u.params) <= allowed:
             u.kind = "generic"
     alt = {u.name: shapes[id(u.module)] for u in out if calls.get(id(u.module)) == 1}
     return out, general, alt
@@ -521,6 +542,8 @@ def _record_dims(unit: _Unit, n: int, probe: bool, alt=None) -> bool:
                 unit.in_dims[0] != unit.out_dims[0] or unit.in_dims[0] == x.ndim - 1
             ):
                 return False
+        if unit.kind == "attention" and len(taps) != 1:
+            unit.kind = "generic"  # it returned its attention weights too: its own vjp
         if unit.kind == "affine":
             x = leaves[0]
             m = unit.module
@@ -770,9 +793,96 @@ def _jac_affine(unit: _Unit, record, gs: list) -> torch.Tensor:
     return out.transpose(0, 1)
 
 
+def _jac_attention(unit: _Unit, record, gs: list) -> torch.Tensor:
+    """Per-sample gradients (n, kg, P) of nn.MultiheadAttention's projections.
+
+    With q_s = W_q x_s + b_q (likewise k, v from the key and value inputs; W_q, W_k, W_v the
+    row blocks of in_proj_weight), a = Attention(q, k, v) and y_s = W_o a_s + b_o, the
+    per-sample gradients are Σ_s g^q_s x_sᵀ (and k, v), Σ_s g^q_s, Σ_s g_s a_sᵀ and Σ_s g_s,
+    where g = ∂f/∂y is the recorded output-gradient, ∂f/∂a = g W_o, and g^q, g^k, g^v come
+    from one backward per output through the attention core alone (torch's own
+    F.multi_head_attention_forward with identity projections, so that masks and causality
+    mean what they mean in the module). Each projection is then a linear unit; only the
+    softmax core is differentiated again.
+    """
+    import inspect
+
+    m = unit.module
+    leaves, spec, _ = record
+    args, kwargs = tree_unflatten(list(leaves), spec)
+    bound = inspect.signature(m.forward).bind(*args, **kwargs)
+    bound.apply_defaults()
+    a = bound.arguments
+    bd = unit.in_dims[0]  # the batch dim of query (1 when seq-first, 0 when batch_first)
+    q_in, k_in, v_in = (a["query"], a["key"], a["value"])
+    # (L, n, E) layout of F.multi_head_attention_forward
+    to_seq = (lambda t: t.transpose(0, 1)) if bd == 0 else (lambda t: t)  # noqa: E731
+    q_in, k_in, v_in = to_seq(q_in), to_seq(k_in), to_seq(v_in)
+    E = m.embed_dim
+    W, b = m.in_proj_weight.detach(), m.in_proj_bias
+    b = None if b is None else b.detach()
+    eye = torch.eye(E, dtype=W.dtype, device=W.device)
+    with torch.enable_grad():
+        proj = []
+        for i, t in enumerate((q_in, k_in, v_in)):
+            p = F.linear(t, W[i * E : (i + 1) * E], None if b is None else b[i * E : (i + 1) * E])
+            proj.append(p.detach().requires_grad_(True))
+        core, _ = F.multi_head_attention_forward(
+            *proj,
+            E,
+            m.num_heads,
+            None,
+            None,
+            None,
+            None,
+            False,
+            0.0,
+            eye,
+            None,
+            training=False,
+            key_padding_mask=a["key_padding_mask"],
+            need_weights=False,
+            attn_mask=a["attn_mask"],
+            use_separate_proj_weight=True,
+            q_proj_weight=eye,
+            k_proj_weight=eye,
+            v_proj_weight=eye,
+            is_causal=a.get("is_causal", False),
+        )
+        g = gs[0]  # (kg, *output shape)
+        g = g.transpose(1, 2) if unit.out_dims[0] == 0 else g  # (kg, L, n, E)
+        g_core = g @ m.out_proj.weight.detach()  # ∂f/∂a
+        kg = g.shape[0]
+        g_proj = [[], [], []]
+        for c in range(kg):
+            got = torch.autograd.grad(core, proj, g_core[c], retain_graph=c < kg - 1)
+            for i in range(3):
+                g_proj[i].append(got[i])
+    core = core.detach()
+    g_proj = [torch.stack(v) for v in g_proj]  # 3 × (kg, L, n, E)
+    parts = {}
+    if "in_proj_weight" in unit.params:
+        parts["in_proj_weight"] = torch.cat(
+            [
+                torch.einsum("clno,lni->ncoi", gp, t)
+                for gp, t in zip(g_proj, (q_in, k_in, v_in), strict=True)
+            ],
+            dim=2,
+        ).flatten(2)
+    if "in_proj_bias" in unit.params:
+        parts["in_proj_bias"] = torch.cat([gp.sum(1) for gp in g_proj], dim=2).transpose(0, 1)
+    if "out_proj.weight" in unit.params:
+        parts["out_proj.weight"] = torch.einsum("clno,lni->ncoi", g, core).flatten(2)
+    if "out_proj.bias" in unit.params:
+        parts["out_proj.bias"] = g.sum(1).transpose(0, 1)
+    return torch.cat([parts[loc] for loc in unit.params], dim=2)
+
+
 def _unit_jac(unit: _Unit, record, gs: list) -> torch.Tensor:
     if unit.kind == "generic":
         return _jac_generic(unit, record, gs)
+    if unit.kind == "attention":
+        return _jac_attention(unit, record, gs)
     if unit.kind == "affine":
         return _jac_affine(unit, record, gs)
     if unit.kind == "conv":
@@ -836,24 +946,13 @@ def _probe(model, selected, units, xp, alt, base, output_fn):
             rest = gt.narrow(d, 1, n - 1)
             if bool((rest != 0).any()):
                 good = False
-        if good:
-            try:
-                with _quiet_jit_deprecation():
-                    jac = _unit_jac(u, u.records[0], [gt.unsqueeze(0) for gt in gts])
-            except Exception:  # no batching rule, data-dependent control flow, ...
-                good = False
-        if good:
-            mine = jac.sum((0, 1))
-            ref = torch.cat(
-                [
-                    (
-                        torch.zeros_like(base[full]) if gparams[full] is None else gparams[full]
-                    ).reshape(-1)
-                    for full in _param_order(u)
-                ]
-            )
-            err = float((mine - ref).norm())
-            good = err <= tol * (float(ref.norm()) + float(mine.norm())) + 1e-30
+        # An attention module called in a way _jac_attention does not reproduce falls back
+        # to its own vjp.
+        for kind in (u.kind, "generic") if u.kind == "attention" and good else (u.kind,):
+            u.kind = kind
+            good = _probe_unit(u, gts, gparams, base, tol)
+            if good:
+                break
         if good:
             _geometry(u, xp)
             survivors.append(u)
@@ -862,9 +961,27 @@ def _probe(model, selected, units, xp, alt, base, output_fn):
     return survivors, stats
 
 
+def _probe_unit(u: _Unit, gts: list, gparams: dict, base: dict, tol: float) -> bool:
+    """Whether u's per-sample gradients, summed, equal autograd's parameter gradients."""
+    try:
+        with _quiet_jit_deprecation():
+            jac = _unit_jac(u, u.records[0], [gt.unsqueeze(0) for gt in gts])
+    except Exception:  # no batching rule, data-dependent control flow, ...
+        return False
+    mine = jac.sum((0, 1))
+    ref = torch.cat(
+        [
+            (torch.zeros_like(base[full]) if gparams[full] is None else gparams[full]).reshape(-1)
+            for full in _param_order(u)
+        ]
+    )
+    err = float((mine - ref).norm())
+    return err <= tol * (float(ref.norm()) + float(mine.norm())) + 1e-30
+
+
 def _param_order(u: _Unit) -> list:
     """Selected names in the order of the unit's per-sample gradient columns."""
-    if u.kind == "generic":
+    if u.kind in ("generic", "attention"):
         return list(u.params.values())
     # Column order of _jac_linear: weight (group, out, in) then bias (group, out) — that is the
     # parameters' own memory order when one slice covers every output channel.
@@ -873,7 +990,7 @@ def _param_order(u: _Unit) -> list:
 
 def _geometry(u: _Unit, xp):
     u.n_params = sum(_getattr_path(u.module, loc).numel() for loc in u.params)
-    if u.kind == "generic":
+    if u.kind in ("generic", "attention"):
         u.flops = _module_flops(u)
         return
     if u.kind == "affine":
@@ -1108,7 +1225,7 @@ def _route_costs(u: _Unit, na: int, nb: int, same: bool, k: int, mode: str) -> d
     sides = na + (0 if same else nb)
     if u.kind == "affine":
         return {"jac": pairs * 2 * kk * u.n_params}
-    if u.kind == "generic":
+    if u.kind in ("generic", "attention"):
         build = sides * k * 3 * max(u.flops, 2 * u.n_params)
         return {"jac": build + pairs * 2 * kk * u.n_params + _EW * sides * k * u.n_params}
     S, G, fi, fo = u.positions, u.groups, u.fan_in, u.fan_out
@@ -1164,7 +1281,7 @@ def _plan(model, selected, x1, x2, mode, implementation, memory_limit, chunk_siz
     plan.fp = fp  # 0 when no general path needs it
     plan.forced_chunk = chunk_size
     for u in units:
-        if u.kind in ("generic", "affine"):
+        if u.kind in ("generic", "affine", "attention"):
             u.route = "jac"
         elif implementation == "structured":
             u.route = "gram"
@@ -1462,7 +1579,7 @@ def _output_grads(plan: _Plan, side: _Side, c0: int, c1: int) -> list:
 
 
 def _unit_term(plan: _Plan, u: _Unit, ra, ga, rb, gb, mode: str, same: bool):
-    if u.kind in ("generic", "affine"):
+    if u.kind in ("generic", "affine", "attention"):
         ja = _unit_jac(u, ra, ga)
         jb = ja if same else _unit_jac(u, rb, gb)
         return _contract(ja, jb, mode)
@@ -1745,9 +1862,10 @@ def empirical_ntk(
     with x_s the layer's inputs (patches) at position s, g_sc = ∂f_c/∂y_s the output-gradients
     and ws, bs ``Dense.weight_scale`` / ``bias_scale`` (1 for torch layers), or by contracting
     the per-sample weight gradients Σ_s g_sc x_sᵀ, whichever a flop and memory estimate finds
-    cheaper for that layer. Other modules (BatchNorm in eval mode, LayerNorm, attention,
-    embeddings, custom modules) get per-sample gradients from ``vmap`` of their own
-    vector-Jacobian product. Every module's route is checked on a probe batch against autograd
+    cheaper for that layer. BatchNorm in eval mode and LayerNorm get theirs in closed form,
+    ``nn.MultiheadAttention``'s projections as linear maps around its softmax core, other
+    modules (embeddings, custom modules) from ``vmap`` of their own vector-Jacobian
+    product. Every module's route is checked on a probe batch against autograd
     before it is trusted; parameters used outside a single module call go through torch.func
     over the whole model (per-sample Jacobians or NTK-vector products).
 
