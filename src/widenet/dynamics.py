@@ -335,9 +335,12 @@ def _eigh_cpu(k64: torch.Tensor, vectors: bool, left: torch.Tensor | None = None
     """(values, S or None, reflectors or None, left Q or None) of symmetric ``k64`` via
     dsytrd + dstemr.
 
-    With ``left`` (m, n), left Q is computed while the tridiagonal eigenvectors are: SciPy's
+    With ``left`` (m, n) and more than one thread granted by the policy (a quiet machine,
+    n > ``SMALL_SOLVE``), left Q is computed while the tridiagonal eigenvectors are: SciPy's
     ``dstemr`` holds the GIL but runs on one core, and ``torch.ormqr`` (one operation, which
-    releases the GIL) runs on the other in a second thread, both single-threaded.
+    releases the GIL) runs on the other in a second thread, both single-threaded. On a busy
+    machine the second thread made the call slower (n = 4000, load 3-4: 14.1-17.2 s against
+    11.7-13.9 s without it), so there left Q is left to :meth:`_Eig.left`.
     """
     n = k64.shape[0]
     # k64 is symmetric, so its transpose view is the Fortran-ordered matrix LAPACK wants; it
@@ -351,7 +354,7 @@ def _eigh_cpu(k64: torch.Tensor, vectors: bool, left: torch.Tensor | None = None
         values = scipy.linalg.eigvalsh_tridiagonal(d, e, check_finite=False)
         return torch.from_numpy(values), None, None, None
     reflectors = (torch.from_numpy(np.asfortranarray(c[1:, :-1])), torch.from_numpy(tau))
-    if left is None:
+    if left is None or torch.get_num_threads() == 1:
         values, s = scipy.linalg.eigh_tridiagonal(d, e, check_finite=False)
         return torch.from_numpy(values), torch.from_numpy(s), reflectors, None
     done: dict = {}
