@@ -131,6 +131,15 @@ def summary_rows(
                 rows.append(
                     (f"{what}: 3 / (widenet / floor)", 3 / r["widenet_over_floor"], ">=", 1)
                 )
+            if "widenet_over_model_rate_floor" in r:
+                rows.append(
+                    (
+                        f"{what}: widenet / floor at the model's forward speed",
+                        r["widenet_over_model_rate_floor"],
+                        "info",
+                        0.0,
+                    )
+                )
             if "auto_over_best_single" in r:
                 rows.append(
                     (

@@ -248,13 +248,16 @@ def test_transformer_encoder_matches_float64_autograd(batch_first, norm_first):
     model = encoder(batch_first, norm_first)
     x1, x2 = data(3, 5, 8), data(2, 5, 8, seed=2)
     ref12, ref11 = reference_ntk(model, x1, x2), reference_ntk(model, x1)
-    for impl in ("auto", "structured", "jacobian"):
+    # "ntvp" differentiates the whole model forward-mode: the fused inference path of the
+    # encoder layer (no forward AD) is switched off for the call, and back on after it.
+    for impl in ("auto", "structured", "jacobian", "ntvp"):
         for mode in MODES:
             got = empirical_ntk(model, x1, x2, mode=mode, implementation=impl)
             assert rel_err(got, reduce(ref12, mode)) < TOL64, (impl, mode)
         assert (
             rel_err(empirical_ntk(model, x1, implementation=impl), reduce(ref11, "trace")) < TOL64
         )
+        assert torch.backends.mha.get_fastpath_enabled()
     plan = plan_of(model, x1)
     assert plan.general == []
     kinds = {u.name.split(".")[-1]: u.kind for u in plan.units}
@@ -394,8 +397,12 @@ CONVS = {
 }
 
 
+@pytest.mark.parametrize("weight_gradients", ["unfolded GEMM", "grouped convolution"])
 @pytest.mark.parametrize("case", list(CONVS))
-def test_convolutions_every_route(case):
+def test_convolutions_every_route(case, weight_gradients, monkeypatch):
+    # Per-sample weight gradients by either method (chosen by fan-in; forced both ways here).
+    threshold = 1 if weight_gradients == "unfolded GEMM" else 10**9
+    monkeypatch.setattr("widenet.empirical._UNFOLD_MIN_FAN_IN", threshold)
     make, in_shape = CONVS[case]
     model = conv_net(make(), in_shape)
     x1, x2 = data(3, *in_shape), data(2, *in_shape, seed=2)

@@ -98,6 +98,8 @@ def test_busy_machine_runs_blocks_in_the_calling_thread(two_threads, monkeypatch
 def test_solver_threads_sets_torch_and_blas_and_restores(two_threads, monkeypatch, busy):
     from threadpoolctl import threadpool_info
 
+    import scipy.linalg  # noqa: F401  (its BLAS loaded before `before`, as solver_threads loads it)
+
     monkeypatch.setattr(threads, "machine_busy", lambda: busy)
 
     def blas():

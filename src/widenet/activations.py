@@ -102,6 +102,9 @@ class Activation:
     # must then hold the full broadcast shape and dtype. The kernel recursion uses it on the
     # tiles it owns; ``dual`` must give bit-identical results (the diagonals go through it).
     dual_inplace: Dual | None = field(default=None, compare=False, repr=False)
+    # (a, b) when phi(x) = a min(x, 0) + b max(x, 0) (relu, leaky_relu, abrelu, identity):
+    # lets the FC recursion fuse its layers (widenet.kernels); None otherwise.
+    abrelu: tuple[float, float] | None = field(default=None, compare=False, repr=False)
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         return self.fn(x)
@@ -157,7 +160,7 @@ def _abrelu_duals(a: float, b: float) -> tuple[Dual, Dual]:
 
 def _abrelu_activation(name: str, fn, a: float, b: float, params: tuple = ()) -> Activation:
     dual, inplace = _abrelu_duals(a, b)
-    return Activation(name, fn, dual, params=params, dual_inplace=inplace)
+    return Activation(name, fn, dual, params=params, dual_inplace=inplace, abrelu=(a, b))
 
 
 def abrelu(a: float, b: float) -> Activation:

@@ -38,6 +38,7 @@ from widenet.kernels import (
     Tiler,
     assemble,
     check_tile,
+    fc_kernel,
     fc_recursion,
     fc_tiler,
     fc_tiles,
@@ -161,6 +162,10 @@ class Architecture:
             x2 = None
         x1, x2 = self._inputs(x1, x2, dtype)
         tile = DEFAULT_TILE if tile is None else check_tile(tile)
+        return self._kernel(x1, x2, tile, need_nngp, need_ntk, width, progress)
+
+    def _kernel(self, x1, x2, tile, need_nngp, need_ntk, width, progress) -> Kernel:
+        """The assembled kernel on inputs validated by :meth:`_inputs`."""
         n2 = x1.shape[0] if x2 is None else x2.shape[0]
         tiles = self._tiles(x1, x2, tile, need_ntk, width)
         if progress:
@@ -446,6 +451,20 @@ class MLP(Architecture):
     def _tiles(self, x1, x2, tile: int, need_ntk: bool, width) -> Iterator[KernelTile]:
         rec = self._recursion(x1.shape[1], width)
         return fc_tiles(rec, x1, x2, tile=tile, need_ntk=need_ntk)
+
+    def _kernel(self, x1, x2, tile, need_nngp, need_ntk, width, progress) -> Kernel:
+        # Each tile written into the outputs by the worker that computed it (fc_kernel).
+        track = None
+        if progress:
+            n2 = x1.shape[0] if x2 is None else x2.shape[0]
+
+            def track(done, total):
+                return _with_progress(done, x1.shape[0], n2, tile, symmetric=x2 is None)
+
+        rec = self._recursion(x1.shape[1], width)
+        return fc_kernel(
+            rec, x1, x2, tile=tile, need_nngp=need_nngp, need_ntk=need_ntk, track=track
+        )
 
     # -- the finite network ---------------------------------------------------------------
 

@@ -26,11 +26,18 @@ Kernels are computed in tiles of rows x columns: the per-layer variances of ever
 diagonals) are propagated once, then each tile runs the recursion on its own block, in place,
 so memory beyond the output is O(tile^2). A symmetric kernel (``x2=None``) computes only the
 tiles on and above the diagonal and mirrors them, and its diagonal correlations are exactly 1.
+
+On the CPU a tile runs in strips of rows small enough for its temporaries to stay in a core's
+cache, every strip through all layers; the ReLU recursion in the NTK parameterization is fused
+into nine passes per layer (:meth:`FCRecursion._relu_rows`). ``kernel()`` has each tile written
+into the outputs, mirror included, by the pool worker that computed it (:func:`fc_kernel`).
 """
 
 from __future__ import annotations
 
 import math
+import mmap
+import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -41,6 +48,7 @@ from widenet.activations import Activation, correlation
 from widenet.threads import map_blocks, single_threaded
 
 GETS = ("nngp", "ntk")
+_TWO_PI = 2.0 * math.pi
 
 
 @dataclass(frozen=True)
@@ -156,31 +164,189 @@ class FCRecursion:
             post, _ = self.activation.dual(q, q, q, False)
         return out
 
+    @property
+    def fused(self) -> bool:
+        """Whether :meth:`tile` runs the fused ReLU recursion (:meth:`_relu_rows`): phi =
+        b relu (an (a, b)-ReLU with a = 0, b != 0) in the NTK parameterization."""
+        ab = self.activation.abrelu
+        return (
+            ab is not None
+            and ab[0] == 0.0
+            and ab[1] != 0.0
+            and all(w == self.w_var for w in self.ntk_weight)
+            and all(b == self.b_var for b in self.ntk_bias)
+        )
+
     def tile(
         self,
         c: torch.Tensor,
         q1: list[torch.Tensor],
         q2: list[torch.Tensor],
         need_ntk: bool,
+        *,
+        zeros: list[bool] | None = None,
+        divide: float | None = None,
+        diagonal: bool = False,
+        same: torch.Tensor | None = None,
+        ntk_out: torch.Tensor | None = None,
+        mirror: tuple | None = None,
     ) -> Kernel:
-        """Run the recursion on one block. ``c`` is K^0 of the block and is consumed."""
+        """Run the recursion on one block. ``c`` is K^0 of the block and is consumed.
+
+        ``divide``: c holds d K^0 (the raw inner products), divided by ``divide`` first.
+        ``zeros[l]``: whether a variance of layer l may be 0 (None: look). ``diagonal`` (a
+        symmetric kernel's diagonal block, its diagonal c = q) and ``same`` (a mask of the
+        pairs of equal inputs, their c = q) mark the entries whose correlation is exactly 1
+        at every layer. ``c`` may be a view with unit column stride (into an output); the NTK
+        is written into ``ntk_out`` when given; ``mirror``: (nngp, ntk) destinations (or
+        None) of the block's transpose.
+
+        On the CPU the block runs in strips of rows of about :data:`STRIP_ENTRIES` entries,
+        each strip through every layer while its temporaries stay in the core's cache (the
+        entries are independent: the strips change no bit). The ReLU recursion in the NTK
+        parameterization is fused (:meth:`_relu_rows`); other activations run their duals.
+        """
+        if c.stride(-1) != 1:
+            c = c.contiguous()
+        n_rows, n_cols = c.shape
+        ntk = None
+        if need_ntk:
+            ntk = ntk_out if ntk_out is not None else torch.empty_like(c)
+        strip = n_rows
+        if c.device.type == "cpu" and self.activation.closed_form:
+            strip = max(1, STRIP_ENTRIES // max(n_cols, 1))
+        fused = self.fused
+        if fused:
+            q1, q2 = _stack(q1, n_rows, c), _stack(q2, n_cols, c)
+            cap = min(strip, n_rows) * n_cols
+            buf = _scratch((self.depth + 2) * cap, c.dtype, c.device)
+            buf = buf[: (self.depth + 2) * cap].view(self.depth + 2, cap)
+        for r0 in range(0, n_rows, strip):
+            rows = slice(r0, min(r0 + strip, n_rows))
+            part, theta = c[rows], (None if ntk is None else ntk[rows])
+            if fused:
+                pin = same[rows] if same is not None else None
+                offset = r0 if diagonal else None
+                self._relu_rows(part, q1[:, rows], q2, theta, zeros, divide, buf, offset, pin)
+            else:
+                out = self._rows(part, [q[rows] for q in q1], q2, theta, zeros, divide)
+                if out.data_ptr() != part.data_ptr():
+                    part.copy_(out)
+            if mirror is not None:  # the strip's transpose, while the strip is in cache
+                for dst, src in zip(mirror, (part, theta), strict=True):
+                    if dst is not None:
+                        dst[:, rows] = src.T
+        return Kernel(c, ntk)
+
+    def _rows(self, c, q1, q2, ntk, zeros, divide) -> torch.Tensor:
+        """The layer-by-layer recursion through the activation's duals on rows ``c``
+        (consumed); the NTK is written into ``ntk``; returns the NNGP."""
         theta = None
         dual = self.activation.dual_inplace or self.activation.dual
+        if divide is not None:
+            c.div_(divide)
         for layer in range(self.depth + 1):
             # c is the post-activation covariance of the previous layer (K^0 for layer 0).
-            if need_ntk:
+            if ntk is not None:
                 if theta is None:
-                    theta = torch.mul(c, self.ntk_weight[layer]).add_(self.ntk_bias[layer])
+                    theta = torch.mul(c, self.ntk_weight[layer], out=ntk).add_(self.ntk_bias[layer])
                 else:  # theta w_var + (c ntk_weight + ntk_bias), in place
                     theta.mul_(self.w_var).add_(c, alpha=self.ntk_weight[layer])
                     theta.add_(self.ntk_bias[layer])
             c = c.mul_(self.w_var).add_(self.b_var)
             if layer == self.depth:
                 break
-            c, dot = dual(q1[layer][:, None], c, q2[layer][None, :], need_ntk)
-            if need_ntk:
+            c, dot = dual(q1[layer][:, None], c, q2[layer][None, :], ntk is not None)
+            if ntk is not None:
                 theta.mul_(dot)
-        return Kernel(c, theta)
+        return c
+
+    def _relu_rows(self, c, q1, q2, theta, zeros, divide, buf, offset, pin) -> None:
+        r"""The fused recursion of phi = beta relu, NTK parameterization, on rows ``c``
+        (K^0 in, the NNGP out, in place); the NTK into ``theta``.
+
+        With rho = K / sqrt(q1 q2) (K the pre-activation covariance of a layer, q1, q2 the
+        variances) and g = sqrt(1 - rho^2) + (pi - arccos rho) rho (Cho & Saul 2009), every
+        hidden layer is
+
+            K'     = b^2 + w^2 (beta^2 / (2 pi)) sqrt(q1 q2) g
+            Theta' = K'  + w^2 (beta^2 / (2 pi)) (pi - arccos rho) Theta,
+
+        the recursion of the module docstring with its constants folded: nine passes over
+        the rows per layer (three of them fused multiply-adds) where the activation's dual
+        and the separate updates took nineteen. The norms of all layers are formed in one
+        pass. Where the correlation is exactly 1 (``offset``: the diagonal of a symmetric
+        block, at column offset + row; ``pin``: a mask of equal inputs), rho is set to 1: the
+        folded constants round differently from the diagonals' own recursion, and arccos
+        has an infinite slope at 1.
+        """
+        n_rows, n_cols = c.shape
+        depth, size = self.depth, n_rows * n_cols
+        beta = self.activation.abrelu[1]
+        gain = self.w_var * (beta * beta) / _TWO_PI
+        p = buf[0, :size].view(n_rows, n_cols)
+        s = buf[1, :size].view(n_rows, n_cols)
+        norm = buf[2 : 2 + depth, :size].view(depth, n_rows, n_cols)
+        if divide is not None:
+            c.div_(divide)
+        # K^1 = w^2 K^0 + b^2 = Theta^1: into theta when there is one (c then receives rho).
+        k = torch.mul(c, self.w_var, out=theta if theta is not None else c).add_(self.b_var)
+        if depth == 0:
+            if theta is not None:
+                c.copy_(k)
+            return
+        torch.mul(q1[:, :, None], q2[:, None, :], out=norm).sqrt_()
+        one = c.new_ones(())
+        bias = c.new_full((), self.b_var)
+        for layer in range(depth):
+            n = norm[layer]
+            neg_rho = torch.div(k, n, out=c).clamp_(-1.0, 1.0).neg_()
+            if offset is not None:
+                neg_rho.diagonal(offset).fill_(-1.0)
+            if pin is not None:
+                neg_rho.masked_fill_(pin, -1.0)
+            if zeros is None or zeros[layer]:
+                neg_rho.masked_fill_(n == 0, 0.0)  # a zero variance: rho = 0, as the duals
+            torch.arccos(neg_rho, out=p)  # pi - arccos(rho)
+            torch.addcmul(one, neg_rho, neg_rho, value=-1.0, out=s).sqrt_()
+            s.addcmul_(p, neg_rho, value=-1.0)  # g
+            k = torch.addcmul(bias, s, n, value=gain, out=neg_rho)  # K' (over rho)
+            if theta is not None:
+                torch.addcmul(k, theta, p, value=gain, out=theta)
+
+
+def _stack(qs: list[torch.Tensor], n: int, like: torch.Tensor) -> torch.Tensor:
+    """The per-layer variances as one (layers, n) tensor."""
+    if not qs:
+        return like.new_empty((0, n))
+    return torch.stack(qs)
+
+
+# Entries of the row strips of a block (FCRecursion.tile): 32768 float32 entries are 128 KiB
+# per temporary, so a strip's temporaries and its NNGP and NTK rows stay in a core's L2
+# cache, where a 512 x 512 block in one piece ran each operation from memory.
+STRIP_ENTRIES = 32768
+
+_WORKSPACE = threading.local()
+
+
+def _scratch(numel: int, dtype: torch.dtype, device, slot: str = "strips") -> torch.Tensor:
+    """This thread's flat buffer ``slot`` of at least ``numel`` entries (the temporaries of
+    the row strips, or a block's), reused from block to block: a fresh buffer of a few MiB
+    costs page faults each time (5 ms for a 2 MiB block in float64 on the development
+    machine, as much as the block's arithmetic); grown when too small."""
+    buffers = _WORKSPACE.__dict__.setdefault("buffers", {})
+    key = (slot, dtype, str(device))
+    have = buffers.get(key)
+    if have is None or have.numel() < numel:
+        have = buffers[key] = torch.empty(numel, dtype=dtype, device=device)
+    return have
+
+
+def _block(slot: str, shape, like: torch.Tensor) -> torch.Tensor:
+    """A (rows, cols) view of this thread's buffer ``slot`` (see :func:`_scratch`)."""
+    numel = shape[0] * shape[1]
+    return _scratch(numel, like.dtype, like.device, slot)[:numel].view(shape)
 
 
 def fc_recursion(
@@ -287,19 +453,45 @@ class FCTiler(Tiler):
     # Duplicate inputs: equal rows of x1 and x2 share an id (None when no row repeats).
     g1: torch.Tensor | None = None
     g2: torch.Tensor | None = None
+    # zeros[l]: whether a variance of layer l (of x1 or x2) is 0 (None: each dual looks).
+    zeros: tuple[bool, ...] | None = None
 
-    def __call__(self, rows: slice, cols: slice) -> Kernel:
+    def __call__(self, rows: slice, cols: slice, *, out=None, mirror=None) -> Kernel:
         """The block kernel[rows, cols]; for a symmetric kernel, diagonal blocks need rows ==
-        cols (they are symmetrised exactly)."""
+        cols (they are symmetrised exactly).
+
+        ``out``: (nngp, ntk) destinations of the block (each a view with unit column stride
+        of the block's shape, or None), written in place of fresh tensors; ``mirror``: the
+        same for the transposed block kernel[cols, rows] of a symmetric kernel. The values
+        are the same, bit for bit. Returns the block (views of ``out`` where given).
+        """
         xb = self.x1 if self.x2 is None else self.x2
         diag = self.symmetric and rows == cols
+        d = self.x1.shape[1]
+        direct = out is not None and not diag and self.g1 is None
+        # Writing into given outputs, the block's temporaries live in this thread's buffers.
+        reuse = out is not None and self.x1.device.type == "cpu"
+        a, b = self.x1[rows], xb[cols]
+        shape = (a.shape[0], b.shape[0])
         with torch.no_grad():
-            c = self.x1[rows] @ xb[cols].T
-            c.div_(self.x1.shape[1])
+            if direct and out[0] is not None:
+                c = torch.mm(a, b.T, out=out[0])
+            elif reuse:
+                c = torch.mm(a, b.T, out=_block("c", shape, a))
+            else:
+                c = a @ b.T
+            # Without a diagonal or duplicates to fix, c / d is taken strip by strip, in cache.
+            divide = d if not diag and self.g1 is None else None
+            if divide is None:
+                c.div_(d)
             if diag:
                 # Exact self-covariances on the diagonal keep rho = 1 there.
-                c = 0.5 * (c + c.T)
+                if reuse:  # (c + c^T) 0.5: the same rounding as 0.5 (c + c^T)
+                    c = torch.add(c, c.T, out=_block("sym", shape, c)).mul_(0.5)
+                else:
+                    c = 0.5 * (c + c.T)
                 c.diagonal().copy_(self.q01[rows])
+            same = None
             if self.g1 is not None:
                 # An exact duplicate pair gets c = q, its self-covariance, as the diagonal
                 # does: the GEMM's rounding (|c - q| ~ sqrt(d) eps q) would give rho < 1,
@@ -307,16 +499,51 @@ class FCTiler(Tiler):
                 # duplicated rows differed and the kernel lost its singularity.
                 same = self.g1[rows][:, None] == self.g2[cols][None, :]
                 if bool(same.any()):
-                    c = torch.where(same, self.q01[rows][:, None], c)
+                    q = self.q01[rows][:, None]
+                    if reuse:  # c is this thread's buffer: in place
+                        c = torch.where(same, q, c, out=c)
+                    else:
+                        c = torch.where(same, q, c)
+                else:
+                    same = None
             k = self.rec.tile(
-                c, [q[rows] for q in self.d1], [q[cols] for q in self.d2], self.need_ntk
+                c,
+                [q[rows] for q in self.d1],
+                [q[cols] for q in self.d2],
+                self.need_ntk,
+                zeros=self.zeros,
+                divide=divide,
+                diagonal=diag,
+                same=same,
+                ntk_out=out[1] if direct else (_block("ntk", shape, c) if reuse else None),
+                mirror=mirror if direct else None,
             )
-            if diag:
+            if diag and not self.rec.fused:
                 # The duals are not bitwise symmetric in (q1, q2) (rounding order in the
                 # closed forms, node placement in quadrature), so a diagonal block comes
-                # out asymmetric by rounding/quadrature error: mirror it exactly.
+                # out asymmetric by rounding/quadrature error: mirror it exactly. (The fused
+                # ReLU recursion is: its every operation is symmetric in (q1, q2) and c.)
                 k = Kernel(*(None if b is None else 0.5 * (b + b.T) for b in (k.nngp, k.ntk)))
+            if out is not None and not direct:
+                blocks = (k.nngp, k.ntk)
+                if mirror is not None:
+                    _write(mirror, tuple(None if b is None else b.T for b in blocks))
+                k = Kernel(*_write(out, blocks))
+            elif direct and out[0] is None:
+                k = Kernel(None, k.ntk)
         return k
+
+
+def _write(dsts, blocks) -> list:
+    """Copy each block into its destination (skipping None); the destinations, else None."""
+    done = []
+    for dst, block in zip(dsts, blocks, strict=True):
+        if dst is not None and block is not None:
+            dst.copy_(block)
+            done.append(dst)
+        else:
+            done.append(None)
+    return done
 
 
 def fc_tiler(
@@ -330,7 +557,10 @@ def fc_tiler(
         d1 = rec.diagonals(q01)
         d2 = d1 if x2 is None else rec.diagonals((x2 * x2).sum(1) / d)
         g1, g2 = duplicate_ids(x1, x2)
-    return FCTiler(rec, x1, x2, q01, d1, d2, need_ntk, g1, g2)
+        zeros = tuple(
+            bool((a == 0).any()) or bool((b == 0).any()) for a, b in zip(d1, d2, strict=True)
+        )
+    return FCTiler(rec, x1, x2, q01, d1, d2, need_ntk, g1, g2, zeros)
 
 
 # Kernels of at most this many entries (2048^2: up to 10 tiles of 512 on and above the
@@ -429,12 +659,94 @@ def fc_tiles(
         return KernelTile(rc[0], rc[1], tiler(*rc))
 
     # CPU: every tile single-threaded, the tiles in a pool of the configured thread count
-    # (widenet.threads); a tile's ~750 small operations are too short for intra-op threads.
+    # (widenet.threads); a tile's few hundred small operations are too short for intra-op
+    # threads.
     # Small kernels run in the calling thread: at n = 1347 (6 tiles, float64, load ~10) the
     # pool took 0.22 s against 0.09 s.
     n1, n2 = tiler.shape
     small = n1 * n2 <= SMALL_KERNEL_ENTRIES
     return map_blocks(work, grid, x1.device, max_workers=1 if small else None)
+
+
+# Outputs of at least this many bytes are allocated in transparent huge pages on the CPU
+# where the operating system offers them (madvise mode): a fresh 64 MiB output faulted in
+# 4 KiB pages cost as much as a fifth of the FC kernel's arithmetic at n = 4000 (glibc maps
+# every allocation above 32 MiB afresh; smaller ones it reuses, which beats fresh huge pages).
+HUGE_PAGE_BYTES = 32 << 20
+USE_HUGE_PAGES = True
+
+
+def _output(shape, dtype, device) -> torch.Tensor:
+    """An uninitialised output tensor; large CPU ones in transparent huge pages if possible."""
+    numel = math.prod(shape)
+    nbytes = numel * torch.empty((), dtype=dtype).element_size()
+    if (
+        USE_HUGE_PAGES
+        and torch.device(device).type == "cpu"
+        and nbytes >= HUGE_PAGE_BYTES
+        and hasattr(mmap, "MADV_HUGEPAGE")
+    ):
+        try:
+            buf = mmap.mmap(-1, nbytes, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+            buf.madvise(mmap.MADV_HUGEPAGE)
+        except (OSError, ValueError, AttributeError):
+            pass
+        else:
+            return torch.frombuffer(buf, dtype=dtype, count=numel).view(shape)
+    return torch.empty(shape, dtype=dtype, device=device)
+
+
+def fc_kernel(
+    rec: FCRecursion,
+    x1: torch.Tensor,
+    x2: torch.Tensor | None,
+    *,
+    tile: int,
+    need_nngp: bool,
+    need_ntk: bool,
+    track=None,
+) -> Kernel:
+    """The whole kernel of ``rec`` on validated inputs, as :func:`assemble` of
+    :func:`fc_tiles` gives it (the same tiles, the same bits), but with every tile written
+    into the outputs, its mirror and its finiteness check included, by the worker that
+    computed it, while the tile is in that core's cache: the consumer thread, which did that
+    work alone, would otherwise run a third thread on two cores. ``track(iterable, total)``
+    wraps the tiles' completions (a progress bar)."""
+    tile = check_tile(tile)
+    tiler = fc_tiler(rec, x1, x2, need_ntk=need_ntk)
+    n1, n2 = tiler.shape
+    symmetric = tiler.symmetric
+    outs = []
+    for need, what in ((need_nngp, "nngp"), (need_ntk, "ntk")):
+        if need:
+            outs.append((what, _output((n1, n2), x1.dtype, x1.device)))
+
+    kernel = dict(outs)
+    nngp, ntk = kernel.get("nngp"), kernel.get("ntk")
+
+    def work(rc):
+        rows, cols = rc
+        dst = (None if nngp is None else nngp[rows, cols], None if ntk is None else ntk[rows, cols])
+        mirror = None
+        if symmetric and rows != cols:
+            mirror = tuple(None if o is None else o[cols, rows] for o in (nngp, ntk))
+        k = tiler(rows, cols, out=dst, mirror=mirror)
+        return [
+            w for w, b in (("nngp", k.nngp), ("ntk", k.ntk)) if b is not None and not _all_finite(b)
+        ]
+
+    grid = list(tile_grid(n1, n2, tile, symmetric=symmetric))
+    small = n1 * n2 <= SMALL_KERNEL_ENTRIES
+    done = map_blocks(work, grid, x1.device, max_workers=1 if small else None)
+    if track is not None:
+        done = track(done, len(grid))
+    bad = set()
+    for b in done:
+        bad.update(b)
+    for what, out in outs:
+        if what in bad:
+            _check_finite_result(out, what.upper())
+    return Kernel(nngp, ntk)
 
 
 def assemble(

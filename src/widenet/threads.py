@@ -1,7 +1,7 @@
 """The CPU thread policy of widenet's blocked computations.
 
 Kernels, stores and estimators split their work into blocks whose operations are cache-sized
-(~0.1-1 ms each: a 512 x 512 tile of the FC recursion is ~750 aten operations). Such
+(~0.1-1 ms each: a 512 x 512 tile of the FC recursion is a few hundred aten operations). Such
 operations are too short for torch's intra-op parallelism: every one is a parallel region
 whose closing barrier waits for the slowest of the pool's threads, and on a loaded machine
 (more runnable threads than cores) that thread is often descheduled, so each barrier costs
