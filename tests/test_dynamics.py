@@ -19,7 +19,7 @@ import torch
 
 import widenet as wn
 from widenet import dynamics as dy
-from widenet import layers
+from widenet import layers, threads
 
 F64 = torch.float64
 ARCH = wn.mlp(2, "relu", w_std=1.4, b_std=0.1)
@@ -119,6 +119,111 @@ def test_factored_eigenvectors_equal_an_explicit_eigendecomposition(n):
     q = e.vectors
     np.testing.assert_allclose((q.T @ q).numpy(), np.eye(n), atol=1e-12)
     np.testing.assert_allclose((q.T @ k @ q).numpy(), np.diag(lam), atol=1e-11 * lam.max())
+
+
+def _kernel_with_identity_reflectors(n: int, gen) -> torch.Tensor:
+    """A PSD kernel whose tridiagonalisation has reflectors with τ = 0: blocks (random PSD,
+    diagonal, random PSD) on the diagonal, so columns with nothing to annihilate occur."""
+    sizes = (n // 2, 5, n - n // 2 - 5)
+    blocks = []
+    for i, size in enumerate(sizes):
+        if i == 1:
+            blocks.append(torch.diag(torch.rand(size, generator=gen, dtype=F64) + 0.5))
+        else:
+            a = torch.randn(size, size + 2, generator=gen, dtype=F64)
+            blocks.append(a @ a.T)
+    return torch.block_diag(*blocks)
+
+
+@pytest.mark.parametrize(("n", "block"), [(23, 4), (300, 7), (300, 128)])
+def test_compact_wy_blocks_equal_the_explicit_eigenvectors(n, block, monkeypatch):
+    # Q is applied in compact WY blocks (several blocks, a partial last one, τ = 0 reflectors);
+    # every product of the factored V must equal the one with NumPy's explicit eigenvectors.
+    monkeypatch.setattr(dy, "_WY_BLOCK", block)
+    # The policy of a quiet machine and a large problem, so that kx Q is computed in a second
+    # thread beside the tridiagonal eigensolver.
+    monkeypatch.setattr(threads, "SMALL_SOLVE", 0)
+    monkeypatch.setattr(threads, "machine_busy", lambda: False)
+    gen = torch.Generator().manual_seed(n)
+    k = _kernel_with_identity_reflectors(n, gen)
+    kx = torch.randn(9, n, generator=gen, dtype=F64)
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        e = dy._eig(k, "k", 0.0, left=kx)
+    finally:
+        torch.set_num_threads(before)
+    assert e._left is not None and e._left[0] is kx
+    tau = e._reflectors[1]
+    assert bool((tau == 0).any()) and bool((tau != 0).any())  # both kinds are exercised
+    assert len(e._blocks or dy._wy_blocks(*e._reflectors, block)) == math.ceil((n - 1) / block)
+    lam, vec = np.linalg.eigh(k.numpy())
+    np.testing.assert_allclose(e.values.numpy(), lam, rtol=0, atol=1e-12 * lam.max())
+    v = torch.randn(n, 4, generator=gen, dtype=F64)
+    d = torch.rand(n, generator=gen, dtype=F64)
+    # V diag(d) Vᵀ v and kx V diag(d) Vᵀ v do not depend on V's column signs (nor on the
+    # basis chosen inside an eigenspace: the diagonal block's eigenvalues are distinct).
+    ref = vec @ (d.numpy()[:, None] * (vec.T @ v.numpy()))
+    z = d[:, None] * e.project(v)
+    got = e.expand(z)
+    np.testing.assert_allclose(got.numpy(), ref, rtol=0, atol=1e-12 * np.abs(ref).max())
+    ref_left = kx.numpy() @ ref
+    got_left = e.left(kx) @ e.inner(z)  # the product computed beside the eigensolver
+    np.testing.assert_allclose(got_left.numpy(), ref_left, atol=1e-12 * np.abs(ref_left).max())
+    e._left = None  # and the one computed on demand by the WY blocks
+    got_left = e.left(kx) @ e.inner(z)
+    np.testing.assert_allclose(got_left.numpy(), ref_left, atol=1e-12 * np.abs(ref_left).max())
+    q = e.vectors
+    np.testing.assert_allclose((q.T @ q).numpy(), np.eye(n), atol=1e-12)
+    np.testing.assert_allclose((q.T @ k @ q).numpy(), np.diag(lam), atol=1e-11 * lam.max())
+
+
+@pytest.mark.parametrize("n", [1, 5, 64, 300])
+def test_tiled_symmetric_passes_equal_the_plain_ones(n, monkeypatch):
+    # max |x − xᵀ| and ½ (x + xᵀ) tile by tile (tiles of 64: partial tiles at n = 5 and 300)
+    # are the very numbers of the untiled formulas.
+    monkeypatch.setattr(dy, "_TILE", 64)
+    x = torch.randn(n, n, generator=torch.Generator().manual_seed(n), dtype=F64)
+    assert dy._max_asymmetry(x) == float((x - x.T).abs().max())
+    assert torch.equal(dy._symmetrised(x), (x + x.T) * 0.5)
+
+
+@pytest.mark.parametrize("fn", ["flow", "descent"])
+def test_predictions_equal_the_plain_eigendecomposition(fn, monkeypatch):
+    # Train and test outputs at several times, n = 300 with 4 WY blocks, against the formulas
+    # evaluated with NumPy's explicit eigenvectors (float64): only rounding separates them.
+    monkeypatch.setattr(dy, "_WY_BLOCK", 64)
+    gen = torch.Generator().manual_seed(1)
+    n, m, k = 300, 40, 3
+    x = torch.randn(n + m, 5, generator=gen, dtype=F64)
+    ker = ARCH.kernel(x, get="ntk").ntk
+    ntk, ntk_test = ker[:n, :n], ker[n:, :n]
+    y = torch.randn(n, k, generator=gen, dtype=F64)
+    f0 = 0.1 * torch.randn(n, k, generator=gen, dtype=F64)
+    f0t = 0.1 * torch.randn(m, k, generator=gen, dtype=F64)
+    lam, vec = np.linalg.eigh(ntk.numpy())
+    rate = 0.5 / y.numel()  # learning_rate 0.5, loss "mean"
+    if fn == "flow":
+        t = np.array([0.0, 3.0, 100.0, 1e4, 1e6])
+        decay = np.exp(-rate * lam[None] * t[:, None])
+        pred = dy.gradient_flow_mse(
+            ntk, y, t, ntk_test_train=ntk_test, f0_train=f0, f0_test=f0t, learning_rate=0.5
+        )
+    else:
+        t = np.array([0, 1, 10, 1000, 100000])
+        decay = (1.0 - rate * lam[None]) ** t[:, None]
+        pred = dy.gradient_descent_mse(
+            ntk, y, t, ntk_test_train=ntk_test, f0_train=f0, f0_test=f0t, learning_rate=0.5
+        )
+    b = vec.T @ (f0 - y).numpy()
+    train = y.numpy()[None] + np.einsum("ij,tj,jk->tik", vec, decay, b)
+    # Θ(x, X) Θ⁻¹ (I − decay): λ > 0 here (checked), so (1 − decay)/λ is well defined.
+    assert lam.min() > 1e-8 * lam.max()
+    test = f0t.numpy()[None] - np.einsum(
+        "ij,tj,jk->tik", ntk_test.numpy() @ vec, (1 - decay) / lam, b
+    )
+    np.testing.assert_allclose(pred.train.numpy(), train, atol=1e-11 * np.abs(train).max())
+    np.testing.assert_allclose(pred.test.numpy(), test, atol=1e-10 * np.abs(test).max())
 
 
 def test_gradient_flow_is_the_small_step_limit_of_gd(problem):
