@@ -26,6 +26,7 @@ Writes benchmarks/results/empirical_ntk_models.json.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import gc
 import json
 import math
@@ -495,18 +496,29 @@ if __name__ == "__main__":
         default=600.0,
         help="estimate the recipe from one block instead of running it when it would take longer",
     )
-    args = parser.parse_args()
-    main(
-        quick=args.quick,
-        models=args.model,
-        width=args.width,
-        n=args.n,
-        modes=tuple(args.mode or ("trace",)),
-        # "structured" forces the Gram route on every conv: ~S² = 10⁶ per pair of samples on
-        # ResNet's 32×32 maps (minutes); add it with --impl structured.
-        impls=tuple(args.impl or ("auto", "jacobian")),
-        repeats=args.repeats,
-        recipe=not args.no_recipe,
-        limit_gib=args.limit_gib,
-        recipe_budget_s=args.recipe_budget_s,
+    parser.add_argument(
+        "--contention",
+        action="store_true",
+        help="run beside one busy process per core (benchmarks/contention.py)",
     )
+    args = parser.parse_args()
+    busy = contextlib.nullcontext()
+    if args.contention:
+        from contention import busy_cores
+
+        busy = busy_cores()
+    with busy:
+        main(
+            quick=args.quick,
+            models=args.model,
+            width=args.width,
+            n=args.n,
+            modes=tuple(args.mode or ("trace",)),
+            # "structured" forces the Gram route on every conv: ~S² = 10⁶ per pair of samples on
+            # ResNet's 32×32 maps (minutes); add it with --impl structured.
+            impls=tuple(args.impl or ("auto", "jacobian")),
+            repeats=args.repeats,
+            recipe=not args.no_recipe,
+            limit_gib=args.limit_gib,
+            recipe_budget_s=args.recipe_budget_s,
+        )
