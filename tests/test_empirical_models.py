@@ -609,3 +609,26 @@ def test_progress_bar_does_not_change_the_result(capsys):
         warnings.simplefilter("ignore")
         shown = empirical_ntk(model, x, progress=True, memory_limit_bytes=200_000)
     assert rel_err(shown, quiet) < TOL64
+
+
+def test_busy_machine_runs_single_threaded_with_the_same_kernel(resnet_ref, monkeypatch):
+    """On a busy CPU (widenet.threads.machine_busy) the call runs on one torch thread, and
+    gives the same kernel; the thread setting is restored afterwards."""
+    import widenet.empirical as E
+
+    model, x1, _, _, ref11 = resnet_ref
+    seen = []
+    compute = E._compute
+
+    def spy(*args, **kwargs):
+        seen.append(torch.get_num_threads())
+        return compute(*args, **kwargs)
+
+    monkeypatch.setattr(E, "_compute", spy)
+    threads = torch.get_num_threads()
+    for busy in (False, True):
+        monkeypatch.setattr(E, "machine_busy", lambda busy=busy: busy)
+        got = empirical_ntk(model, x1)
+        assert rel_err(got, reduce(ref11, "trace")) < TOL64
+        assert torch.get_num_threads() == threads
+    assert seen == [threads, 1]
