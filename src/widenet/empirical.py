@@ -44,6 +44,7 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import inspect
 import math
 import os
 import threading
@@ -618,9 +619,10 @@ def _conv_operands(m, x, g):
 
 # Per-sample convolution weight gradients: from this many inputs per output channel (C_in/G ·
 # kernel area) one batched GEMM against the unfolded patches; below, one grouped
-# weight-gradient convolution. Measured on one CPU thread (2-core EPYC, n = 32, 10 outputs,
-# 3x3 kernels): 144 inputs (16 channels, 32x32) 56 ms convolution vs 66 ms GEMM; 288 (32
-# channels, 16x16) 52 vs 40 ms; 576 (64, 8x8) 144 vs 83 ms; 1152 (128, 4x4) 475 vs 203 ms.
+# weight-gradient convolution. Measured on one CPU thread (2-vCPU Xeon with AVX-512, load ~7,
+# n = 32, 10 outputs, 3x3 kernels, best of 3): 144 inputs (16 channels, 32x32) 56 ms
+# convolution vs 66 ms GEMM; 288 (32 channels, 16x16) 52 vs 40 ms; 576 (64, 8x8) 144 vs 83 ms;
+# 1152 (128, 4x4) 475 vs 203 ms.
 _UNFOLD_MIN_FAN_IN = 256
 
 
@@ -841,8 +843,6 @@ def _jac_attention(unit: _Unit, record, gs: list, split: bool = False):
     mean what they mean in the module). Each projection is then a linear unit; only the
     softmax core is differentiated again.
     """
-    import inspect
-
     m = unit.module
     leaves, spec, _ = record
     args, kwargs = tree_unflatten(list(leaves), spec)
@@ -1410,8 +1410,8 @@ def _size(plan: _Plan, n1: int, n2: int, symmetric: bool, item: int) -> None:
     if c < n and plan.forced_chunk is None and plan.units and not gen_sel:
         # The samples do not fit one block. Pairs of blocks would redo each block's forward,
         # backward and weight gradients once per partner block; instead keep every sample's
-        # unit inputs and one output group's gradients (not the autograd graph: half the
-        # budget) and stream the samples through forward and backward once per output group.
+        # unit inputs and one output group's gradients (not the autograd graph) and stream
+        # the samples through forward and backward once per output group.
         n_all = n1 + (0 if symmetric else n2)
 
         def kept(kg):
@@ -1842,6 +1842,7 @@ def _compute(model, plan: _Plan, base, x1, x2, progress) -> torch.Tensor:
 
 
 def _finish(result: torch.Tensor, mode: str, k: int, symmetric: bool) -> torch.Tensor:
+    """The trace mode's 1/k, and the exact symmetry of Θ(x1, x1)."""
     scale = 1.0 / k if mode == "trace" else 1.0
     if symmetric:  # exact symmetry despite rounding
         return torch.add(result, _swap(result, mode)).mul_(0.5 * scale)
