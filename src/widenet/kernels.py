@@ -35,6 +35,7 @@ into the outputs, mirror included, by the pool worker that computed it (:func:`f
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import mmap
 import threading
@@ -45,7 +46,7 @@ import torch
 
 from widenet._checks import check_device, check_inputs, check_pair
 from widenet.activations import Activation, correlation
-from widenet.threads import map_blocks, single_threaded
+from widenet.threads import map_blocks, pool_size, single_threaded
 
 GETS = ("nngp", "ntk")
 _TWO_PI = 2.0 * math.pi
@@ -138,6 +139,16 @@ class KernelTile:
     kernel: Kernel
 
 
+# Entries of the row strips of a block (FCRecursion.tile): 32768 float32 entries are 128 KiB
+# per temporary, so a strip's temporaries and its NNGP and NTK rows stay in a core's L2
+# cache, where a 512 x 512 block in one piece ran each operation from memory. That wins when
+# the blocks run one at a time (1 thread, n = 4000, quiet: 0.167 s against 0.183 s whole);
+# with two blocks at once in a pool, each strip's Python-side operations contend for the GIL
+# and whole blocks win (0.115-0.132 s against 0.164-0.171 s, same machine and minute), so
+# fc_kernel / fc_tiles use strips only when the blocks run in one thread.
+STRIP_ENTRIES = 32768
+
+
 @dataclass(frozen=True)
 class FCRecursion:
     """The layer-by-layer recursion of a fully-connected network (see the module docstring).
@@ -190,6 +201,7 @@ class FCRecursion:
         same: torch.Tensor | None = None,
         ntk_out: torch.Tensor | None = None,
         mirror: tuple | None = None,
+        strips: bool = True,
     ) -> Kernel:
         """Run the recursion on one block. ``c`` is K^0 of the block and is consumed.
 
@@ -201,10 +213,11 @@ class FCRecursion:
         is written into ``ntk_out`` when given; ``mirror``: (nngp, ntk) destinations (or
         None) of the block's transpose.
 
-        On the CPU the block runs in strips of rows of about :data:`STRIP_ENTRIES` entries,
-        each strip through every layer while its temporaries stay in the core's cache (the
-        entries are independent: the strips change no bit). The ReLU recursion in the NTK
-        parameterization is fused (:meth:`_relu_rows`); other activations run their duals.
+        On the CPU the block runs in strips of rows of about :data:`STRIP_ENTRIES` entries
+        (``strips=False``: the whole block at once), each strip through every layer while its
+        temporaries stay in the core's cache (the entries are independent: the strips change
+        no bit). The ReLU recursion in the NTK parameterization is fused
+        (:meth:`_relu_rows`); other activations run their duals.
         """
         if c.stride(-1) != 1:
             c = c.contiguous()
@@ -213,7 +226,7 @@ class FCRecursion:
         if need_ntk:
             ntk = ntk_out if ntk_out is not None else torch.empty_like(c)
         strip = n_rows
-        if c.device.type == "cpu" and self.activation.closed_form:
+        if strips and c.device.type == "cpu" and self.activation.closed_form:
             strip = max(1, STRIP_ENTRIES // max(n_cols, 1))
         fused = self.fused
         if fused:
@@ -321,11 +334,6 @@ def _stack(qs: list[torch.Tensor], n: int, like: torch.Tensor) -> torch.Tensor:
         return like.new_empty((0, n))
     return torch.stack(qs)
 
-
-# Entries of the row strips of a block (FCRecursion.tile): 32768 float32 entries are 128 KiB
-# per temporary, so a strip's temporaries and its NNGP and NTK rows stay in a core's L2
-# cache, where a 512 x 512 block in one piece ran each operation from memory.
-STRIP_ENTRIES = 32768
 
 _WORKSPACE = threading.local()
 
@@ -455,6 +463,8 @@ class FCTiler(Tiler):
     g2: torch.Tensor | None = None
     # zeros[l]: whether a variance of layer l (of x1 or x2) is 0 (None: each dual looks).
     zeros: tuple[bool, ...] | None = None
+    # Blocks in row strips on the CPU (FCRecursion.tile), else whole.
+    strips: bool = True
 
     def __call__(self, rows: slice, cols: slice, *, out=None, mirror=None) -> Kernel:
         """The block kernel[rows, cols]; for a symmetric kernel, diagonal blocks need rows ==
@@ -517,6 +527,7 @@ class FCTiler(Tiler):
                 same=same,
                 ntk_out=out[1] if direct else (_block("ntk", shape, c) if reuse else None),
                 mirror=mirror if direct else None,
+                strips=self.strips,
             )
             if diag and not self.rec.fused:
                 # The duals are not bitwise symmetric in (q1, q2) (rounding order in the
@@ -665,7 +676,15 @@ def fc_tiles(
     # pool took 0.22 s against 0.09 s.
     n1, n2 = tiler.shape
     small = n1 * n2 <= SMALL_KERNEL_ENTRIES
+    grid = list(grid)
+    tiler = _strips_for(tiler, 1 if small else pool_size(len(grid), x1.device))
     return map_blocks(work, grid, x1.device, max_workers=1 if small else None)
+
+
+def _strips_for(tiler: FCTiler, workers: int) -> FCTiler:
+    """Row strips when the blocks run one at a time, whole blocks in a pool of several
+    (see STRIP_ENTRIES); the values are the same bit for bit."""
+    return tiler if workers <= 1 else dataclasses.replace(tiler, strips=False)
 
 
 # Outputs of at least this many bytes are allocated in transparent huge pages on the CPU
@@ -737,6 +756,7 @@ def fc_kernel(
 
     grid = list(tile_grid(n1, n2, tile, symmetric=symmetric))
     small = n1 * n2 <= SMALL_KERNEL_ENTRIES
+    tiler = _strips_for(tiler, 1 if small else pool_size(len(grid), x1.device))
     done = map_blocks(work, grid, x1.device, max_workers=1 if small else None)
     if track is not None:
         done = track(done, len(grid))
