@@ -627,7 +627,7 @@ def test_busy_machine_runs_single_threaded_with_the_same_kernel(resnet_ref, monk
     monkeypatch.setattr(E, "_compute", spy)
     threads = torch.get_num_threads()
     for busy in (False, True):
-        monkeypatch.setattr(E, "machine_busy", lambda busy=busy: busy)
+        monkeypatch.setattr("widenet.threads.machine_busy", lambda busy=busy: busy)
         got = empirical_ntk(model, x1)
         assert rel_err(got, reduce(ref11, "trace")) < TOL64
         assert torch.get_num_threads() == threads

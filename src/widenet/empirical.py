@@ -64,7 +64,7 @@ from torch.utils._pytree import tree_flatten, tree_unflatten
 from widenet._checks import as_tensor, check_finite, check_int, check_pair
 from widenet.layers import Conv as ScaledConv
 from widenet.layers import Dense, pad_spatial
-from widenet.threads import machine_busy, single_threaded
+from widenet.threads import busy_threads
 
 
 @contextlib.contextmanager
@@ -1957,18 +1957,8 @@ def empirical_ntk(
     plan, base = _cached_plan(
         model, selected, x1, x2, mode, implementation, limit, chunk_size, output_fn
     )
-    with _thread_policy(x1.device):
+    with busy_threads(x1.device):
         return _compute(model, plan, base, x1, x2, progress)
-
-
-def _thread_policy(device):
-    """One torch thread on a busy CPU (widenet.threads): with more runnable threads than
-    cores every intra-op region waits for a descheduled thread; beside one busy process per
-    core the transformer of the model benchmark took 2.1-7.2 s per call with two threads and
-    2.6 s with one."""
-    if machine_busy():
-        return single_threaded(device)
-    return contextlib.nullcontext()
 
 
 class EmpiricalNTKTiles:
@@ -2038,7 +2028,7 @@ class EmpiricalNTKTiles:
         xa = self.x1[rows]
         xb = None if (self.x2 is None and rows == cols) else xb_all[cols]
         plan, base = self._planned(xa, xb)
-        with _thread_policy(xa.device):
+        with busy_threads(xa.device):
             return _compute(self.model, plan, base, xa, xb, self.options["progress"])
 
 

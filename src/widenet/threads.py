@@ -203,11 +203,21 @@ def _map_blocks(work, items, threads, workers, on_cpu, ahead):
 SMALL_OPS = 1 << 24
 
 
+def busy_threads(device="cpu"):
+    """A context: one torch thread on a busy CPU (:func:`machine_busy`), else the configured
+    threads. With more runnable threads than cores every intra-op region waits for a
+    descheduled thread: beside one busy process per core, the empirical NTK of the model
+    benchmark's transformer took 2.1-7.2 s per call on two threads and 2.6 s on one."""
+    if _is_cpu(device) and machine_busy():
+        return single_threaded(device)
+    return contextlib.nullcontext()
+
+
 def small_ops_threads(elements: int, device="cpu"):
     """A context for a sequence of operations on about ``elements`` numbers each: one torch
     thread on the CPU when that is at most ``SMALL_OPS`` (16 M) or the machine is busy, else
     the configured threads. Measured: Hessian-vector products of a 10-64-64-1 MLP on 256
     points (P = 4993) took 3.5 ms on one thread against 23-67 ms on two at load ~7."""
-    if _is_cpu(device) and (elements <= SMALL_OPS or machine_busy()):
+    if _is_cpu(device) and elements <= SMALL_OPS:
         return single_threaded(device)
-    return contextlib.nullcontext()
+    return busy_threads(device)
