@@ -29,7 +29,7 @@ tiles on and above the diagonal and mirrors them, and its diagonal correlations 
 
 On the CPU a tile runs in strips of rows small enough for its temporaries to stay in a core's
 cache, every strip through all layers; the ReLU recursion in the NTK parameterization is fused
-into nine passes per layer (:meth:`FCRecursion._relu_rows`). ``kernel()`` has each tile written
+into eight passes per layer (:meth:`FCRecursion._relu_rows`). ``kernel()`` has each tile written
 into the outputs, mirror included, by the pool worker that computed it (:func:`fc_kernel`).
 """
 
@@ -230,7 +230,9 @@ class FCRecursion:
             strip = max(1, STRIP_ENTRIES // max(n_cols, 1))
         fused = self.fused
         if fused:
-            q1, q2 = _stack(q1, n_rows, c), _stack(q2, n_cols, c)
+            # The norms' factors: -sqrt(q) of the rows, sqrt(q) of the columns (per layer).
+            q1 = _stack(q1, n_rows, c).sqrt_().neg_()
+            q2 = _stack(q2, n_cols, c).sqrt_()
             cap = min(strip, n_rows) * n_cols
             buf = _scratch((self.depth + 2) * cap, c.dtype, c.device)
             buf = buf[: (self.depth + 2) * cap].view(self.depth + 2, cap)
@@ -274,9 +276,10 @@ class FCRecursion:
                 theta.mul_(dot)
         return c
 
-    def _relu_rows(self, c, q1, q2, theta, zeros, divide, buf, offset, pin) -> None:
+    def _relu_rows(self, c, r1, r2, theta, zeros, divide, buf, offset, pin) -> None:
         r"""The fused recursion of phi = beta relu, NTK parameterization, on rows ``c``
-        (K^0 in, the NNGP out, in place); the NTK into ``theta``.
+        (K^0 in, the NNGP out, in place); the NTK into ``theta``. ``r1`` (layers, rows) holds
+        -sqrt(q1) and ``r2`` (layers, cols) sqrt(q2), the variances' square roots.
 
         With rho = K / sqrt(q1 q2) (K the pre-activation covariance of a layer, q1, q2 the
         variances) and g = sqrt(1 - rho^2) + (pi - arccos rho) rho (Cho & Saul 2009), every
@@ -285,13 +288,14 @@ class FCRecursion:
             K'     = b^2 + w^2 (beta^2 / (2 pi)) sqrt(q1 q2) g
             Theta' = K'  + w^2 (beta^2 / (2 pi)) (pi - arccos rho) Theta,
 
-        the recursion of the module docstring with its constants folded: nine passes over
+        the recursion of the module docstring with its constants folded: eight passes over
         the rows per layer (three of them fused multiply-adds) where the activation's dual
         and the separate updates took nineteen. The norms of all layers are formed in one
-        pass. Where the correlation is exactly 1 (``offset``: the diagonal of a symmetric
-        block, at column offset + row; ``pin``: a mask of equal inputs), rho is set to 1: the
-        folded constants round differently from the diagonals' own recursion, and arccos
-        has an infinite slope at 1.
+        pass, negated, so that K / norm is -rho, the argument arccos and the updates take
+        (pi - arccos rho = arccos(-rho)). Where the correlation is exactly 1 (``offset``: the
+        diagonal of a symmetric block, at column offset + row; ``pin``: a mask of equal
+        inputs), rho is set to 1: the folded constants round differently from the
+        diagonals' own recursion, and arccos has an infinite slope at 1.
         """
         n_rows, n_cols = c.shape
         depth, size = self.depth, n_rows * n_cols
@@ -300,20 +304,20 @@ class FCRecursion:
         p = buf[0, :size].view(n_rows, n_cols)
         s = buf[1, :size].view(n_rows, n_cols)
         norm = buf[2 : 2 + depth, :size].view(depth, n_rows, n_cols)
-        if divide is not None:
-            c.div_(divide)
-        # K^1 = w^2 K^0 + b^2 = Theta^1: into theta when there is one (c then receives rho).
-        k = torch.mul(c, self.w_var, out=theta if theta is not None else c).add_(self.b_var)
+        bias = c.new_full((), self.b_var)
+        # K^1 = w^2 K^0 + b^2 = Theta^1 in one pass (K^0 = c / divide): into theta when there
+        # is one (c then receives -rho).
+        scale = self.w_var if divide is None else self.w_var / divide
+        k = torch.add(bias, c, alpha=scale, out=theta if theta is not None else c)
         if depth == 0:
             if theta is not None:
                 c.copy_(k)
             return
-        torch.mul(q1[:, :, None], q2[:, None, :], out=norm).sqrt_()
+        torch.mul(r1[:, :, None], r2[:, None, :], out=norm)  # -sqrt(q1 q2)
         one = c.new_ones(())
-        bias = c.new_full((), self.b_var)
         for layer in range(depth):
             n = norm[layer]
-            neg_rho = torch.div(k, n, out=c).clamp_(-1.0, 1.0).neg_()
+            neg_rho = torch.div(k, n, out=c).clamp_(-1.0, 1.0)
             if offset is not None:
                 neg_rho.diagonal(offset).fill_(-1.0)
             if pin is not None:
@@ -323,7 +327,7 @@ class FCRecursion:
             torch.arccos(neg_rho, out=p)  # pi - arccos(rho)
             torch.addcmul(one, neg_rho, neg_rho, value=-1.0, out=s).sqrt_()
             s.addcmul_(p, neg_rho, value=-1.0)  # g
-            k = torch.addcmul(bias, s, n, value=gain, out=neg_rho)  # K' (over rho)
+            k = torch.addcmul(bias, s, n, value=-gain, out=neg_rho)  # K' (over -rho)
             if theta is not None:
                 torch.addcmul(k, theta, p, value=gain, out=theta)
 
