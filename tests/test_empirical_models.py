@@ -211,6 +211,44 @@ def test_resnet_memory_limit_splits_samples_and_outputs(resnet_ref):
     assert rel_err(got, reduce(ref12, "diagonal")) < TOL64
 
 
+def test_output_major_contraction_equals_sample_major():
+    """Per-sample gradients stored output-major ((k, n, P) contiguous, as the linear and
+    attention units write them) contract to the same kernel as sample-major ones."""
+    from widenet.empirical import _contract, _output_major
+
+    gen = torch.Generator().manual_seed(0)
+    a = torch.randn(3, 5, 7, generator=gen, dtype=torch.float64)  # (k, n1, P)
+    b = torch.randn(3, 4, 7, generator=gen, dtype=torch.float64)
+    ao, bo = a.transpose(0, 1), b.transpose(0, 1)  # (n, k, P) views, output-major
+    assert _output_major(ao) and not _output_major(ao.contiguous())
+    for mode in MODES:
+        want = _contract(ao.contiguous(), bo.contiguous(), mode)
+        assert torch.allclose(_contract(ao, bo, mode), want, rtol=1e-14, atol=0), mode
+        assert torch.allclose(_contract(ao, bo.contiguous(), mode), want, rtol=1e-14), mode
+    # the trace by hand: Σ_c Σ_p a[c, i, p] b[c, j, p]
+    assert torch.allclose(_contract(ao, bo, "trace"), torch.einsum("cip,cjp->ij", a, b))
+
+
+def test_buffers_are_reused_only_inside_the_context():
+    from widenet.empirical import _buffer, _reused_buffers
+
+    like = torch.zeros(1, dtype=torch.float64)
+    outside = _buffer("a", (4, 5), like)
+    assert _buffer("a", (4, 5), like).data_ptr() != outside.data_ptr()
+    with _reused_buffers():
+        first = _buffer("a", (4, 5), like)
+        smaller = _buffer("a", (2, 3), like)
+        assert smaller.data_ptr() == first.data_ptr() and smaller.shape == (2, 3)
+        other = _buffer("b", (4, 5), like)
+        assert other.data_ptr() != first.data_ptr()
+        grown = _buffer("a", (10, 10), like)
+        assert grown.shape == (10, 10) and grown.dtype == torch.float64
+        assert _buffer("a", (10, 10), like).data_ptr() == grown.data_ptr()
+        assert _buffer(None, (10, 10), like).data_ptr() != grown.data_ptr()
+        assert _buffer("a", (10, 10), like.float()).dtype == torch.float32  # per dtype
+    assert _buffer("a", (10, 10), like).data_ptr() != grown.data_ptr()
+
+
 def test_resident_streaming_matches_float64_autograd(monkeypatch):
     """Samples that do not fit one block: every sample's unit inputs and one output group's
     gradients are kept and the samples streamed through forward and backward once per output

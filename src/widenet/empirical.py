@@ -626,7 +626,7 @@ def _conv_operands(m, x, g):
 _UNFOLD_MIN_FAN_IN = 256
 
 
-def _jac_conv(unit: _Unit, x, g, o0: int, o1: int | None, split: bool = False):
+def _jac_conv(unit: _Unit, x, g, o0: int, o1: int | None, split: bool = False, slot=None):
     """Per-sample gradients (n, kg, P_slice) of a convolution's output channels o0:o1 (per
     group): a batched GEMM of output-gradients and unfolded patches for wide inputs, else one
     grouped weight-gradient convolution (the samples and groups as groups, the kg outputs as
@@ -647,9 +647,10 @@ def _jac_conv(unit: _Unit, x, g, o0: int, o1: int | None, split: bool = False):
         cols = F.unfold(x, ks, dilation=dil, stride=st)
         fi, S = cols.shape[1] // G, cols.shape[2]
         go2 = go.permute(1, 2, 0, 3, 4, 5).reshape(n * G, kg * oc, S)
-        w = torch.bmm(go2, cols.view(n * G, fi, S).transpose(1, 2))
+        w = _buffer(slot, (n * G, kg * oc, fi), go2)
+        torch.bmm(go2, cols.view(n * G, fi, S).transpose(1, 2), out=w)
         w = w.view(n, G, kg, -1).transpose(1, 2).reshape(n, kg, -1)
-        parts.append(w if unit.ws == 1.0 else w * unit.ws)
+        parts.append(w if unit.ws == 1.0 else w.mul_(unit.ws))
     elif unit.weight:
         grad_out = go.permute(1, 2, 0, 3, 4, 5).reshape(1, n * G * kg * oc, *g.shape[3:])
         shape = (n * G * kg * oc, c_in // G, *ks)
@@ -682,13 +683,63 @@ def _joined(parts: list, split: bool):
     return parts[0] if len(parts) == 1 else torch.cat(parts, dim=2)
 
 
-def _jac_linear(unit: _Unit, xs, gs, o0: int, o1: int, split: bool = False):
-    """Per-sample gradients (n, kg, P_slice) of output channels o0:o1 (per group)."""
+_BUFFERS = threading.local()
+
+
+@contextlib.contextmanager
+def _reused_buffers():
+    """Within this context, :func:`_buffer` hands out this thread's reusable buffers.
+
+    The per-sample gradients of one unit are tens to hundreds of MB, formed and contracted
+    once per unit, block and output group. Fresh, they cost a page fault per 4 KiB page
+    (glibc maps every allocation above its threshold anew and unmaps it when freed): on the
+    development machine up to 0.17 s of kernel time for 80 MB, more than the GEMM that
+    fills them. Reused, they cost nothing after the first unit. The buffers are dropped when
+    the context ends (they are never larger than the largest unit's, which the memory model
+    counts)."""
+    previous = getattr(_BUFFERS, "slots", None)
+    _BUFFERS.slots = {}
+    try:
+        yield
+    finally:
+        _BUFFERS.slots = previous
+
+
+def _buffer(slot, shape, like: torch.Tensor) -> torch.Tensor:
+    """An uninitialised tensor of ``shape`` (dtype and device of ``like``): a view of the
+    buffer ``slot`` inside :func:`_reused_buffers` (valid until the next request of the same
+    slot; grown when too small), else a fresh tensor."""
+    slots = getattr(_BUFFERS, "slots", None)
+    if slot is None or slots is None:
+        return like.new_empty(shape)
+    numel = math.prod(shape)
+    key = (slot, like.dtype, like.device)
+    buf = slots.get(key)
+    if buf is None or buf.numel() < numel:
+        slots.pop(key, None)
+        del buf  # freed before its successor is allocated
+        buf = slots[key] = like.new_empty(numel)
+    return buf[:numel].view(shape)
+
+
+def _jac_linear(unit: _Unit, xs, gs, o0: int, o1: int, split: bool = False, slot=None):
+    """Per-sample gradients (n, kg, P_slice) of output channels o0:o1 (per group); the
+    weights' block output-major (see _output_major), in the buffer ``slot`` (_buffer)."""
     n, G = xs.shape[:2]
     kg = gs.shape[3]
     go = gs[..., o0:o1]
     parts = []
-    if unit.weight:
+    if unit.weight and G == 1:
+        # One batched GEMM (samples as the batch) per output, straight from the strided
+        # output-gradients into an output-major buffer (kg, n, oc, fi): no copy of g.
+        x = xs[:, 0]
+        w = _buffer(slot, (kg, n, o1 - o0, x.shape[-1]), x)
+        for c in range(kg):
+            torch.bmm(go[:, 0, :, c].transpose(1, 2), x, out=w[c])
+        if unit.ws != 1.0:
+            w.mul_(unit.ws)
+        parts.append(w.view(kg, n, -1).transpose(0, 1))
+    elif unit.weight:
         w = torch.einsum("ngsco,ngsi->ncgoi", go, xs).reshape(n, kg, -1)
         parts.append(w if unit.ws == 1.0 else w * unit.ws)
     if unit.bias:
@@ -831,7 +882,7 @@ def _jac_affine(unit: _Unit, record, gs: list) -> torch.Tensor:
     return out.transpose(0, 1)
 
 
-def _jac_attention(unit: _Unit, record, gs: list, split: bool = False):
+def _jac_attention(unit: _Unit, record, gs: list, split: bool = False, slot=None):
     """Per-sample gradients (n, kg, P) of nn.MultiheadAttention's projections.
 
     With q_s = W_q x_s + b_q (likewise k, v from the key and value inputs; W_q, W_k, W_v the
@@ -841,7 +892,8 @@ def _jac_attention(unit: _Unit, record, gs: list, split: bool = False):
     from one backward per output through the attention core alone (torch's own
     F.multi_head_attention_forward with identity projections, so that masks and causality
     mean what they mean in the module). Each projection is then a linear unit; only the
-    softmax core is differentiated again.
+    softmax core is differentiated again. The weights' blocks are output-major (see
+    _output_major), in the buffers (``slot``, i) (_buffer).
     """
     m = unit.module
     leaves, spec, _ = record
@@ -896,16 +948,24 @@ def _jac_attention(unit: _Unit, record, gs: list, split: bool = False):
                 g_proj[i].append(got[i])
     core = core.detach()
     g_proj = [torch.stack(v) for v in g_proj]  # 3 × (kg, L, n, E)
+    n = core.shape[1]
+
+    def weight(i, gp, t):
+        # Σ_l gp[c, l, n] t[l, n]ᵀ: one batched GEMM (samples as the batch) per output.
+        w = _buffer(None if slot is None else (slot, i), (kg, n, E, t.shape[-1]), t)
+        for c in range(kg):
+            torch.bmm(gp[c].permute(1, 2, 0), t.transpose(0, 1), out=w[c])
+        return w.view(kg, n, -1).transpose(0, 1)
+
     parts = {}
     if "in_proj_weight" in unit.params:  # the q, k and v row blocks
         parts["in_proj_weight"] = [
-            torch.einsum("clno,lni->ncoi", gp, t).flatten(2)
-            for gp, t in zip(g_proj, (q_in, k_in, v_in), strict=True)
+            weight(i, gp, t) for i, (gp, t) in enumerate(zip(g_proj, (q_in, k_in, v_in)))
         ]
     if "in_proj_bias" in unit.params:
         parts["in_proj_bias"] = [gp.sum(1).transpose(0, 1) for gp in g_proj]
     if "out_proj.weight" in unit.params:
-        parts["out_proj.weight"] = [torch.einsum("clno,lni->ncoi", g, core).flatten(2)]
+        parts["out_proj.weight"] = [weight(3, g, core)]
     if "out_proj.bias" in unit.params:
         parts["out_proj.bias"] = [g.sum(1).transpose(0, 1)]
     return _joined([p for loc in unit.params for p in parts[loc]], split)
@@ -1063,10 +1123,28 @@ def _module_flops(u: _Unit) -> float:
 # --------------------------------------------------------------------------------------------
 
 
+def _output_major(t: torch.Tensor) -> bool:
+    """Whether per-sample gradients (n, k, P) are stored output-major: (k, n, P) contiguous."""
+    return t.shape[1] > 1 and t.transpose(0, 1).is_contiguous() and not t.is_contiguous()
+
+
 def _contract(a: torch.Tensor, b: torch.Tensor, mode: str) -> torch.Tensor:
-    """Σ_p a[i,c,p] b[j,d,p] as (n1,n2) summed over c=d, (n1,n2,k) diagonal, or (n1,n2,k,k)."""
+    """Σ_p a[i,c,p] b[j,d,p] as (n1,n2) summed over c=d, (n1,n2,k) diagonal, or (n1,n2,k,k).
+
+    a and b are (n, k, P), stored sample-major or output-major (see _output_major)."""
     na, k, _ = a.shape
     nb = b.shape[0]
+    if _output_major(a) and _output_major(b):
+        at, bt = a.transpose(0, 1), b.transpose(0, 1)  # (k, n, P), contiguous
+        if mode == "trace":
+            out = at[0] @ bt[0].T
+            for c in range(1, k):
+                out.addmm_(at[c], bt[c].T)
+            return out
+        if mode == "diagonal":
+            return torch.bmm(at, bt.mT).permute(1, 2, 0)
+        full = at.reshape(k * na, -1) @ bt.reshape(k * nb, -1).T
+        return full.view(k, na, k, nb).permute(1, 3, 0, 2)
     if mode == "trace":
         return a.reshape(na, -1) @ b.reshape(nb, -1).T
     if mode == "diagonal":
@@ -1626,8 +1704,8 @@ def _contract_parts(pa: list, pb: list, mode: str, out=None):
 
 def _unit_term(plan: _Plan, u: _Unit, ra, ga, rb, gb, mode: str, same: bool):
     if u.kind == "attention":
-        pa = _jac_attention(u, ra, ga, split=True)
-        pb = pa if same else _jac_attention(u, rb, gb, split=True)
+        pa = _jac_attention(u, ra, ga, split=True, slot="a")
+        pb = pa if same else _jac_attention(u, rb, gb, split=True, slot="b")
         return _contract_parts(pa, pb, mode)
     if u.kind in ("generic", "affine"):
         ja = _unit_jac(u, ra, ga)
@@ -1639,21 +1717,21 @@ def _unit_term(plan: _Plan, u: _Unit, ra, ga, rb, gb, mode: str, same: bool):
     oc = max(1, min(fo, int(plan.limit / 8 / per)))
     if u.kind == "conv":
         # Per-sample weight gradients by grouped convolution (no im2col of the inputs).
-        def jac(r, g, o0):
-            return _jac_conv(u, r[0][0], g[0], o0, min(fo, o0 + oc), split=True)
+        def jac(r, g, o0, slot):
+            return _jac_conv(u, r[0][0], g[0], o0, min(fo, o0 + oc), split=True, slot=slot)
     else:
         xa, gA = _positions(u, ra[0], ga[0])
         xb, gB = (xa, gA) if same else _positions(u, rb[0], gb[0])
         sides = {id(ra): (xa, gA), id(rb): (xb, gB)}
 
-        def jac(r, g, o0):
+        def jac(r, g, o0, slot):
             xs, gs = sides[id(r)]
-            return _jac_linear(u, xs, gs, o0, min(fo, o0 + oc), split=True)
+            return _jac_linear(u, xs, gs, o0, min(fo, o0 + oc), split=True, slot=slot)
 
     out = None
     for o0 in range(0, fo, oc):
-        ja = jac(ra, ga, o0)
-        jb = ja if same else jac(rb, gb, o0)
+        ja = jac(ra, ga, o0, "a")
+        jb = ja if same else jac(rb, gb, o0, "b")
         out = _contract_parts(ja, jb, mode, out)
         del ja, jb
     return out
@@ -1670,14 +1748,17 @@ def _block(model, plan: _Plan, base, sa: _Side, sb: _Side, same: bool, groups, s
             gb = ga if same else _output_grads(plan, sb, c0, c1)
             target = blk[..., c0:c1] if mode == "diagonal" else blk
             grams = []
-            for i, u in enumerate(plan.units):
-                ra, rb = sa.records[i], sb.records[i]
-                if u.route == "gram":
-                    xa, gA = _positions(u, ra[0], ga[i][0])
-                    xb, gB = (xa, gA) if same else _positions(u, rb[0], gb[i][0])
-                    grams.append((u, xa, gA, xb, gB))
-                else:
-                    target += _unit_term(plan, u, ra, ga[i], rb, gb[i], mode, same)
+            # The units' per-sample gradients reuse their buffers from unit to unit; the
+            # buffers are dropped before the Gram tiles and the next backward.
+            with _reused_buffers():
+                for i, u in enumerate(plan.units):
+                    ra, rb = sa.records[i], sb.records[i]
+                    if u.route == "gram":
+                        xa, gA = _positions(u, ra[0], ga[i][0])
+                        xb, gB = (xa, gA) if same else _positions(u, rb[0], gb[i][0])
+                        grams.append((u, xa, gA, xb, gB))
+                    else:
+                        target += _unit_term(plan, u, ra, ga[i], rb, gb[i], mode, same)
             if grams:
                 tile = plan.tile
                 if same:
