@@ -959,9 +959,8 @@ def _jac_attention(unit: _Unit, record, gs: list, split: bool = False, slot=None
 
     parts = {}
     if "in_proj_weight" in unit.params:  # the q, k and v row blocks
-        parts["in_proj_weight"] = [
-            weight(i, gp, t) for i, (gp, t) in enumerate(zip(g_proj, (q_in, k_in, v_in)))
-        ]
+        inputs = (q_in, k_in, v_in)
+        parts["in_proj_weight"] = [weight(i, g_proj[i], inputs[i]) for i in range(3)]
     if "in_proj_bias" in unit.params:
         parts["in_proj_bias"] = [gp.sum(1).transpose(0, 1) for gp in g_proj]
     if "out_proj.weight" in unit.params:
