@@ -28,7 +28,6 @@ of ``ntk_train_train``; y of shape (n,) is treated as (n, 1), so outputs always 
 from __future__ import annotations
 
 import math
-import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -37,7 +36,7 @@ import scipy.linalg
 import torch
 
 from widenet._checks import as_tensor, check_finite, check_real
-from widenet.threads import single_threaded, solver_threads
+from widenet.threads import solver_threads
 
 __all__ = [
     "LOSSES",
@@ -109,7 +108,8 @@ def _square(x, name: str) -> torch.Tensor:
     n, m = x.shape
     if n != m or n == 0:
         raise ValueError(f"{name} must be a non-empty square (n, n) matrix, got shape {(n, m)}")
-    scale = float(x.abs().max())
+    lo, hi = torch.aminmax(x)  # max |x| without an n² temporary
+    scale = max(float(hi), -float(lo))
     asym = _max_asymmetry(x)
     if asym > math.sqrt(torch.finfo(x.dtype).eps) * max(scale, 1e-300):
         raise ValueError(
@@ -258,7 +258,6 @@ class _Eig:
         self._reflectors = reflectors  # (A, tau) of dsytrd (lower), geqrf layout, or None
         self._s = tridiagonal  # (n, n) eigenvectors of T, or None
         self._blocks = None  # [(start, Y, T⁻¹)] of the compact WY form, built on first use
-        self._left = None  # (left, left Q) computed beside the tridiagonal solve, or None
 
     def project(self, v: torch.Tensor) -> torch.Tensor:
         """Vᵀ v for v of shape (n, p)."""
@@ -277,15 +276,6 @@ class _Eig:
     def outer(self, u: torch.Tensor) -> torch.Tensor:
         """Q u (u itself when V is explicit): the second factor of V z = Q (S z)."""
         return u if self._vectors is not None else self._q(u, transpose=False)
-
-    def left(self, k: torch.Tensor) -> torch.Tensor:
-        """k Q for k of shape (m, n) (k itself when V is explicit), so that k V z equals
-        ``left(k) @ inner(z)``; the product computed during the eigensolve is reused."""
-        if self._vectors is not None:
-            return k
-        if self._left is not None and self._left[0] is k:
-            return self._left[1]
-        return self._q(k.T, transpose=True).T
 
     @property
     def vectors(self) -> torch.Tensor:
@@ -331,16 +321,13 @@ def _wy_blocks(a: torch.Tensor, tau: torch.Tensor, block: int):
     return blocks
 
 
-def _eigh_cpu(k64: torch.Tensor, vectors: bool, left: torch.Tensor | None = None):
-    """(values, S or None, reflectors or None, left Q or None) of symmetric ``k64`` via
-    dsytrd + dstemr.
+def _eigh_cpu(k64: torch.Tensor, vectors: bool):
+    """(values, S or None, reflectors or None) of symmetric ``k64`` via dsytrd + dstemr.
 
-    With ``left`` (m, n) and more than one thread granted by the policy (a quiet machine,
-    n > ``SMALL_SOLVE``), left Q is computed while the tridiagonal eigenvectors are: SciPy's
-    ``dstemr`` holds the GIL but runs on one core, and ``torch.ormqr`` (one operation, which
-    releases the GIL) runs on the other in a second thread, both single-threaded. On a busy
-    machine the second thread made the call slower (n = 4000, load 3-4: 14.1-17.2 s against
-    11.7-13.9 s without it), so there left Q is left to :meth:`_Eig.left`.
+    (Computing Θ(x, X) Q in a second thread while SciPy's ``dstemr``, which holds the GIL,
+    ran was slower than the two one after the other at n = 4000 on the development machine's
+    two cores: 5.15-5.40 s against 4.94-5.19 s per quiet call, round robin; ``dstemr`` itself
+    uses BLAS threads, 0.81 s on two against 1.14 s on one.)
     """
     n = k64.shape[0]
     # k64 is symmetric, so its transpose view is the Fortran-ordered matrix LAPACK wants; it
@@ -352,58 +339,31 @@ def _eigh_cpu(k64: torch.Tensor, vectors: bool, left: torch.Tensor | None = None
         raise np.linalg.LinAlgError(f"LAPACK dsytrd failed (info={info})")
     if not vectors:
         values = scipy.linalg.eigvalsh_tridiagonal(d, e, check_finite=False)
-        return torch.from_numpy(values), None, None, None
+        return torch.from_numpy(values), None, None
     reflectors = (torch.from_numpy(np.asfortranarray(c[1:, :-1])), torch.from_numpy(tau))
-    if left is None or torch.get_num_threads() == 1:
-        values, s = scipy.linalg.eigh_tridiagonal(d, e, check_finite=False)
-        return torch.from_numpy(values), torch.from_numpy(s), reflectors, None
-    done: dict = {}
-    entered = threading.Event()
-
-    def left_q():
-        torch.set_num_threads(1)
-        entered.set()
-        try:
-            # (Q'ᵀ left[:, 1:]ᵀ)ᵀ = left[:, 1:] Q'; the first column is untouched (Q = diag(1, Q')).
-            done["q"] = torch.ormqr(*reflectors, left.T[1:], left=True, transpose=True)
-        except BaseException as err:  # re-raised in the calling thread
-            done["error"] = err
-
-    with single_threaded():
-        worker = threading.Thread(target=left_q, name="widenet-left-q")
-        worker.start()
-        entered.wait()
-        try:
-            values, s = scipy.linalg.eigh_tridiagonal(d, e, check_finite=False)
-        finally:
-            worker.join()
-    if "error" in done:
-        raise done["error"]
-    left_q = torch.cat([left[:, :1], done["q"].T], dim=1)
-    return torch.from_numpy(values), torch.from_numpy(s), reflectors, left_q
+    values, s = scipy.linalg.eigh_tridiagonal(d, e, check_finite=False)
+    return torch.from_numpy(values), torch.from_numpy(s), reflectors
 
 
-def _eig(k: torch.Tensor, name: str, diag_reg: float, *, vectors=True, left=None) -> _Eig:
-    """The eigendecomposition of ``k`` + diag_reg·I; with ``left`` (m, n), ``e.left(left)``
-    = left Q (so that left V = left Q S) is computed alongside where V is factored."""
+def _eig(k: torch.Tensor, name: str, diag_reg: float, *, vectors=True) -> _Eig:
+    """The eigendecomposition of ``k`` + diag_reg·I."""
     # Thread policy of widenet.threads: one torch and BLAS thread when small or busy.
     with solver_threads(k.shape[0], k.device):
-        return _eig_body(k, name, diag_reg, vectors=vectors, left=left)
+        return _eig_body(k, name, diag_reg, vectors=vectors)
 
 
-def _eig_body(k: torch.Tensor, name: str, diag_reg: float, *, vectors: bool, left) -> _Eig:
+def _eig_body(k: torch.Tensor, name: str, diag_reg: float, *, vectors: bool) -> _Eig:
     eps = torch.finfo(k.dtype).eps
     k64 = k.to(_F64)
     k64 = _symmetrised(k64)  # a new tensor: _eigh_cpu may overwrite it
     if diag_reg:
         k64 = k64 + diag_reg * torch.eye(k64.shape[0], dtype=_F64, device=k64.device)
-    s = reflectors = full = left_q = None
+    s = reflectors = full = None
     if k64.device.type != "cpu" or k64.requires_grad or k64.shape[0] < 3:
         # torch's eigh keeps autograd and runs on CUDA; dsytrd needs n >= 3 to have reflectors.
         values, full = torch.linalg.eigh(k64)
     else:
-        wanted = left if left is not None and left.device.type == "cpu" else None
-        values, s, reflectors, left_q = _eigh_cpu(k64, vectors, wanted)
+        values, s, reflectors = _eigh_cpu(k64, vectors)
     lmax = float(values.max().abs())
     lmin = float(values.min())
     if lmin < -_PSD_TOL * lmax:
@@ -412,10 +372,7 @@ def _eig_body(k: torch.Tensor, name: str, diag_reg: float, *, vectors: bool, lef
             f"-{_PSD_TOL:g} × largest ({lmax:.3g}); an NTK or NNGP kernel must be PSD"
         )
     tol = k64.shape[0] * eps * max(lmax, 1e-300)
-    e = _Eig(values, lmax, tol, vectors=full, reflectors=reflectors, tridiagonal=s)
-    if left_q is not None:
-        e._left = (left, left_q)
-    return e
+    return _Eig(values, lmax, tol, vectors=full, reflectors=reflectors, tridiagonal=s)
 
 
 def coinciding_pairs(k: torch.Tensor, rel: float | None = None) -> torch.Tensor:
@@ -533,18 +490,18 @@ def _predict(e, decay, g, y, f0, k_test, f0_test, dtype, device) -> Prediction:
     """Train y + V diag(d_t) Vᵀ r and test f0(x) − Θ(x, X) V diag(g_t) Vᵀ r, r = f0(X) − y.
 
     With b = Vᵀ r and V = Q S (:class:`_Eig`), both sides come from one product
-    S [d_t ⊙ b | g_t ⊙ b] over all times (n × 2Tk): the train half is then rotated by Q, the
-    test half multiplied by Θ(x, X) Q (computed during the eigensolve).
+    V [d_t ⊙ b | g_t ⊙ b] over all times (n × 2Tk; S, then Q in one pass over its WY blocks):
+    the train half as it is, the test half multiplied by Θ(x, X).
     """
     with solver_threads(y.shape[0], y.device):
         b = e.project(f0 - y)  # (n, k)
         t, (n, k) = decay.shape[0], b.shape
         factors = decay if k_test is None else torch.cat([decay, g])  # (T or 2T, n)
-        u = e.inner((factors[:, :, None] * b[None]).permute(1, 0, 2).reshape(n, -1))
-        train = y[None] + _by_time(e.outer(u[:, : t * k]), t, k)
+        u = e.expand((factors[:, :, None] * b[None]).permute(1, 0, 2).reshape(n, -1))
+        train = y[None] + _by_time(u[:, : t * k], t, k)
         test = None
         if k_test is not None:
-            test = f0_test[None] - _by_time(e.left(k_test) @ u[:, t * k :], t, k)
+            test = f0_test[None] - _by_time(k_test @ u[:, t * k :], t, k)
             test = test.to(dtype=dtype, device=device)
     return Prediction(train.to(dtype=dtype, device=device), test)
 
@@ -623,7 +580,7 @@ def gradient_flow_mse(
     )
     times = _times(t, "t", integer=False, allow_inf=True)
     reg = _check_reg(diag_reg)
-    e = _eig(k, "ntk_train_train", reg, left=k_test)
+    e = _eig(k, "ntk_train_train", reg)
     if np.any(np.isinf(times)):
         why = "t = inf (the converged solution)"
         _require_invertible(e, "ntk_train_train", why, k, y, reg)
@@ -694,7 +651,7 @@ def gradient_descent_mse(
         ntk_train_train, y_train, ntk_test_train, f0_train, f0_test, learning_rate, loss
     )
     steps = _times(steps, "steps", integer=True, allow_inf=False)
-    e = _eig(k, "ntk_train_train", _check_reg(diag_reg), left=k_test)
+    e = _eig(k, "ntk_train_train", _check_reg(diag_reg))
     scale = _scale(loss, y)
     limit = 2.0 * scale / e.lmax if e.lmax > 0 else math.inf
     if lr > limit and not allow_divergent:
