@@ -582,3 +582,63 @@ def test_duplicate_ids_signed_zero_and_single_rows():
     assert (g1, g2) == (None, None)
     g1, g2 = duplicate_ids(x[2:], torch.tensor([[5.0, 5.0], [2.0, 3.0]]))
     assert g1[0] == g2[1] != g2[0]
+
+
+# --------------------------------------------------------------------------------------------
+# The fused ReLU recursion compiled by TorchScript (the GIL-free strips) and its eager twin
+# --------------------------------------------------------------------------------------------
+
+
+def _fused_cases(dtype):
+    gen = torch.Generator().manual_seed(11)
+    x = torch.randn(1100, 30, generator=gen, dtype=dtype)
+    x2 = torch.randn(600, 30, generator=gen, dtype=dtype)
+    x[7] = x[3]  # duplicates within x and across x, x2: pinned correlations
+    x2[5] = x[9]
+    x[20] = 0.0  # a zero input: zero variances at every layer with b = 0
+    arch = wn.mlp(3, "relu", 2**0.5, 0.0)
+    return [
+        arch.kernel(x),
+        arch.kernel(x, x2),
+        arch.kernel(x, get="nngp"),
+        arch.kernel(x, tile=128),
+        wn.mlp(2, "relu", 1.3, 0.2).kernel(x2),
+    ]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, F64])
+def test_compiled_fused_recursion_equals_the_eager_one(dtype, monkeypatch):
+    from widenet import kernels as K
+
+    compiled = K._compiled_relu_strips()
+    assert isinstance(compiled, torch.jit.ScriptFunction)  # TorchScript works in this torch
+    assert K.relu_strips_compiled()
+    got = _fused_cases(dtype)
+    monkeypatch.setattr(K, "_RELU_STRIPS", [K._relu_strips])  # the eager function
+    assert not K.relu_strips_compiled()
+    want = _fused_cases(dtype)
+    for g, w in zip(got, want, strict=True):
+        for a, b in ((g.nngp, w.nngp), (g.ntk, w.ntk)):
+            if b is not None:
+                assert torch.equal(a, b)
+    assert torch.equal(got[0].ntk, got[0].ntk.T)  # a symmetric kernel stays exactly symmetric
+    assert torch.equal(got[0].nngp[7], got[0].nngp[3])  # duplicates stay identical
+
+
+def test_fused_recursion_falls_back_to_eager_without_torchscript(monkeypatch):
+    from widenet import kernels as K
+
+    def broken(fn):
+        raise RuntimeError("no TorchScript here")
+
+    monkeypatch.setattr(torch.jit, "script", broken)
+    monkeypatch.setattr(K, "_RELU_STRIPS", [])
+    assert K._compiled_relu_strips() is K._relu_strips
+    assert not K.relu_strips_compiled()
+    x = torch.randn(300, 8, generator=torch.Generator().manual_seed(0), dtype=F64)
+    k = wn.mlp(2, "relu", 2**0.5, 0.1).kernel(x)
+    ref = wn.mlp(2, "relu", 2**0.5, 0.1).kernel(x, x.clone())  # x2 given: same values
+    assert torch.allclose(k.ntk, ref.ntk, rtol=1e-13, atol=0)
+    monkeypatch.setattr(K, "_RELU_STRIPS", [])
+    monkeypatch.setattr(K, "USE_TORCHSCRIPT", False)
+    assert K._compiled_relu_strips() is K._relu_strips
