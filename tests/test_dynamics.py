@@ -603,3 +603,26 @@ def test_bad_inputs_name_the_argument(case):
     call, match = _bad_cases()[case]
     with pytest.raises((ValueError, TypeError), match=match):
         call()
+
+
+@pytest.mark.parametrize("driver", ["stevd", "stemr"])
+def test_tridiagonal_drivers_give_the_same_predictions(driver, monkeypatch):
+    # dstevd (divide and conquer) where SciPy has it, MRRR (dstemr) where it does not.
+    if driver == "stevd":
+        assert dy._TRIDIAGONAL_DRIVER == "stevd"  # this SciPy offers it
+    gen = torch.Generator().manual_seed(3)
+    a = torch.randn(60, 70, generator=gen, dtype=F64)
+    k = a @ a.T / 70 + 0.1 * torch.eye(60, dtype=F64)
+    kx = torch.randn(7, 60, generator=gen, dtype=F64)
+    y = torch.randn(60, 2, generator=gen, dtype=F64)
+    t = [0.5, 3.0, 40.0]
+    monkeypatch.setattr(dy, "_TRIDIAGONAL_DRIVER", driver)
+    got = dy.gradient_flow_mse(k, y, t, ntk_test_train=kx)
+    lam, v = np.linalg.eigh(k.numpy())
+    n = y.numel()
+    for i, ti in enumerate(t):
+        decay = np.exp(-lam * ti / n)
+        train = y.numpy() - v @ (decay[:, None] * (v.T @ y.numpy()))
+        test = kx.numpy() @ v @ (((1 - decay) / lam)[:, None] * (v.T @ y.numpy()))
+        np.testing.assert_allclose(got.train[i].numpy(), train, rtol=1e-10, atol=1e-12)
+        np.testing.assert_allclose(got.test[i].numpy(), test, rtol=1e-10, atol=1e-12)

@@ -233,10 +233,11 @@ class _Eig:
 
     On the CPU, V = Q S: Q the orthogonal matrix of the Householder tridiagonalisation
     Θ = Q T Qᵀ (LAPACK ``dsytrd``, kept as its reflectors) and S the eigenvectors of the
-    tridiagonal T (MRRR, ``dstemr``). Predictions need V only through products with a few
-    columns (Vᵀ r, V z), which the reflectors apply in O(n² k): forming V (LAPACK's
-    back-transformation, 2n³ flops) and Θ(x, X) V (2 m n² flops) is skipped. At n = 4000 this
-    took 4.8 s where scipy.linalg.eigh(driver="evd") took 8.0 s (benchmarks/README.md).
+    tridiagonal T (divide and conquer, ``dstevd``, see _TRIDIAGONAL_DRIVER). Predictions need
+    V only through products with a few columns (Vᵀ r, V z), which the reflectors apply in
+    O(n² k): forming V (LAPACK's back-transformation, 2n³ flops) and Θ(x, X) V (2 m n² flops)
+    is skipped. At n = 4000 this took 4.8 s where scipy.linalg.eigh(driver="evd") took 8.0 s
+    (benchmarks/README.md).
     ``vectors`` forms V on first use (for the functions that need the full matrix).
 
     Q is applied block by block in the compact WY form (Schreiber & Van Loan 1989): the
@@ -321,13 +322,20 @@ def _wy_blocks(a: torch.Tensor, tau: torch.Tensor, block: int):
     return blocks
 
 
-def _eigh_cpu(k64: torch.Tensor, vectors: bool):
-    """(values, S or None, reflectors or None) of symmetric ``k64`` via dsytrd + dstemr.
+# The tridiagonal eigensolver: divide and conquer (LAPACK dstevd, rich in BLAS-3: 0.81 s at
+# n = 4000 on two threads, development machine, quiet) where SciPy offers it (SciPy 1.17 does,
+# as its default; 1.12 does not), else SciPy's default there, MRRR (dstemr: 2.17 s).
+_TRIDIAGONAL_DRIVER = "stevd" if hasattr(scipy.linalg.lapack, "dstevd") else "auto"
 
-    (Computing Θ(x, X) Q in a second thread while SciPy's ``dstemr``, which holds the GIL,
-    ran was slower than the two one after the other at n = 4000 on the development machine's
-    two cores: 5.15-5.40 s against 4.94-5.19 s per quiet call, round robin; ``dstemr`` itself
-    uses BLAS threads, 0.81 s on two against 1.14 s on one.)
+
+def _eigh_cpu(k64: torch.Tensor, vectors: bool):
+    """(values, S or None, reflectors or None) of symmetric ``k64`` via dsytrd and the
+    tridiagonal eigensolver (_TRIDIAGONAL_DRIVER).
+
+    (Computing Θ(x, X) Q in a second thread while SciPy's tridiagonal solver, which holds the
+    GIL, ran was slower than the two one after the other at n = 4000 on the development
+    machine's two cores: 5.15-5.40 s against 4.94-5.19 s per quiet call, round robin; the
+    solver itself uses BLAS threads, 0.81 s on two against 1.14 s on one.)
     """
     n = k64.shape[0]
     # k64 is symmetric, so its transpose view is the Fortran-ordered matrix LAPACK wants; it
@@ -341,7 +349,9 @@ def _eigh_cpu(k64: torch.Tensor, vectors: bool):
         values = scipy.linalg.eigvalsh_tridiagonal(d, e, check_finite=False)
         return torch.from_numpy(values), None, None
     reflectors = (torch.from_numpy(np.asfortranarray(c[1:, :-1])), torch.from_numpy(tau))
-    values, s = scipy.linalg.eigh_tridiagonal(d, e, check_finite=False)
+    values, s = scipy.linalg.eigh_tridiagonal(
+        d, e, check_finite=False, lapack_driver=_TRIDIAGONAL_DRIVER
+    )
     return torch.from_numpy(values), torch.from_numpy(s), reflectors
 
 
