@@ -2,6 +2,7 @@
 kernels unchanged by it."""
 
 import math
+import types
 
 import pytest
 import torch
@@ -114,3 +115,43 @@ def test_solver_threads_sets_torch_and_blas_and_restores(two_threads, monkeypatc
         want = 1 if busy else 2
         assert torch.get_num_threads() == want and set(blas().values()) == {want}
     assert torch.get_num_threads() == 2 and blas() == before
+
+
+def test_own_load_averages_the_process_cpu_rate_like_the_load_average(monkeypatch):
+    clock = {"wall": 100.0, "cpu": 0.0}
+    fake = types.SimpleNamespace(monotonic=lambda: clock["wall"], process_time=lambda: clock["cpu"])
+    monkeypatch.setattr(threads, "time", fake)
+    monkeypatch.setattr(threads, "_OWN", {"wall": None, "cpu": 0.0, "rate": 0.0})
+    assert threads.own_load() == 0.0  # no history yet
+    for _ in range(600):  # two busy threads for ten minutes, sampled every second
+        clock["wall"] += 1.0
+        clock["cpu"] += 2.0
+        rate = threads.own_load()
+    assert rate == pytest.approx(2.0, rel=1e-3)
+    clock["wall"] += 60.0  # a minute idle: down by e, as the kernel's 1-minute average
+    assert threads.own_load() == pytest.approx(2.0 * math.exp(-1.0), rel=1e-3)
+
+
+@pytest.mark.parametrize(
+    ("load", "own", "wanted", "busy"),
+    [
+        (2.04, 1.9, 2, False),  # the load of this process's own two threads: quiet
+        (2.6, 1.9, 2, True),  # and one other process
+        (0.3, 0.0, 2, False),  # background noise
+        (1.8, 0.0, 2, False),  # below the cores (e.g. a process that has just ended): quiet
+        (2.2, 0.0, 2, True),  # two other busy processes
+        (2.2, 0.0, 1, True),  # and one thread wanted
+        (2.2, 1.0, 1, False),  # one other process, this one on one thread: a core each
+        (3.9, 1.0, 2, True),  # one spinner per core beside this process (contention mode)
+    ],
+)
+def test_machine_busy_counts_other_processes_only(monkeypatch, load, own, wanted, busy):
+    monkeypatch.setattr(threads.os, "getloadavg", lambda: (load, load, load))
+    monkeypatch.setattr(threads, "own_load", lambda: own)
+    monkeypatch.setattr(threads, "usable_cores", lambda: 2)
+    before = torch.get_num_threads()
+    torch.set_num_threads(wanted)
+    try:
+        assert threads.machine_busy() is busy
+    finally:
+        torch.set_num_threads(before)

@@ -15,10 +15,11 @@ kernels, so the blocks do run in parallel). With one configured thread, or one b
 in the calling thread (also single-threaded). On other devices the blocks run one after the
 other in the calling thread, as before. The caller's thread setting is restored on return.
 
-On a busy machine (1-minute load average above the cores this process may use) extra threads
-do not buy speed: they add barrier and GIL waits on descheduled threads. Measured at load
-~10 on 2 cores: the FC kernel at n = 4000 took 0.67 s in a pool of two against 0.51 s in one
-thread; ``gradient_flow_mse`` at n = 2000 took 6.4 s with two torch and BLAS threads against
+On a busy machine (1-minute load average above the cores this process may use, not by its
+own threads: :func:`machine_busy`) extra threads do not buy speed: they add
+barrier and GIL waits on descheduled threads. Measured at load ~10 on 2 cores: the FC
+kernel at n = 4000 took 0.67 s in a pool of two against 0.51 s in one thread;
+``gradient_flow_mse`` at n = 2000 took 6.4 s with two torch and BLAS threads against
 1.7 s with one. Then every block runs in the calling thread, single-threaded
 (:func:`machine_busy`).
 
@@ -33,7 +34,10 @@ would leak into the process: every function here restores the setting it found.
 from __future__ import annotations
 
 import contextlib
+import math
 import os
+import threading
+import time
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -78,14 +82,46 @@ def usable_cores() -> int:
         return os.cpu_count() or 1
 
 
+_OWN = {"wall": None, "cpu": 0.0, "rate": 0.0}
+_OWN_LOCK = threading.Lock()
+
+
+def own_load() -> float:
+    """This process's own part of the 1-minute load average, estimated: its CPU seconds
+    (all threads) per second, averaged exponentially over a minute as the kernel averages
+    the load, from the CPU time between consecutive calls (0 at the first call)."""
+    wall, cpu = time.monotonic(), time.process_time()
+    with _OWN_LOCK:
+        last = _OWN["wall"]
+        if last is not None and wall > last:
+            dt = wall - last
+            keep = math.exp(-dt / 60.0)
+            _OWN["rate"] = _OWN["rate"] * keep + (cpu - _OWN["cpu"]) / dt * (1.0 - keep)
+        _OWN["wall"], _OWN["cpu"] = wall, cpu
+        return _OWN["rate"]
+
+
 def machine_busy() -> bool:
-    """Whether the 1-minute load average exceeds :func:`usable_cores` (False where the load
-    average is unavailable). A lagging, cheap signal: the state of the last minute."""
+    """Whether the 1-minute load average exceeds :func:`usable_cores` because of other
+    processes: above the cores, and still leaving fewer idle cores than the configured torch
+    threads (by more than half a core) once this process's own part (:func:`own_load`) is
+    taken out. False where the load average is unavailable. A lagging, cheap signal: the
+    state of the last minute.
+
+    Without the second condition a process keeping its two threads busy on two cores made
+    the machine "busy" by itself (load 2.04-2.12 in a quiet benchmark) and switched to one
+    thread mid-run. Load left by a process that has just ended cannot be told from a running
+    one's, so the first condition stays: below the cores, the machine counts as quiet.
+    """
     try:
         load = os.getloadavg()[0]
     except (AttributeError, OSError):
         return False
-    return load > usable_cores()
+    cores = usable_cores()
+    if load <= cores:
+        return False
+    wanted = min(torch.get_num_threads(), cores)
+    return load - own_load() > cores - wanted + 0.5
 
 
 def pool_size(n_items: int, device="cpu") -> int:
