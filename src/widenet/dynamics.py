@@ -348,7 +348,9 @@ def _eigh_cpu(k64: torch.Tensor, vectors: bool):
     if not vectors:
         values = scipy.linalg.eigvalsh_tridiagonal(d, e, check_finite=False)
         return torch.from_numpy(values), None, None
-    reflectors = (torch.from_numpy(np.asfortranarray(c[1:, :-1])), torch.from_numpy(tau))
+    # A view (column-major strides) of the reflectors below the subdiagonal: _wy_blocks
+    # copies out the panels it needs, so the n² copy of c[1:, :-1] is not made.
+    reflectors = (torch.from_numpy(c)[1:, :-1], torch.from_numpy(tau))
     values, s = scipy.linalg.eigh_tridiagonal(
         d, e, check_finite=False, lapack_driver=_TRIDIAGONAL_DRIVER
     )
