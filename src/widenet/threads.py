@@ -117,11 +117,12 @@ def machine_busy() -> bool:
         load = os.getloadavg()[0]
     except (AttributeError, OSError):
         return False
+    own = own_load()  # sampled at every call, so that its average stays current
     cores = usable_cores()
     if load <= cores:
         return False
     wanted = min(torch.get_num_threads(), cores)
-    return load - own_load() > cores - wanted + 0.5
+    return load - own > cores - wanted + 0.5
 
 
 def pool_size(n_items: int, device="cpu") -> int:
