@@ -178,7 +178,7 @@ class FCRecursion:
 
     @property
     def fused(self) -> bool:
-        """Whether :meth:`tile` runs the fused ReLU recursion (:meth:`_relu_rows`): phi =
+        """Whether :meth:`tile` runs the fused ReLU recursion (:func:`_relu_strips`): phi =
         b relu (an (a, b)-ReLU with a = 0, b != 0) in the NTK parameterization."""
         ab = self.activation.abrelu
         return (
@@ -315,10 +315,10 @@ def _relu_strips(
     mirror_t: torch.Tensor | None,
 ) -> None:
     r"""The fused recursion of phi = beta relu in the NTK parameterization, on the block ``c``
-    (K^0 times ``scale`` / w^2 in, the NNGP out, in place) in strips of ``strip`` rows; the NTK
-    into ``theta`` (None: NNGP only). ``r1`` (layers, rows) holds -sqrt(q1) and ``r2``
-    (layers, cols) sqrt(q2), the per-layer variances' square roots; ``buf`` (3, >= strip x
-    cols) the strips' temporaries; ``gain`` = w^2 beta^2 / (2 pi).
+    (in: K^0 up to a factor, ``scale`` c = w^2 K^0; out: the NNGP, in place) in strips of
+    ``strip`` rows; the NTK into ``theta`` (None: NNGP only). ``r1`` (layers, rows) holds
+    -sqrt(q1) and ``r2`` (layers, cols) sqrt(q2), the per-layer variances' square roots;
+    ``buf`` (3, >= strip x cols) the strips' temporaries; ``gain`` = w^2 beta^2 / (2 pi).
 
     With rho = K / sqrt(q1 q2) (K the pre-activation covariance of a layer, q1, q2 the
     variances) and g = sqrt(1 - rho^2) + (pi - arccos rho) rho (Cho & Saul 2009), every
