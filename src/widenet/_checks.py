@@ -97,14 +97,16 @@ def check_in_features(model, x: torch.Tensor, name: str = "x") -> None:
         )
 
 
+def all_finite(x: torch.Tensor) -> bool:
+    """Whether every entry of ``x`` is finite. A finite sum means finite entries (a NaN or an
+    infinity makes the sum NaN or infinite), at the cost of one reduction without an n-sized
+    boolean temporary (0.01 s against 0.09 s for a 4000 x 4000 float64 kernel); only a
+    non-finite (or overflowed) sum is looked at entry by entry."""
+    return bool(torch.isfinite(x.detach().sum())) or bool(torch.isfinite(x).all())
+
+
 def check_finite(x: torch.Tensor, name: str) -> None:
-    # A finite sum means finite entries (a NaN or an infinity makes the sum NaN or infinite),
-    # at the cost of one reduction without an n-sized boolean temporary (0.01 s against
-    # 0.09 s for a 4000 x 4000 float64 kernel); only a non-finite (or overflowed) sum is
-    # looked at entry by entry.
-    if x.is_floating_point() and bool(torch.isfinite(x.detach().sum())):
-        return
-    if not bool(torch.isfinite(x).all()):
+    if not all_finite(x):
         bad = int((~torch.isfinite(x)).sum())
         raise ValueError(f"{name} contains {bad} NaN or infinite value(s); expected finite numbers")
 

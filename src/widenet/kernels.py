@@ -45,7 +45,7 @@ from dataclasses import dataclass
 
 import torch
 
-from widenet._checks import check_device, check_inputs, check_pair
+from widenet._checks import all_finite, check_device, check_inputs, check_pair
 from widenet.activations import Activation, correlation
 from widenet.threads import map_blocks, pool_size, single_threaded
 
@@ -468,14 +468,8 @@ def fc_recursion(
     return FCRecursion(activation, depth, w_var, b_var, weight, bias)
 
 
-def _all_finite(k: torch.Tensor) -> bool:
-    # A finite sum means finite entries (inf and nan propagate), at the cost of one reduction
-    # without temporaries; only when the sum is not finite (or overflowed) look element-wise.
-    return bool(torch.isfinite(k.sum())) or bool(torch.isfinite(k).all())
-
-
 def _check_finite_result(k: torch.Tensor, what: str) -> None:
-    if not _all_finite(k):
+    if not all_finite(k):
         advice = (
             "rescale the inputs or pass dtype=torch.float64"
             if k.dtype != torch.float64
@@ -847,7 +841,7 @@ def fc_kernel(
             mirror = tuple(None if o is None else o[cols, rows] for o in (nngp, ntk))
         k = tiler(rows, cols, out=dst, mirror=mirror)
         return [
-            w for w, b in (("nngp", k.nngp), ("ntk", k.ntk)) if b is not None and not _all_finite(b)
+            w for w, b in (("nngp", k.nngp), ("ntk", k.ntk)) if b is not None and not all_finite(b)
         ]
 
     grid = list(tile_grid(n1, n2, tile, symmetric=symmetric))
@@ -887,7 +881,7 @@ def assemble(
             out[t.rows, t.cols] = block
             if symmetric and t.rows != t.cols:
                 out[t.cols, t.rows] = block.T
-            if not bad[what] and not _all_finite(block):
+            if not bad[what] and not all_finite(block):
                 bad[what] = True
     for out, what in ((nngp, "NNGP"), (ntk, "NTK")):
         if out is not None and bad[what]:
