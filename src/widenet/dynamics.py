@@ -267,16 +267,10 @@ class _Eig:
         return self._s.T @ self._q(v, transpose=True)
 
     def expand(self, z: torch.Tensor) -> torch.Tensor:
-        """V z for z of shape (n, p)."""
-        return self.outer(self.inner(z))
-
-    def inner(self, z: torch.Tensor) -> torch.Tensor:
-        """S z (V z when V is explicit): the first factor of V z."""
-        return (self._vectors if self._vectors is not None else self._s) @ z
-
-    def outer(self, u: torch.Tensor) -> torch.Tensor:
-        """Q u (u itself when V is explicit): the second factor of V z = Q (S z)."""
-        return u if self._vectors is not None else self._q(u, transpose=False)
+        """V z for z of shape (n, p): Q (S z) when V is factored."""
+        if self._vectors is not None:
+            return self._vectors @ z
+        return self._q(self._s @ z, transpose=False)
 
     @property
     def vectors(self) -> torch.Tensor:
