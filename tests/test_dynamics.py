@@ -213,6 +213,98 @@ def test_predictions_equal_the_plain_eigendecomposition(fn, monkeypatch):
     np.testing.assert_allclose(pred.test.numpy(), test, atol=1e-10 * np.abs(test).max())
 
 
+def _many_times_problem(kind: str = "random"):
+    """NTK blocks, targets and initial outputs: random targets and outputs (n = 300), or
+    smooth targets from zero outputs (n = 600), whose residual lies mostly along the top
+    eigenvectors, so that the small-λ entries of f ⊙ b are far below the largest."""
+    gen = torch.Generator().manual_seed(1 if kind == "random" else 2)
+    n, m, k, d = (300, 40, 3, 5) if kind == "random" else (600, 50, 3, 10)
+    x = torch.randn(n + m, d, generator=gen, dtype=F64)
+    ker = ARCH.kernel(x, get="ntk").ntk
+    if kind == "random":
+        y = torch.randn(n, k, generator=gen, dtype=F64)
+        f0 = 0.1 * torch.randn(n, k, generator=gen, dtype=F64)
+        f0t = 0.1 * torch.randn(m, k, generator=gen, dtype=F64)
+    else:
+        y = torch.stack([x[:n, 0], x[:n, 1] ** 2, torch.sin(x[:n, 2])], 1)
+        f0, f0t = torch.zeros_like(y), torch.zeros(m, k, dtype=F64)
+    return ker[:n, :n], ker[n:, :n], y, f0, f0t
+
+
+def test_time_basis_reproduces_every_row_to_rounding():
+    # The decays and (1 − decay)/λ of 120 log-spaced times (the benchmark's range: the first
+    # rows barely move, the last decay only along λ = 0) on an NTK spectrum, with a
+    # zero eigenvalue: rank far below the 241 rows, and each row reproduced to eps·σ₁·‖row‖.
+    ker, _, y, _, _ = _many_times_problem()
+    lam = torch.linalg.eigvalsh(ker)
+    lam[0] = 0.0
+    times = np.concatenate([[0.0], np.logspace(0, 9, 119)])
+    decay, g = dy._flow_factors(lam, times, 1.0 / y.numel(), 1e-12 * float(lam.max()))
+    factors = torch.cat([decay, g, torch.zeros_like(g[:1])])  # and an underflowed row
+    a, b = dy._time_basis(factors)
+    rows = factors.shape[0]
+    assert a.shape[1] <= dy._BASIS_MAX_FRACTION * rows
+    np.testing.assert_allclose((a.T @ a).numpy(), np.eye(a.shape[1]), atol=1e-13)
+    err = torch.linalg.vector_norm(b @ a.T - factors, dim=1)
+    bound = 4 * torch.finfo(F64).eps * math.sqrt(rows) * torch.linalg.vector_norm(factors, dim=1)
+    assert bool((err <= bound).all()), float((err / bound.clamp_min(1e-300)).max())
+    assert bool((b[(factors == 0).all(dim=1)] == 0).all())
+    # Too few rows, or full rank: no basis (the plain product is taken).
+    assert dy._time_basis(factors[:10]) is None
+    assert dy._time_basis(torch.randn(40, 300, generator=torch.Generator().manual_seed(0))) is None
+
+
+@pytest.mark.parametrize("kind", ["random", "smooth"])
+@pytest.mark.parametrize("fn", ["flow", "descent", "dual"])
+def test_predictions_with_a_time_basis_equal_the_plain_product(fn, kind, monkeypatch):
+    # 120 times (240 factor rows for train and test): the products go through the time basis.
+    # What the product computes at every time, the train residual f_t − y, the test change
+    # f_t − f_0 and the dual coefficients, equals the plain product's (basis switched off) to
+    # 5e-12 of that time's own largest entry (measured: at most 6e-13). A basis of the
+    # factors alone, not weighted by ‖b‖ (_spectral_columns), misses this on the smooth
+    # targets: 4e-11 (flow) and 2e-10 (descent).
+    ntk, ntk_test, y, f0, f0t = _many_times_problem(kind)
+    used = []
+    basis = dy._time_basis
+    monkeypatch.setattr(dy, "_time_basis", lambda f: used.append(basis(f)) or used[-1])
+    kw = dict(f0_train=f0, learning_rate=0.5)
+    if fn == "dual":
+        t = np.concatenate([[0.0], np.logspace(-1, 7, 119)])
+        call = lambda: (dy.gradient_flow_dual(ntk, y, t, **kw),)  # noqa: E731
+    else:
+        kw.update(ntk_test_train=ntk_test, f0_test=f0t)
+        if fn == "flow":
+            t = np.concatenate([[0.0], np.logspace(-2, 8, 118), [np.inf]])
+            call = lambda: tuple(vars(dy.gradient_flow_mse(ntk, y, t, **kw)).values())  # noqa: E731
+        else:
+            t = np.unique(np.logspace(0, 8, 150).astype(int))[:120]
+            call = lambda: tuple(vars(dy.gradient_descent_mse(ntk, y, t, **kw)).values())  # noqa: E731
+    got = call()
+    assert len(used) == 1 and used[0] is not None
+    monkeypatch.setattr(dy, "_BASIS_MIN_ROWS", 10**9)
+    plain = call()
+    start = (y, f0t) if fn != "dual" else (torch.zeros_like(y),)
+    for a, b, s0 in zip(got, plain, start, strict=True):
+        change_a, change_b = a - s0, b - s0
+        scale = change_b.flatten(1).abs().amax(dim=1).clamp_min(1e-300)[:, None, None]
+        assert float(((change_a - change_b).abs() / scale).max()) < 5e-12
+
+
+def test_overflowing_divergent_descent_takes_the_plain_product(monkeypatch):
+    # allow_divergent: (1 − ηλ/N)^s overflows for late steps; no SVD of infinities, the
+    # outputs carry them exactly as the plain product does.
+    ntk, ntk_test, y, f0, _ = _many_times_problem()
+    lr = 3.0 * dy.max_learning_rate(ntk) * y.shape[1]
+    steps = np.unique(np.logspace(0, 5, 200).astype(int))[:120]
+    kw = dict(ntk_test_train=ntk_test, f0_train=f0, learning_rate=lr, allow_divergent=True)
+    got = dy.gradient_descent_mse(ntk, y, steps, **kw)
+    assert not bool(torch.isfinite(got.test).all())
+    monkeypatch.setattr(dy, "_BASIS_MIN_ROWS", 10**9)
+    plain = dy.gradient_descent_mse(ntk, y, steps, **kw)
+    for a, b in ((got.train, plain.train), (got.test, plain.test)):
+        torch.testing.assert_close(a, b, rtol=0, atol=0, equal_nan=True)
+
+
 def test_gradient_flow_is_the_small_step_limit_of_gd(problem):
     p = problem
     kw = dict(ntk_test_train=p["ntk_test"], f0_train=p["f0"], f0_test=p["f0t"])
