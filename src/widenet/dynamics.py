@@ -495,7 +495,8 @@ def _time_basis(factors: torch.Tensor):
     benchmark's n = 4000, 100 log-spaced times, the 200 rows (weighted) have rank 46 to
     2.2e-16, so V is applied to 460 columns instead of 2000. Each row is scaled to unit norm,
     the scaled matrix M̃ (n, F) decomposed by the SVD, and the singular values below eps·σ₁
-    dropped, so every row f is reproduced with an error of norm ≤ eps·σ₁·‖f‖ (σ₁ ≤ √F).
+    dropped, so every row f is reproduced with an error of norm ≤ σ_{r+1}‖f‖ ≤ eps·σ₁·‖f‖
+    (σ₁ ≤ √F), plus the SVD's own rounding, a small multiple of that.
     A (n, r) has orthonormal columns; B (F, r). Rows of zeros (a decay that underflowed) get
     zero rows of B. Non-finite factors (divergent gradient descent overflows) get no basis:
     the plain product carries them into the outputs as they are.
@@ -503,9 +504,17 @@ def _time_basis(factors: torch.Tensor):
     rows, n = factors.shape
     if rows < _BASIS_MIN_ROWS or n < rows or not all_finite(factors):
         return None
-    norms = torch.linalg.vector_norm(factors, dim=1)
-    nonzero = norms > 0
-    scaled = factors[nonzero] / norms[nonzero, None]
+    # Row norms scaled by the row's largest entry: finite for rows beyond 1e154 (divergent
+    # descent) and nonzero for rows below 1e-154, where the plain 2-norm over- or underflows.
+    amax = factors.abs().amax(dim=1)
+    nonzero = amax > 0
+    scaled = factors[nonzero] / amax[nonzero, None]
+    unit = torch.linalg.vector_norm(scaled, dim=1)
+    norms = torch.zeros_like(amax)
+    norms[nonzero] = amax[nonzero] * unit
+    if not all_finite(norms):  # a row's norm beyond the float range: the plain product
+        return None
+    scaled /= unit[:, None]
     u, s, vh = torch.linalg.svd(scaled.T, full_matrices=False)
     rank = int((s > torch.finfo(factors.dtype).eps * s[0]).sum()) if len(s) else 0
     if rank > _BASIS_MAX_FRACTION * rows:
@@ -523,8 +532,8 @@ def _spectral_columns(e: _Eig, factors: torch.Tensor, b: torch.Tensor):
     B is None. The product with V (the expensive step, O(n²) per column) then takes r·k
     columns instead of F·k. The basis is that of the rows f ⊙ w with w = ‖b‖ over the outputs
     (:func:`_time_basis`), so the error in f ⊙ b_j, (b_j/w) ⊙ (error in f ⊙ w), is bounded by
-    eps·σ₁ times the norm of [f ⊙ b_1, …, f ⊙ b_k]: relative to the columns the product
-    takes, like the rounding of the product itself, not to the largest factor.
+    about eps·σ₁ times the norm of [f ⊙ b_1, …, f ⊙ b_k]: relative to the columns the product
+    takes (all k together), not to the largest factor.
     """
     n, k = b.shape
     w = torch.linalg.vector_norm(b, dim=1)
@@ -554,7 +563,7 @@ def _over_times(p: torch.Tensor, bmat, rows: slice, left=None) -> torch.Tensor:
 def _apply(left: torch.Tensor | None, e: _Eig, diag: torch.Tensor, v: torch.Tensor):
     """(T, m, k): left V diag(d_t) Vᵀ v for each row d_t of ``diag`` (T, n); left (m, n) or I.
 
-    Memory O(T n k) (or O(r n k) with a time basis), never O(T n²) nor Θ(x, X) V.
+    Memory O(T n k) (O(T n + r n k) with a time basis), never O(T n²) nor Θ(x, X) V.
     """
     with solver_threads(v.shape[0], v.device):
         p, bmat = _spectral_columns(e, diag, e.project(v))
