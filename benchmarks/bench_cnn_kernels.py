@@ -42,6 +42,7 @@ Writes benchmarks/results/bench_cnn_kernels.json.
 from __future__ import annotations
 
 import argparse
+import ctypes
 import datetime
 import json
 import math
@@ -253,6 +254,17 @@ def status_kib(field: str) -> int | None:
     except OSError:
         return None
     return None
+
+
+def release_free_heap() -> bool:
+    """Hand the C heap's free pages back to the system (glibc ``malloc_trim(0)``), so that the
+    resident size, and a peak mark reset after it, count live data only, not what an earlier
+    call freed but the allocator kept. False where there is no glibc."""
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        return False
+    return True
 
 
 def reset_peak_rss() -> bool:
