@@ -11,7 +11,8 @@ y_train.size too, so the time scales agree), eagerly and under ``jax.jit``, the 
 Both compute train and test predictions, and both include the eigendecomposition of
 Theta(X, X) in every call. The NTK is the closed-form one of ``wn.mlp(3, "relu", sqrt(2), 0.1)``
 on Gaussian inputs (d = 100); the targets are one-hot labels, the initial outputs small Gaussian
-noise. Goal: neural-tangents / widenet >= 1 and the predictions equal to 1e-6 (relative
+noise. Goal: neural-tangents / widenet >= 1.5 on a quiet machine (>= 1 beside one busy process
+per core: ``run.py --contention`` applies that one) and the predictions equal to 1e-6 (relative
 Frobenius difference).
 
 neural-tangents runs in a subprocess with its own venv (``_nt_dynamics_worker.py``; see
@@ -43,7 +44,7 @@ HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results" / "dynamics.json"
 WORKER = HERE / "_nt_dynamics_worker.py"
 W_STD, B_STD = math.sqrt(2.0), 0.1
-GOAL_SPEEDUP = 1.0
+GOAL_SPEEDUP = 1.5  # quiet; run.py --contention applies its own (1.0)
 GOAL_REL = 1e-6
 LEARNING_RATE = 1.0
 
