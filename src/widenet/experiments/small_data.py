@@ -45,8 +45,9 @@ iris 0.947 / 0.947 / 0.960 / 0.927, wine 0.987 / 0.967 / 0.980 / 0.980, breast_c
 0.01-0.10); average rank 2.17 / 2.75 / 2.58 / 2.50. Few-shot average ranks: 10 points
 2.17 / 2.75 / 2.67 / 2.42, 40 points 2.33 / 3.25 / 2.33 / 2.08 (digits with 10 points:
 0.58 / 0.40 / 0.58 / 0.49). Full size (``widenet run small-data``; 7 sets, all points, 5 × 3-fold
-nested CV, 6 candidates per method, few-shot 10 … 640 × 3 draws; 52 min on a loaded 2-core
-machine): iris 0.967 / 0.953 / 0.947 / 0.960, wine 0.983 / 0.983 / 0.983 / 0.977,
+nested CV, 6 candidates per method, few-shot 10 … 640 × 3 draws; 10 min on a quiet 2-core
+machine, one thread, 2026-12-07; 12 min before the estimators' Cholesky, 52 min under load):
+iris 0.967 / 0.953 / 0.947 / 0.960, wine 0.983 / 0.983 / 0.983 / 0.977,
 breast_cancer 0.974 / 0.963 / 0.977 / 0.967, digits 0.987 / 0.975 / 0.980 / 0.975, moons
 0.840 / 0.880 / 0.890 / 0.913, circles 0.933 / 0.950 / 0.957 / 0.950, classification
 0.820 / 0.860 / 0.843 / 0.777 (std 0.003-0.05); average rank 2.50 / 2.71 / 1.86 / 2.93: the
