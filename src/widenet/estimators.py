@@ -45,7 +45,7 @@ from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import check_is_fitted, validate_data
 
 from widenet import dynamics
-from widenet._checks import check_device, check_int, check_real
+from widenet._checks import all_finite, check_device, check_int, check_real
 from widenet.threads import single_threaded
 
 __all__ = [
@@ -146,9 +146,10 @@ def _square_kernel(k_train) -> torch.Tensor:
     k = torch.as_tensor(k_train, dtype=_F64)
     if k.ndim != 2 or k.shape[0] != k.shape[1] or k.shape[0] == 0:
         raise ValueError(f"k_train must be a square (n, n) kernel, got shape {tuple(k.shape)}")
-    if not bool(torch.isfinite(k).all()):
+    if not all_finite(k):
         raise ValueError("k_train contains NaN or infinite values; expected a finite kernel")
-    scale = float(k.abs().max())
+    lo, hi = torch.aminmax(k)  # max |k| without an n² temporary
+    scale = max(float(hi), -float(lo))
     if float((k - k.T).abs().max()) > math.sqrt(torch.finfo(_F64).eps) * max(scale, 1e-300):
         raise ValueError("k_train is not symmetric; a training kernel K(X, X) must be symmetric")
     return k

@@ -383,7 +383,9 @@ def _relu_strips(
             mirror_t[:, r0:r_end].copy_(th.t())
 
 
-_RELU_STRIPS: list = []
+# Compile _relu_strips with TorchScript (False: always the eager function; read once).
+USE_TORCHSCRIPT = True
+_RELU_STRIPS: list = []  # the function _compiled_relu_strips settled on, once per process
 
 
 def _compiled_relu_strips():
@@ -413,10 +415,6 @@ def _compiled_relu_strips():
 def relu_strips_compiled() -> bool:
     """Whether the fused ReLU recursion runs compiled by TorchScript on the CPU."""
     return _compiled_relu_strips() is not _relu_strips
-
-
-# Compile _relu_strips with TorchScript (False: always the eager function; read once).
-USE_TORCHSCRIPT = True
 
 
 def _stack(qs: list[torch.Tensor], n: int, like: torch.Tensor) -> torch.Tensor:
