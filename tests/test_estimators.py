@@ -141,6 +141,11 @@ def test_kernel_ridge_solve_cholesky_and_its_errors():
         kernel_ridge_solve(kept + torch.triu(torch.ones(40, 40, dtype=torch.float64), 1), y)
     with pytest.raises(ValueError, match="shape"):
         kernel_ridge_solve(kept, y[:5])
+    for bad in (math.nan, math.inf, -math.inf):
+        broken = kept.clone()
+        broken[3, 7] = broken[7, 3] = bad
+        with pytest.raises(ValueError, match="NaN or infinite"):
+            kernel_ridge_solve(broken, y)
 
 
 def test_classifier_is_one_hot_kernel_regression():
