@@ -349,8 +349,53 @@ def test_attention_projections_with_masks_and_cross_attention(need_weights, bias
     for mode in MODES:
         got = empirical_ntk(model, x1, x2, mode=mode)
         assert rel_err(got, reduce(ref12, mode)) < TOL64, mode
-    kinds = {u.name: u.kind for u in plan_of(model, x1).units}
-    assert kinds["attn"] == ("generic" if need_weights else "attention")
+    units = {u.name: u for u in plan_of(model, x1).units}
+    assert units["attn"].kind == ("generic" if need_weights else "attention")
+    # Masked calls are tapped at the output(s) alone (the core differentiated per output)
+    assert len(units["attn"].out_dims) == (2 if need_weights else 1)
+
+
+class PlainAttention(nn.Module):
+    """Unmasked self- or cross-attention (keys and values 4 positions, queries 3), the call
+    that _attention_hook re-expresses with its q, k and v tapped."""
+
+    def __init__(self, batch_first, bias, cross):
+        super().__init__()
+        self.attn = nn.MultiheadAttention(6, 3, bias=bias, batch_first=batch_first)
+        self.readout = nn.Linear(6, 3)
+        self.batch_first, self.cross = batch_first, cross
+
+    def forward(self, x):  # x: (n, 7, 6)
+        x = x if self.batch_first else x.transpose(0, 1)
+        ax = 1 if self.batch_first else 0
+        q = x.narrow(ax, 0, 3) if self.cross else x
+        kv = x.narrow(ax, 3, 4) if self.cross else x
+        y, w = self.attn(torch.tanh(q), kv, kv * 0.5, need_weights=False)
+        return self.readout(y.mean(ax))
+
+
+@pytest.mark.parametrize(
+    "batch_first, bias, cross", [(True, True, False), (False, True, True), (True, False, True)]
+)
+def test_plain_attention_taps_its_projections(batch_first, bias, cross):
+    """An unmasked call is recomputed from its q, k and v projections, tapped beside its
+    output (four taps): the one backward per output gives ∂f/∂q, ∂f/∂k, ∂f/∂v, and the
+    kernel is float64 autograd's, for every mode and for parameter subsets."""
+    torch.manual_seed(0)
+    model = PlainAttention(batch_first, bias, cross).double().eval()
+    x1, x2 = data(4, 7, 6), data(3, 7, 6, seed=2)
+    ref12 = reference_ntk(model, x1, x2)
+    for mode in MODES:
+        got = empirical_ntk(model, x1, x2, mode=mode)
+        assert rel_err(got, reduce(ref12, mode)) < TOL64, mode
+    unit = {u.name: u for u in plan_of(model, x1).units}["attn"]
+    assert unit.kind == "attention" and len(unit.out_dims) == 4
+    subsets = [["attn.in_proj_weight"], ["attn.out_proj.weight", "readout.bias"]]
+    subsets += [["attn.in_proj_bias", "attn.out_proj.bias"]] if bias else []
+    for params in subsets:
+        ref = reference_ntk(model, x1, x2, params=params)
+        got = empirical_ntk(model, x1, x2, mode="full", params=params)
+        assert rel_err(got, ref) < TOL64, params
 
 
 class Gain(nn.Module):

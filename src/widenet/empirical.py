@@ -403,12 +403,86 @@ def _tap_hook(unit: _Unit):
     return hook
 
 
+def _plain_attention_call(m: nn.Module, args, kwargs):
+    """(query, key, value) of a call of nn.MultiheadAttention that :func:`_attention_taps`
+    reproduces: batched 3-d inputs, no masks, no attention weights returned; else None."""
+    try:
+        bound = inspect.signature(m.forward).bind(*args, **kwargs)
+    except TypeError:
+        return None
+    bound.apply_defaults()
+    a = bound.arguments
+    if (
+        a["key_padding_mask"] is not None
+        or a["attn_mask"] is not None
+        or a["need_weights"]
+        or a.get("is_causal", False)
+    ):
+        return None
+    qkv = (a["query"], a["key"], a["value"])
+    if not all(isinstance(t, torch.Tensor) and t.dim() == 3 and not t.is_nested for t in qkv):
+        return None
+    return qkv
+
+
+def _attention_projections(m: nn.Module, query, key, value) -> list:
+    """q, k, v = W_q x_q + b_q, W_k x_k + b_k, W_v x_v + b_v (the row blocks of
+    in_proj_weight), each (n, L, E) whatever the module's batch_first."""
+    E = m.embed_dim
+    W, b = m.in_proj_weight, m.in_proj_bias
+    ins = (query, key, value) if m.batch_first else (t.transpose(0, 1) for t in (query, key, value))
+    return [
+        F.linear(t, W[i * E : (i + 1) * E], None if b is None else b[i * E : (i + 1) * E])
+        for i, t in enumerate(ins)
+    ]
+
+
+def _attention_core(m: nn.Module, q, k, v) -> torch.Tensor:
+    """softmax(q_h k_hᵀ / √d_h) v_h per head h, heads concatenated: (n, L, E)."""
+    n, L, E = q.shape
+    h = m.num_heads
+
+    def heads(t):
+        return t.reshape(n, t.shape[1], h, E // h).transpose(1, 2)
+
+    a = F.scaled_dot_product_attention(heads(q), heads(k), heads(v))
+    return a.transpose(1, 2).reshape(n, L, E)
+
+
+def _attention_hook(unit: _Unit):
+    """The tap hook of an attention unit: a plain call's output is recomputed from its q, k
+    and v projections, which are tapped beside the output y (taps [y, q, k, v]). The one
+    backward per output then gives their output-gradients along with every other unit's,
+    and the softmax core is not differentiated a second time. Other calls: _tap_hook."""
+    plain = _tap_hook(unit)
+
+    def hook(module, args, kwargs, output):
+        qkv = _plain_attention_call(module, args, kwargs)
+        if qkv is None:
+            return plain(module, args, kwargs, output)
+        proj = [
+            p if p.requires_grad else p.detach().requires_grad_(True)
+            for p in _attention_projections(module, *qkv)
+        ]
+        a = _attention_core(module, *proj)
+        y = F.linear(a, module.out_proj.weight, module.out_proj.bias)
+        if not module.batch_first:
+            y = y.transpose(0, 1)
+        inputs = tree_flatten((args, kwargs))
+        detached = [t.detach() if isinstance(t, torch.Tensor) else t for t in inputs[0]]
+        unit.records.append((detached, inputs[1], [y, *proj]))
+        return (y.clone(), None)
+
+    return hook
+
+
 @contextlib.contextmanager
 def _hooked(units):
     handles = []
     for u in units:
         u.records = []
-        handles.append(u.module.register_forward_hook(_tap_hook(u), with_kwargs=True))
+        make = _attention_hook if u.kind == "attention" else _tap_hook
+        handles.append(u.module.register_forward_hook(make(u), with_kwargs=True))
     try:
         yield
     finally:
@@ -517,13 +591,17 @@ def _record_dims(unit: _Unit, n: int, probe: bool, alt=None) -> bool:
         if alt is None:
             return False
         (ins, outs), m = alt
-        if len(ins) != len(leaves) or len(outs) != len(taps):
+        # _attention_hook's taps: the module's output y, then q, k, v (n, L, E)
+        fused = unit.kind == "attention" and len(taps) == 4
+        own = taps[:1] if fused else taps
+        if len(ins) != len(leaves) or len(outs) != len(own):
             return False
         unit.in_dims = [
             _batch_dim(t.shape, n, a, m) if isinstance(t, torch.Tensor) else None
             for t, a in zip(leaves, ins, strict=True)
         ]
-        unit.out_dims = [_batch_dim(t.shape, n, a, m) for t, a in zip(taps, outs, strict=True)]
+        unit.out_dims = [_batch_dim(t.shape, n, a, m) for t, a in zip(own, outs, strict=True)]
+        unit.out_dims += [0, 0, 0] if fused else []
         unit.in_shapes = [
             tuple(s for i, s in enumerate(t.shape) if i != d)
             if isinstance(t, torch.Tensor)
@@ -544,7 +622,7 @@ def _record_dims(unit: _Unit, n: int, probe: bool, alt=None) -> bool:
                 unit.in_dims[0] != unit.out_dims[0] or unit.in_dims[0] == x.ndim - 1
             ):
                 return False
-        if unit.kind == "attention" and len(taps) != 1:
+        if unit.kind == "attention" and not fused and len(taps) != 1:
             unit.kind = "generic"  # it returned its attention weights too: its own vjp
         if unit.kind == "affine":
             x = leaves[0]
@@ -565,6 +643,8 @@ def _record_dims(unit: _Unit, n: int, probe: bool, alt=None) -> bool:
                 return False
             if tuple(z for i, z in enumerate(t.shape) if i != d) != s:
                 return False
+    if len(taps) != len(unit.out_dims):  # e.g. an attention call unlike the probe's
+        return False
     return all(t.shape[d] == n for t, d in zip(taps, unit.out_dims, strict=True))
 
 
@@ -887,24 +967,70 @@ def _jac_attention(unit: _Unit, record, gs: list, split: bool = False, slot=None
     With q_s = W_q x_s + b_q (likewise k, v from the key and value inputs; W_q, W_k, W_v the
     row blocks of in_proj_weight), a = Attention(q, k, v) and y_s = W_o a_s + b_o, the
     per-sample gradients are Σ_s g^q_s x_sᵀ (and k, v), Σ_s g^q_s, Σ_s g_s a_sᵀ and Σ_s g_s,
-    where g = ∂f/∂y is the recorded output-gradient, ∂f/∂a = g W_o, and g^q, g^k, g^v come
-    from one backward per output through the attention core alone (torch's own
-    F.multi_head_attention_forward with identity projections, so that masks and causality
-    mean what they mean in the module). Each projection is then a linear unit; only the
-    softmax core is differentiated again. The weights' blocks are output-major (see
-    _output_major), in the buffers (``slot``, i) (_buffer).
+    where g = ∂f/∂y and g^q, g^k, g^v = ∂f/∂q, ∂f/∂k, ∂f/∂v. Each projection is a linear unit
+    around the softmax core. A plain call (:func:`_attention_hook`) tapped q, k and v, so gs
+    holds all four output-gradients and a is recomputed from the inputs. Any other call
+    tapped y alone: g^q, g^k, g^v then come from one backward per output through the core
+    alone (torch's own F.multi_head_attention_forward with identity projections, so that
+    masks and causality mean what they mean in the module). The weights' blocks are
+    output-major (see _output_major), in the buffers (``slot``, i) (_buffer).
     """
     m = unit.module
     leaves, spec, _ = record
     args, kwargs = tree_unflatten(list(leaves), spec)
+    E = m.embed_dim
+    with torch.no_grad():
+        W_o = m.out_proj.weight.detach()
+    if len(gs) == 4:  # taps [y, q, k, v]
+        qkv = _plain_attention_call(m, args, kwargs)
+        inputs = [t.transpose(0, 1) for t in qkv] if not m.batch_first else list(qkv)
+        g = gs[0].transpose(1, 2) if unit.out_dims[0] == 1 else gs[0]  # (kg, n, L, E)
+        g_proj = gs[1:]  # 3 × (kg, n, L, E)
+        if "out_proj.weight" in unit.params:
+            with torch.no_grad():
+                proj = _attention_projections(m, *(t.detach() for t in qkv))
+                core = _attention_core(m, *proj)
+    else:
+        g_proj, core = _attention_core_grads(unit, args, kwargs, gs[0], W_o)
+        bd = unit.in_dims[0]  # the batch dim of query (1 when seq-first, 0 when batch_first)
+        bound = inspect.signature(m.forward).bind(*args, **kwargs)
+        bound.apply_defaults()
+        a = bound.arguments
+        inputs = [a[nm] if bd == 0 else a[nm].transpose(0, 1) for nm in ("query", "key", "value")]
+        g = gs[0].transpose(1, 2) if unit.out_dims[0] == 1 else gs[0]
+    kg, n = g.shape[:2]
+
+    def weight(i, gp, t):
+        # Σ_l gp[c, n, l] t[n, l]ᵀ: one batched GEMM (samples as the batch) per output.
+        w = _buffer(None if slot is None else (slot, i), (kg, n, E, t.shape[-1]), t)
+        for c in range(kg):
+            torch.bmm(gp[c].transpose(1, 2), t, out=w[c])
+        return w.view(kg, n, -1).transpose(0, 1)
+
+    parts = {}
+    if "in_proj_weight" in unit.params:  # the q, k and v row blocks
+        parts["in_proj_weight"] = [weight(i, g_proj[i], inputs[i]) for i in range(3)]
+    if "in_proj_bias" in unit.params:
+        parts["in_proj_bias"] = [gp.sum(2).transpose(0, 1) for gp in g_proj]
+    if "out_proj.weight" in unit.params:
+        parts["out_proj.weight"] = [weight(3, g, core)]
+    if "out_proj.bias" in unit.params:
+        parts["out_proj.bias"] = [g.sum(2).transpose(0, 1)]
+    return _joined([p for loc in unit.params for p in parts[loc]], split)
+
+
+def _attention_core_grads(unit: _Unit, args, kwargs, g, W_o) -> tuple:
+    """(∂f/∂q, ∂f/∂k, ∂f/∂v as 3 × (kg, n, L, E), the core's output a (n, L, E)) of a call
+    tapped at its output alone, g = ∂f/∂y (kg, *y.shape): one backward per output through
+    the attention core, with the call's own masks and causality."""
+    m = unit.module
     bound = inspect.signature(m.forward).bind(*args, **kwargs)
     bound.apply_defaults()
     a = bound.arguments
-    bd = unit.in_dims[0]  # the batch dim of query (1 when seq-first, 0 when batch_first)
-    q_in, k_in, v_in = (a["query"], a["key"], a["value"])
+    bd = unit.in_dims[0]
     # (L, n, E) layout of F.multi_head_attention_forward
     to_seq = (lambda t: t.transpose(0, 1)) if bd == 0 else (lambda t: t)  # noqa: E731
-    q_in, k_in, v_in = to_seq(q_in), to_seq(k_in), to_seq(v_in)
+    q_in, k_in, v_in = to_seq(a["query"]), to_seq(a["key"]), to_seq(a["value"])
     E = m.embed_dim
     W, b = m.in_proj_weight.detach(), m.in_proj_bias
     b = None if b is None else b.detach()
@@ -936,37 +1062,16 @@ def _jac_attention(unit: _Unit, record, gs: list, split: bool = False, slot=None
             v_proj_weight=eye,
             is_causal=a.get("is_causal", False),
         )
-        g = gs[0]  # (kg, *output shape)
         g = g.transpose(1, 2) if unit.out_dims[0] == 0 else g  # (kg, L, n, E)
-        g_core = g @ m.out_proj.weight.detach()  # ∂f/∂a
+        g_core = g @ W_o  # ∂f/∂a
         kg = g.shape[0]
         g_proj = [[], [], []]
         for c in range(kg):
             got = torch.autograd.grad(core, proj, g_core[c], retain_graph=c < kg - 1)
             for i in range(3):
                 g_proj[i].append(got[i])
-    core = core.detach()
-    g_proj = [torch.stack(v) for v in g_proj]  # 3 × (kg, L, n, E)
-    n = core.shape[1]
-
-    def weight(i, gp, t):
-        # Σ_l gp[c, l, n] t[l, n]ᵀ: one batched GEMM (samples as the batch) per output.
-        w = _buffer(None if slot is None else (slot, i), (kg, n, E, t.shape[-1]), t)
-        for c in range(kg):
-            torch.bmm(gp[c].permute(1, 2, 0), t.transpose(0, 1), out=w[c])
-        return w.view(kg, n, -1).transpose(0, 1)
-
-    parts = {}
-    if "in_proj_weight" in unit.params:  # the q, k and v row blocks
-        inputs = (q_in, k_in, v_in)
-        parts["in_proj_weight"] = [weight(i, g_proj[i], inputs[i]) for i in range(3)]
-    if "in_proj_bias" in unit.params:
-        parts["in_proj_bias"] = [gp.sum(1).transpose(0, 1) for gp in g_proj]
-    if "out_proj.weight" in unit.params:
-        parts["out_proj.weight"] = [weight(3, g, core)]
-    if "out_proj.bias" in unit.params:
-        parts["out_proj.bias"] = [g.sum(1).transpose(0, 1)]
-    return _joined([p for loc in unit.params for p in parts[loc]], split)
+    # 3 × (kg, n, L, E) views of (kg, L, n, E); a as (n, L, E)
+    return [torch.stack(v).transpose(1, 2) for v in g_proj], core.detach().transpose(0, 1)
 
 
 def _unit_jac(unit: _Unit, record, gs: list) -> torch.Tensor:
@@ -1042,6 +1147,9 @@ def _probe(model, selected, units, xp, alt, base, output_fn):
         kinds = (u.kind, "generic") if u.kind == "attention" else (u.kind,)
         for kind in kinds if good else ():
             u.kind = kind
+            if kind == "generic" and len(gts) == 4:  # _attention_hook's taps: y alone
+                gts, u.out_dims = gts[:1], u.out_dims[:1]
+                u.records = [(r[0], r[1], r[2][:1]) for r in u.records]
             good = _probe_unit(u, gts, gparams, base, tol)
             if good:
                 break
