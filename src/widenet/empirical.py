@@ -22,9 +22,10 @@ cheaper of two exact routes is chosen by a cost model (flops and memory, per lay
   sample and output) contracted, Θ_cd = J_c · J'_d. Its cost grows with S, so it wins for
   convolutions over large feature maps. BatchNorm (eval) and LayerNorm are affine maps of
   their normalised input: Σ g ⊙ x̂ and Σ g in closed form. ``nn.MultiheadAttention``'s four
-  projections are linear maps around its softmax core: one backward per output through the
-  core alone gives their output-gradients. Any other module called once per forward
-  (embeddings, custom modules) gets its per-sample parameter gradients by
+  projections are linear maps around its softmax core: an unmasked call is recomputed with
+  its q, k and v projections tapped, so the same backward gives their output-gradients (a
+  masked call: one backward per output through the core alone). Any other module called
+  once per forward (embeddings, custom modules) gets its per-sample parameter gradients by
   ``torch.func.vmap`` of the module's own vector-Jacobian product over the samples, from the
   same recorded inputs and output-gradients: only that module is differentiated again.
 
@@ -404,7 +405,7 @@ def _tap_hook(unit: _Unit):
 
 
 def _plain_attention_call(m: nn.Module, args, kwargs):
-    """(query, key, value) of a call of nn.MultiheadAttention that :func:`_attention_taps`
+    """(query, key, value) of a call of nn.MultiheadAttention that :func:`_attention_hook`
     reproduces: batched 3-d inputs, no masks, no attention weights returned; else None."""
     try:
         bound = inspect.signature(m.forward).bind(*args, **kwargs)
@@ -654,10 +655,13 @@ def _record_dims(unit: _Unit, n: int, probe: bool, alt=None) -> bool:
 
 
 def _stacked(g) -> torch.Tensor:
-    """One tap's output-gradients as one (kg, *tap.shape) tensor. _output_grads hands them out
-    on the CPU as a list of kg tensors, one per output, and the consumers that can take them
-    one output at a time do: a stacked copy of every tap's gradients was up to 14 % of a call
-    (ResNet-18 w16, n = 32: 88 ms of 0.61 s, most of it page faults of the fresh copy)."""
+    """One tap's output-gradients as one (kg, *tap.shape) tensor.
+
+    _output_grads hands them out on the CPU as a list of kg tensors, one per output, and the
+    consumers that can take them one output at a time do. A stacked copy of every tap's
+    gradients, most of it page faults of fresh memory, cost ResNet-18 w16 (n = 32) 0.61-0.65 s
+    -> 0.44-0.48 s per call and the transformer encoder (n = 64) 0.65-0.69 -> 0.61-0.63 s
+    (benchmarks/README.md)."""
     return torch.stack(g) if isinstance(g, list) else g
 
 
@@ -997,8 +1001,7 @@ def _jac_attention(unit: _Unit, record, gs: list, split: bool = False, slot=None
     leaves, spec, _ = record
     args, kwargs = tree_unflatten(list(leaves), spec)
     E = m.embed_dim
-    with torch.no_grad():
-        W_o = m.out_proj.weight.detach()
+    W_o = m.out_proj.weight.detach()
     if len(gs) == 4:  # taps [y, q, k, v]
         qkv = _plain_attention_call(m, args, kwargs)
         inputs = [t.transpose(0, 1) for t in qkv] if not m.batch_first else list(qkv)
@@ -1006,8 +1009,7 @@ def _jac_attention(unit: _Unit, record, gs: list, split: bool = False, slot=None
         g_proj = gs[1:]  # per output (n, L, E), as g
         if "out_proj.weight" in unit.params:
             with torch.no_grad():
-                proj = _attention_projections(m, *(t.detach() for t in qkv))
-                core = _attention_core(m, *proj)
+                core = _attention_core(m, *_attention_projections(m, *qkv))
     else:
         g = _stacked(gs[0])
         g_proj, core = _attention_core_grads(unit, args, kwargs, g, W_o)
