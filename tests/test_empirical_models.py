@@ -24,6 +24,7 @@ from widenet.empirical import (
     EmpiricalNTKTiles,
     _plan,
     _select_params,
+    _size,
     empirical_nngp,
     empirical_ntk,
     empirical_ntk_tiles,
@@ -313,6 +314,28 @@ def test_transformer_encoder_matches_float64_autograd(batch_first, norm_first):
     kinds = {u.name.split(".")[-1]: u.kind for u in plan.units}
     assert kinds["self_attn"] == "attention" and kinds["norm1"] == "affine"
     assert kinds["linear1"] == "linear"  # batch dim 1 when batch_first=False: found by the probe
+
+
+def test_outputs_one_at_a_time_when_no_unit_batches_them():
+    """With only per-sample-gradient linear, attention and affine units in one block, the plan
+    takes the outputs one per backward (the same work in 1/k of the memory), with the same
+    kernel as float64 autograd; convolutions, full mode and several blocks keep the groups."""
+    model = encoder()
+    x1, x2 = data(3, 5, 8), data(2, 5, 8, seed=2)
+    plan = plan_of(model, x1, implementation="jacobian")
+    assert plan.k == 2 and plan.group == 1 and plan.block == 3
+    assert {u.kind for u in plan.units} == {"linear", "attention", "affine"}
+    ref12 = reference_ntk(model, x1, x2)
+    for mode in ("trace", "diagonal"):
+        got = empirical_ntk(model, x1, x2, mode=mode, implementation="jacobian")
+        assert rel_err(got, reduce(ref12, mode)) < TOL64, mode
+    assert plan_of(model, x1, mode="full", implementation="jacobian").group == 2
+    resnet = small_resnet()
+    assert plan_of(resnet, data(4, 3, 8, 8)).group == 3  # convolutions: one GEMM per group
+    # Blocks of 2 of the 3 samples: a partner block would redo a group's backward passes
+    plan, _ = _plan(model, _select_params(model, None), x1, None, "trace", "jacobian", 2**30, 2)
+    _size(plan, 3, 3, True, 8)
+    assert plan.block == 2 and plan.group == 2
 
 
 class CrossAttention(nn.Module):

@@ -1493,6 +1493,7 @@ def _plan(model, selected, x1, x2, mode, implementation, memory_limit, chunk_siz
             f = _call_model(model, base, xp, output_fn, n_p)
         stats = dict(k=f.shape[1], saved=0.0, taps=0.0, leaves=0.0)
     k = stats["k"]
+    stats["cpu"] = x1.device.type == "cpu"
     if implementation == "structured" and general:
         owners = sorted({n.rpartition(".")[0] or "<root>" for n in general})
         warnings.warn(
@@ -1611,6 +1612,13 @@ def _size(plan: _Plan, n1: int, n2: int, symmetric: bool, item: int) -> None:
         while kg > 1 and mem(c, kg, sides) > budget:
             kg = (kg + 1) // 2
     plan.block, plan.group = max(1, min(c, n)), kg
+    if not full and c >= n and _one_output_at_a_time(plan, n1, n2, symmetric):
+        # One block holds every sample (no partner block redoes a group's backward passes)
+        # and every unit takes the outputs one at a time: groups of one output do the same
+        # work with 1/k of the gradients and per-sample gradients in memory. Transformer
+        # encoder, n = 64, each call from a trimmed heap: 0.70-0.72 s -> 0.63-0.66 s
+        # (benchmarks/README.md).
+        plan.group = 1
     plan.resident = False
     if c < n and plan.forced_chunk is None and plan.units and not gen_sel:
         # The samples do not fit one block. Pairs of blocks would redo each block's forward,
@@ -1647,6 +1655,26 @@ def _size(plan: _Plan, n1: int, n2: int, symmetric: bool, item: int) -> None:
         default=1,
     )
     plan.tile = max(1, min(_SYMMETRIC_TILE, int(math.sqrt(0.25 * limit / (worst * item)))))
+
+
+def _one_output_at_a_time(plan: _Plan, n1: int, n2: int, symmetric: bool) -> bool:
+    """Whether no unit gains from several outputs at once, on the CPU (one backward per output
+    there, see _output_grads) and with no parameter on the torch.func path. Per-sample-gradient
+    linear units, attention and affine units loop over the outputs anyway; convolutions (one
+    GEMM over outputs × channels) and generic units (vmap over the outputs) gain from a group.
+    A Gram-route unit redoes its input Gram X Xᵀ once per group: allowed while the k - 1
+    extra ones are under 1 % of the units' estimated work (_route_costs)."""
+    if not plan.units or plan.general or not plan.stats.get("cpu", False):
+        return False
+    k, pairs = plan.k, n1 * n2 / (2 if symmetric else 1)
+    total = extra = 0.0
+    for u in plan.units:
+        if u.kind in ("conv", "generic"):
+            return False
+        total += _route_costs(u, n1, n2, symmetric, k, plan.mode)[u.route]
+        if u.route == "gram" and u.weight:
+            extra += (k - 1) * pairs * u.groups * u.positions**2 * 2 * u.fan_in
+    return extra <= 0.01 * total
 
 
 # An upper bound on the rows per Gram tile (besides memory); tests lower it to force tiling.
