@@ -662,7 +662,9 @@ def _stacked(g) -> torch.Tensor:
     gradients, most of it page faults of fresh memory, cost ResNet-18 w16 (n = 32) 0.61-0.65 s
     -> 0.44-0.48 s per call and the transformer encoder (n = 64) 0.65-0.69 -> 0.61-0.63 s
     (benchmarks/README.md)."""
-    return torch.stack(g) if isinstance(g, list) else g
+    if not isinstance(g, list):
+        return g
+    return g[0].unsqueeze(0) if len(g) == 1 else torch.stack(g)
 
 
 def _positions(unit: _Unit, leaves, g):
