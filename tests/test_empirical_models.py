@@ -19,6 +19,7 @@ import torch
 import torch.nn.functional as F
 from test_empirical import data, reduce, reference_ntk, rel_err
 from torch import nn
+from torch.utils._pytree import tree_unflatten
 
 from widenet.empirical import (
     EmpiricalNTKTiles,
@@ -400,10 +401,15 @@ class PlainAttention(nn.Module):
 @pytest.mark.parametrize(
     "batch_first, bias, cross", [(True, True, False), (False, True, True), (True, False, True)]
 )
-def test_plain_attention_taps_its_projections(batch_first, bias, cross):
+def test_plain_attention_taps_its_projections(batch_first, bias, cross, monkeypatch):
     """An unmasked call is recomputed from its q, k and v projections, tapped beside its
     output (four taps): the one backward per output gives ∂f/∂q, ∂f/∂k, ∂f/∂v, and the
-    kernel is float64 autograd's, for every mode and for parameter subsets."""
+    kernel is float64 autograd's, for every mode and for parameter subsets. The hook keeps
+    the core's output for the out-projection; the resident path's rebuilt records, which
+    do not have it, recompute it: same kernel."""
+    import widenet.empirical as E
+    from widenet.empirical import _attention_core, _attention_projections, _hooked
+
     torch.manual_seed(0)
     model = PlainAttention(batch_first, bias, cross).double().eval()
     x1, x2 = data(4, 7, 6), data(3, 7, 6, seed=2)
@@ -413,6 +419,24 @@ def test_plain_attention_taps_its_projections(batch_first, bias, cross):
         assert rel_err(got, reduce(ref12, mode)) < TOL64, mode
     unit = {u.name: u for u in plan_of(model, x1).units}["attn"]
     assert unit.kind == "attention" and len(unit.out_dims) == 4
+    with _hooked([unit]):
+        model(x1)
+    (record,) = unit.records
+    qkv = E._plain_attention_call(unit.module, *tree_unflatten(list(record[0]), record[1]))
+    with torch.no_grad():
+        core = _attention_core(unit.module, *_attention_projections(unit.module, *qkv))
+    assert len(record) == 4 and torch.equal(record[3], core)
+    unit.records = []
+    size = E._size
+
+    def forced(plan, *args):
+        size(plan, *args)
+        plan.resident, plan.block, plan.group = True, 3, 1
+
+    with monkeypatch.context() as mp:
+        mp.setattr(E, "_size", forced)
+        got = empirical_ntk(model, x1, x2, mode="trace")
+    assert rel_err(got, reduce(ref12, "trace")) < TOL64
     subsets = [["attn.in_proj_weight"], ["attn.out_proj.weight", "readout.bias"]]
     subsets += [["attn.in_proj_bias", "attn.out_proj.bias"]] if bias else []
     for params in subsets:

@@ -454,7 +454,9 @@ def _attention_hook(unit: _Unit):
     """The tap hook of an attention unit: a plain call's output is recomputed from its q, k
     and v projections, which are tapped beside the output y (taps [y, q, k, v]). The one
     backward per output then gives their output-gradients along with every other unit's,
-    and the softmax core is not differentiated a second time. Other calls: _tap_hook."""
+    and the softmax core is not differentiated a second time. The core's output a, which
+    the out-projection's per-sample gradients need, is kept as the record's fourth item
+    (a view of what the graph saves anyway). Other calls: _tap_hook."""
     plain = _tap_hook(unit)
 
     def hook(module, args, kwargs, output):
@@ -471,7 +473,7 @@ def _attention_hook(unit: _Unit):
             y = y.transpose(0, 1)
         inputs = tree_flatten((args, kwargs))
         detached = [t.detach() if isinstance(t, torch.Tensor) else t for t in inputs[0]]
-        unit.records.append((detached, inputs[1], [y, *proj]))
+        unit.records.append((detached, inputs[1], [y, *proj], a.detach()))
         return (y.clone(), None)
 
     return hook
@@ -585,7 +587,7 @@ def _record_dims(unit: _Unit, n: int, probe: bool, alt=None) -> bool:
     m)) or check the batch dims of the unit's inputs and tapped outputs."""
     if len(unit.records) != 1:
         return False
-    leaves, _, taps = unit.records[0]
+    leaves, taps = unit.records[0][0], unit.records[0][2]
     if not taps:
         return False
     if probe:
@@ -1000,7 +1002,7 @@ def _jac_attention(unit: _Unit, record, gs: list, split: bool = False, slot=None
     output-major (see _output_major), in the buffers (``slot``, i) (_buffer).
     """
     m = unit.module
-    leaves, spec, _ = record
+    leaves, spec = record[0], record[1]
     args, kwargs = tree_unflatten(list(leaves), spec)
     E = m.embed_dim
     W_o = m.out_proj.weight.detach()
@@ -1009,7 +1011,9 @@ def _jac_attention(unit: _Unit, record, gs: list, split: bool = False, slot=None
         inputs = [t.transpose(0, 1) for t in qkv] if not m.batch_first else list(qkv)
         g = [gc.transpose(0, 1) for gc in gs[0]] if unit.out_dims[0] == 1 else gs[0]
         g_proj = gs[1:]  # per output (n, L, E), as g
-        if "out_proj.weight" in unit.params:
+        if len(record) > 3:
+            core = record[3]  # kept by the hook: not recomputed for every output group
+        elif "out_proj.weight" in unit.params:  # records rebuilt by _resident
             with torch.no_grad():
                 core = _attention_core(m, *_attention_projections(m, *qkv))
     else:
@@ -1232,7 +1236,7 @@ def _geometry(u: _Unit, xp):
 
 
 def _module_flops(u: _Unit) -> float:
-    leaves, spec, _ = u.records[0]
+    leaves, spec = u.records[0][0], u.records[0][1]
     n = next(t.shape[d] for t, d in zip(leaves, u.in_dims, strict=True) if d is not None)
     try:
         with warnings.catch_warnings():
