@@ -347,12 +347,15 @@ class CrossAttention(nn.Module):
         self.attn = nn.MultiheadAttention(6, 2, bias=bias, batch_first=True)
         self.readout = nn.Linear(6, 3)
         self.need_weights = need_weights
+        self.masks = True
 
     def forward(self, x):  # x: (n, 7, 6); queries from the first 3 positions
         q, kv = x[:, :3], x[:, 3:]
         causal = torch.triu(torch.ones(3, 4, dtype=torch.bool), 1)
         pad = torch.zeros(x.shape[0], 4, dtype=torch.bool)
         pad[:, -1] = True  # the last key position is padding
+        if not self.masks:
+            causal = pad = None
         y, w = self.attn(
             q, kv, kv, attn_mask=causal, key_padding_mask=pad, need_weights=self.need_weights
         )
@@ -377,6 +380,35 @@ def test_attention_projections_with_masks_and_cross_attention(need_weights, bias
     assert units["attn"].kind == ("generic" if need_weights else "attention")
     # Masked calls are tapped at the output(s) alone (the core differentiated per output)
     assert len(units["attn"].out_dims) == (2 if need_weights else 1)
+
+
+def test_attention_calls_follow_the_probe_and_earlier_hooks():
+    """Whether an attention unit's calls are recomputed from tapped q, k, v is the probe's
+    call's decision: a unit probed masked stays unfused when a later call with the cached
+    plan is plain, and keeps groups of outputs (its core is recomputed once per group). A
+    plain call whose output an earlier forward hook changes is not recomputed, which would
+    drop the change. Every kernel is float64 autograd's."""
+    torch.manual_seed(0)
+    model = CrossAttention().double().eval()
+    x1, x2 = data(4, 7, 6), data(3, 7, 6, seed=2)
+    for masks in (True, False):  # the second call reuses the first call's plan
+        model.masks = masks
+        ref = reference_ntk(model, x1, x2)
+        assert rel_err(empirical_ntk(model, x1, x2, mode="full"), ref) < TOL64, masks
+    model.masks = True
+    plan = plan_of(model, x1)
+    assert plan.units[0].name == "attn" and plan.units[0].fused is False
+    assert plan.group == plan.k == 3
+    model.masks = False
+    plan = plan_of(model, x1)
+    assert plan.units[0].fused is True and plan.group == 1
+    for scale in (2.0, 1.0):  # a hook that changes the output, and one that observes it
+        torch.manual_seed(0)
+        plain = PlainAttention(True, True, True).double().eval()
+        plain.attn.register_forward_hook(lambda m, a, out, s=scale: (s * out[0], out[1]))
+        ref = reference_ntk(plain, x1, x2)
+        assert rel_err(empirical_ntk(plain, x1, x2, mode="full"), ref) < TOL64, scale
+        assert plan_of(plain, x1).units[0].fused is False
 
 
 class PlainAttention(nn.Module):

@@ -372,6 +372,9 @@ class _Unit:
     fan_out: int = 0  # per group
     n_params: int = 0
     flops: float = 0.0  # forward flops per sample (generic units)
+    # attention: whether its calls are recomputed from tapped q, k, v (_attention_hook); None
+    # until the probe's call decides it, then every call follows the probe's
+    fused: bool | None = None
     records: list = field(default_factory=list)
 
     @property
@@ -450,17 +453,31 @@ def _attention_core(m: nn.Module, q, k, v) -> torch.Tensor:
     return a.transpose(1, 2).reshape(n, L, E)
 
 
+def _hooks_before(module: nn.Module, own) -> bool:
+    """Whether forward hooks that run before the hook ``own`` may have changed the module's
+    output: torch's global ones (they run first) or the module's own registered earlier."""
+    if len(getattr(torch.nn.modules.module, "_global_forward_hooks", {})):
+        return True
+    return next(iter(module._forward_hooks.values()), own) is not own
+
+
 def _attention_hook(unit: _Unit):
     """The tap hook of an attention unit: a plain call's output is recomputed from its q, k
     and v projections, which are tapped beside the output y (taps [y, q, k, v]). The one
     backward per output then gives their output-gradients along with every other unit's,
     and the softmax core is not differentiated a second time. The core's output a, which
     the out-projection's per-sample gradients need, is kept as the record's fourth item
-    (a view of what the graph saves anyway). Other calls: _tap_hook."""
+    (n·L·E values per call, counted with the taps; None when out_proj.weight is not
+    selected). Other calls, calls after a probe whose call was not plain, and calls whose
+    output other forward hooks may have changed (global ones, or the module's registered
+    before widenet's: the recomputation would drop that change, which the probe checks an
+    unfused unit against): _tap_hook."""
     plain = _tap_hook(unit)
 
     def hook(module, args, kwargs, output):
-        qkv = _plain_attention_call(module, args, kwargs)
+        qkv = None
+        if unit.fused is not False and not _hooks_before(module, hook):
+            qkv = _plain_attention_call(module, args, kwargs)
         if qkv is None:
             return plain(module, args, kwargs, output)
         proj = [
@@ -473,7 +490,8 @@ def _attention_hook(unit: _Unit):
             y = y.transpose(0, 1)
         inputs = tree_flatten((args, kwargs))
         detached = [t.detach() if isinstance(t, torch.Tensor) else t for t in inputs[0]]
-        unit.records.append((detached, inputs[1], [y, *proj], a.detach()))
+        core = a.detach() if "out_proj.weight" in unit.params else None
+        unit.records.append((detached, inputs[1], [y, *proj], core))
         return (y.clone(), None)
 
     return hook
@@ -596,6 +614,7 @@ def _record_dims(unit: _Unit, n: int, probe: bool, alt=None) -> bool:
         (ins, outs), m = alt
         # _attention_hook's taps: the module's output y, then q, k, v (n, L, E)
         fused = unit.kind == "attention" and len(taps) == 4
+        unit.fused = fused  # later calls follow this one (_attention_hook)
         own = taps[:1] if fused else taps
         if len(ins) != len(leaves) or len(outs) != len(own):
             return False
@@ -1011,7 +1030,7 @@ def _jac_attention(unit: _Unit, record, gs: list, split: bool = False, slot=None
         inputs = [t.transpose(0, 1) for t in qkv] if not m.batch_first else list(qkv)
         g = [gc.transpose(0, 1) for gc in gs[0]] if unit.out_dims[0] == 1 else gs[0]
         g_proj = gs[1:]  # per output (n, L, E), as g
-        if len(record) > 3:
+        if len(record) > 3 and record[3] is not None:
             core = record[3]  # kept by the hook: not recomputed for every output group
         elif "out_proj.weight" in unit.params:  # records rebuilt by _resident
             with torch.no_grad():
@@ -1130,7 +1149,12 @@ def _probe(model, selected, units, xp, alt, base, output_fn):
     f, saved = _saved_bytes(run)
     ok = [_record_dims(u, n, probe=True, alt=alt.get(u.name)) for u in units]
     units = [u for u, good in zip(units, ok, strict=True) if good]
-    taps_bytes = sum(t.numel() * t.element_size() for u in units for t in u.records[0][2])
+    taps_bytes = sum(  # with the attention cores _attention_hook keeps
+        t.numel() * t.element_size()
+        for u in units
+        for t in [*u.records[0][2], *u.records[0][3:]]
+        if t is not None
+    )
     leaves_bytes = sum(  # the units' batched inputs, kept for all samples by _resident
         t.numel() * t.element_size()
         for u in units
@@ -1175,7 +1199,7 @@ def _probe(model, selected, units, xp, alt, base, output_fn):
         for kind in kinds if good else ():
             u.kind = kind
             if kind == "generic" and len(gts) == 4:  # _attention_hook's taps: y alone
-                gts, u.out_dims = gts[:1], u.out_dims[:1]
+                gts, u.out_dims, u.fused = gts[:1], u.out_dims[:1], False
                 u.records = [(r[0], r[1], r[2][:1]) for r in u.records]
             good = _probe_unit(u, gts, gparams, base, tol)
             if good:
@@ -1560,7 +1584,8 @@ def _plan_key(model, selected, x1, x2, options) -> tuple:
         None if x is None else (tuple(x.shape), x.dtype, x.device, x.is_floating_point())
         for x in (x1, x2)
     )
-    return (threading.get_ident(), id(model), modules, params, chosen, inputs, options)
+    glob = len(getattr(torch.nn.modules.module, "_global_forward_hooks", {}))  # see _attention_hook
+    return (threading.get_ident(), id(model), modules, params, chosen, inputs, options, glob)
 
 
 def _cached_plan(model, selected, x1, x2, mode, implementation, limit, chunk_size, output_fn):
@@ -1666,8 +1691,9 @@ def _size(plan: _Plan, n1: int, n2: int, symmetric: bool, item: int) -> None:
 def _one_output_at_a_time(plan: _Plan, n1: int, n2: int, symmetric: bool) -> bool:
     """Whether no unit gains from several outputs at once, on the CPU (one backward per output
     there, see _output_grads) and with no parameter on the torch.func path. Per-sample-gradient
-    linear units, attention and affine units loop over the outputs anyway; convolutions (one
-    GEMM over outputs × channels) and generic units (vmap over the outputs) gain from a group.
+    linear units, fused attention and affine units loop over the outputs anyway; convolutions
+    (one GEMM over outputs × channels), generic units (vmap over the outputs) and unfused
+    attention (its core recomputed once per group, _attention_core_grads) gain from a group.
     A Gram-route unit redoes its input Gram X Xᵀ once per group: allowed while the k - 1
     extra ones are under 1 % of the units' estimated work (_route_costs)."""
     if not plan.units or plan.general or not plan.stats.get("cpu", False):
@@ -1675,7 +1701,7 @@ def _one_output_at_a_time(plan: _Plan, n1: int, n2: int, symmetric: bool) -> boo
     k, pairs = plan.k, n1 * n2 / (2 if symmetric else 1)
     total = extra = 0.0
     for u in plan.units:
-        if u.kind in ("conv", "generic"):
+        if u.kind in ("conv", "generic") or (u.kind == "attention" and not u.fused):
             return False
         total += _route_costs(u, n1, n2, symmetric, k, plan.mode)[u.route]
         if u.route == "gram" and u.weight:
