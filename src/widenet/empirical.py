@@ -453,10 +453,15 @@ def _attention_core(m: nn.Module, q, k, v) -> torch.Tensor:
     return a.transpose(1, 2).reshape(n, L, E)
 
 
+def _global_forward_hooks() -> int:
+    """How many forward hooks torch runs for every module (before the module's own)."""
+    return len(getattr(torch.nn.modules.module, "_global_forward_hooks", {}))
+
+
 def _hooks_before(module: nn.Module, own) -> bool:
     """Whether forward hooks that run before the hook ``own`` may have changed the module's
-    output: torch's global ones (they run first) or the module's own registered earlier."""
-    if len(getattr(torch.nn.modules.module, "_global_forward_hooks", {})):
+    output: torch's global ones or the module's own registered earlier."""
+    if _global_forward_hooks():
         return True
     return next(iter(module._forward_hooks.values()), own) is not own
 
@@ -1030,9 +1035,8 @@ def _jac_attention(unit: _Unit, record, gs: list, split: bool = False, slot=None
         inputs = [t.transpose(0, 1) for t in qkv] if not m.batch_first else list(qkv)
         g = [gc.transpose(0, 1) for gc in gs[0]] if unit.out_dims[0] == 1 else gs[0]
         g_proj = gs[1:]  # per output (n, L, E), as g
-        if len(record) > 3 and record[3] is not None:
-            core = record[3]  # kept by the hook: not recomputed for every output group
-        elif "out_proj.weight" in unit.params:  # records rebuilt by _resident
+        core = record[3] if len(record) > 3 else None  # kept by the hook, else None
+        if core is None and "out_proj.weight" in unit.params:  # records rebuilt by _resident
             with torch.no_grad():
                 core = _attention_core(m, *_attention_projections(m, *qkv))
     else:
@@ -1584,8 +1588,8 @@ def _plan_key(model, selected, x1, x2, options) -> tuple:
         None if x is None else (tuple(x.shape), x.dtype, x.device, x.is_floating_point())
         for x in (x1, x2)
     )
-    glob = len(getattr(torch.nn.modules.module, "_global_forward_hooks", {}))  # see _attention_hook
-    return (threading.get_ident(), id(model), modules, params, chosen, inputs, options, glob)
+    hooks = _global_forward_hooks()  # they decide whether attention is fused (_attention_hook)
+    return (threading.get_ident(), id(model), modules, params, chosen, inputs, options, hooks)
 
 
 def _cached_plan(model, selected, x1, x2, mode, implementation, limit, chunk_size, output_fn):
